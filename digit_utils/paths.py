@@ -1,0 +1,70 @@
+"""Where things live: the project root, data, outputs, and the Kaggle kernel folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+KAGGLE_WORKING = Path("/kaggle/working")
+
+
+def in_kaggle_kernel() -> bool:
+    """True inside a Kaggle kernel (interactive or batch), which sets KAGGLE_KERNEL_RUN_TYPE."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def kaggle_input_root() -> Path:
+    """Kaggle's read-only input mount; DIGITS_KAGGLE_INPUT overrides it (tests use a temp tree)."""
+    return Path(os.environ.get("DIGITS_KAGGLE_INPUT", "/kaggle/input"))
+
+
+def kaggle_working_root() -> Path:
+    """Kaggle's writable working folder; DIGITS_KAGGLE_WORKING overrides it."""
+    return Path(os.environ.get("DIGITS_KAGGLE_WORKING", str(KAGGLE_WORKING)))
+
+
+def project_root() -> Path:
+    """The folder holding data/ and outputs/.
+
+    DIGITS_ROOT wins; then the source checkout this package sits in; then the kernel's working
+    folder on Kaggle; otherwise the current directory (a non-editable install).
+    """
+    if env := os.environ.get("DIGITS_ROOT"):
+        return Path(env).resolve()
+    checkout = PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file():  # a source checkout (editable install)
+        return checkout
+    if in_kaggle_kernel():
+        return kaggle_working_root()
+    return Path.cwd().resolve()
+
+
+def data_dir() -> Path:
+    return project_root() / "data"
+
+
+def raw_dir() -> Path:
+    """Where downloaded (or copied) competition files go."""
+    return data_dir() / "raw"
+
+
+def sample_dir() -> Path:
+    """Where the embedded offline sample is written."""
+    return data_dir() / "sample"
+
+
+def cache_dir() -> Path:
+    """Parsed-array caches for CSVs that sit in read-only folders."""
+    return data_dir() / "cache"
+
+
+def outputs_dir() -> Path:
+    """Everything the pipeline generates; DIGITS_OUTPUTS overrides it."""
+    if env := os.environ.get("DIGITS_OUTPUTS"):
+        return Path(env).resolve()
+    return project_root() / "outputs"
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"

@@ -68,3 +68,36 @@ def outputs_dir() -> Path:
 
 def notebooks_dir() -> Path:
     return project_root() / "notebooks"
+
+
+def stage_dir(name: str) -> Path:
+    """A notebook's own outputs folder (``outputs/<name>``), created on demand."""
+    folder = outputs_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def runs_dir() -> Path:
+    """Training runs, one folder each."""
+    return outputs_dir() / "runs"
+
+
+def upstream(relative: str) -> Path:
+    """An earlier stage's output (e.g. ``"runs"`` or ``"02_augmentation/policy.json"``).
+
+    Locally that is ``outputs/<relative>``. In a Kaggle kernel an upstream kernel's output folder is
+    mounted read-only at ``/kaggle/input/<kernel-slug>/`` (its ``outputs/`` inside), so that is
+    searched too. Raises DigitsError naming what was looked for and where.
+    """
+    from .errors import DigitsError
+
+    candidates = [outputs_dir() / relative]
+    if in_kaggle_kernel():
+        root = kaggle_input_root()
+        candidates += sorted(root.glob(f"*/outputs/{relative}"))
+        candidates += sorted(root.glob(f"*/*/outputs/{relative}"))
+    for path in candidates:
+        if path.exists():
+            return path
+    where = ", ".join(str(c) for c in candidates[:3])
+    raise DigitsError(f"{relative} not found (looked in {where}); run the notebook that makes it")

@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated project root, the offline sample, a fake `kaggle` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+REPLICA = REPO.parent / "shared" / "data" / "digit-recognizer.zip"  # may be absent
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test gets its own project root, outputs and a home without Kaggle credentials."""
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setenv("DIGITS_ROOT", str(root))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for var in (
+        "DIGITS_DATA_DIR",
+        "DIGITS_OUTPUTS",
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "KAGGLE_API_TOKEN",
+        "KAGGLE_CONFIG_DIR",
+        "KAGGLE_KERNEL_RUN_TYPE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The offline sample (4,000 train / 1,000 test MNIST digits), written once per session."""
+    from digit_utils import data
+
+    return data.make_sample(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture(scope="session")
+def competition_zip(tmp_path_factory, sample_dir) -> Path:
+    """A small zip laid out like Kaggle's digit-recognizer.zip (built from the offline sample)."""
+    path = tmp_path_factory.mktemp("zip") / "digit-recognizer.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("train.csv", "test.csv", "sample_submission.csv"):
+            zf.write(sample_dir / name, name)
+    return path
+
+
+class FakeKaggle:
+    """Handle on the fake CLI: its recorded calls and knobs for its behaviour."""
+
+    def __init__(self, log: Path, monkeypatch):
+        self.log, self._mp = log, monkeypatch
+
+    @property
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def fail_with(self, kind: str) -> None:
+        self._mp.setenv("FAKE_KAGGLE_FAIL", kind)
+
+    def login(self, username="alice", key="s3cr3t-key-value") -> None:
+        self._mp.setenv("KAGGLE_USERNAME", username)
+        self._mp.setenv("KAGGLE_KEY", key)
+
+
+@pytest.fixture
+def fake_kaggle(tmp_path, monkeypatch, competition_zip) -> FakeKaggle:
+    """A fake `kaggle` executable first on PATH, standing in for the real CLI (see fake_kaggle.py)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    exe = bindir / "kaggle"
+    exe.write_text(f"#!{sys.executable}\n" + (HERE / "fake_kaggle.py").read_text())
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KAGGLE_LOG", str(tmp_path / "kaggle-calls.jsonl"))
+    monkeypatch.setenv("FAKE_KAGGLE_ZIP", str(competition_zip))
+    monkeypatch.delenv("FAKE_KAGGLE_FAIL", raising=False)
+    return FakeKaggle(tmp_path / "kaggle-calls.jsonl", monkeypatch)
+

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Stands in for the real `kaggle` CLI, which needs kaggle.com (unreachable on our machines).
+
+Installed by the `fake_kaggle` fixture as an executable named `kaggle` first on PATH. It appends
+its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI would:
+- $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | network: print what the real CLI prints then and exit 1;
+- `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
+- `competitions submit ...`: print the real success line;
+- `competitions submissions ...`: print a CSV of past scores;
+- `kernels push -p DIR`: print the kernel URL from DIR/kernel-metadata.json;
+- `kernels status SLUG`: print a status line; `kernels output SLUG -p DIR`: write DIR/submission.csv.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+FAILURES = {
+    "403": "403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/data",
+    "401": "401 Client Error: Unauthorized for url: https://www.kaggle.com/api/v1/competitions",
+    "404": "404 Client Error: Not Found for url: https://www.kaggle.com/api/v1/kernels/status",
+    "network": (
+        "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='www.kaggle.com', "
+        "port=443): Max retries exceeded (Failed to establish a new connection: "
+        "[Errno -3] Temporary failure in name resolution)"
+    ),
+}
+
+
+def opt(args, *names):
+    for i, a in enumerate(args):
+        if a in names and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def main(args):
+    with open(os.environ["FAKE_KAGGLE_LOG"], "a") as fh:
+        fh.write(json.dumps(args) + "\n")
+    if fail := os.environ.get("FAKE_KAGGLE_FAIL"):
+        print(FAILURES[fail], file=sys.stderr)
+        return 1
+    group, verb = (args + ["", ""])[:2]
+    if group == "competitions" and verb == "download":
+        slug = opt(args, "-c", "--competition") or args[2]
+        dest = Path(opt(args, "-p", "--path") or ".")
+        shutil.copy(os.environ["FAKE_KAGGLE_ZIP"], dest / f"{slug}.zip")
+        print(f"Downloading {slug}.zip to {dest}\n100%|##########| 15.3M/15.3M")
+    elif group == "competitions" and verb == "submit":
+        print("100%|##########| 208k/208k\nSuccessfully submitted to Digit Recognizer")
+    elif group == "competitions" and verb == "submissions":
+        print("fileName,date,description,status,publicScore,privateScore")
+        print("submission.csv,2026-11-20 10:00:00,ensemble,complete,0.99757,")
+    elif group == "kernels" and verb == "push":
+        meta = json.loads((Path(opt(args, "-p", "--path")) / "kernel-metadata.json").read_text())
+        print(f"Kernel version 1 successfully pushed.  Please check progress at "
+              f"https://www.kaggle.com/code/{meta['id']}")
+    elif group == "kernels" and verb == "status":
+        print(f'{args[2]} has status "KernelWorkerStatus.COMPLETE"')
+    elif group == "kernels" and verb == "output":
+        dest = Path(opt(args, "-p", "--path") or ".")
+        (dest / "submission.csv").write_text("ImageId,Label\n1,7\n")
+        print(f"Output file downloaded to {dest / 'submission.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

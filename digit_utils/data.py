@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,14 +171,25 @@ def extract_zip(archive: Path, dest: Path) -> Path:
             if bad := zf.testzip():
                 raise DataError(f"archive member {bad} is corrupt (CRC mismatch)", file=archive)
             dest.mkdir(parents=True, exist_ok=True)
+            members = [f for f in FILES if f in names and not _same_file(zf.getinfo(f), dest / f)]
             with tempfile.TemporaryDirectory(dir=dest) as tmp:
-                members = [f for f in FILES if f in names]
                 zf.extractall(tmp, members=members)
                 for f in members:
                     os.replace(Path(tmp) / f, dest / f)
     except (zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"not a valid zip archive ({e})", file=archive) from None
     return dest
+
+
+def _same_file(info: zipfile.ZipInfo, path: Path) -> bool:
+    """True when ``path`` already holds this archive member (same size and CRC-32)."""
+    if not path.is_file() or path.stat().st_size != info.file_size:
+        return False
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc == info.CRC
 
 
 def download_competition(dest: Path | None = None) -> Path:
@@ -326,12 +338,16 @@ def _parse(path: Path, kind: str) -> np.ndarray:
     try:
         values = pd.read_csv(path, dtype=np.int32, engine="c").to_numpy()
     except (ValueError, pd.errors.ParserError) as e:
-        raise _diagnose(path, header, kind) or DataError(f"cannot parse ({e})", file=path) from None
+        raise _diagnose(path, header, kind) or DataError(
+            f"cannot parse ({e})", file=path
+        ) from None
     if values.shape[0] == 0:
         raise DataError("has a header but no data rows", file=path)
     pixels = values[:, 1:] if kind == "train" else values
-    if pixels.min() < 0 or pixels.max() > 255 or (
-        kind == "train" and (values[:, 0].min() < 0 or values[:, 0].max() > 9)
+    if (
+        pixels.min() < 0
+        or pixels.max() > 255
+        or (kind == "train" and (values[:, 0].min() < 0 or values[:, 0].max() > 9))
     ):
         raise _diagnose(path, header, kind) or DataError("value out of range", file=path)
     if values.shape[0] != EXPECTED_ROWS[kind]:
@@ -393,9 +409,10 @@ def fingerprint(path: str | Path) -> str:
 def _cache_path(csv_path: Path, key: str) -> Path:
     folder = csv_path.parent
     if not os.access(folder, os.W_OK):
-        folder = paths.cache_dir() / hashlib.blake2b(
-            str(csv_path.resolve()).encode(), digest_size=4
-        ).hexdigest()
+        folder = (
+            paths.cache_dir()
+            / hashlib.blake2b(str(csv_path.resolve()).encode(), digest_size=4).hexdigest()
+        )
     return folder / f".{csv_path.stem}.{key}.npz"
 
 

@@ -1,4 +1,4 @@
-"""The package's own exception types: every bad input ends in one of these, never a deep traceback."""
+"""Our own exception types: every bad input ends in one of these, never a deep traceback."""
 
 from __future__ import annotations
 

@@ -85,9 +85,9 @@ def runs_dir() -> Path:
 def upstream(relative: str) -> Path:
     """An earlier stage's output (e.g. ``"runs"`` or ``"02_augmentation/policy.json"``).
 
-    Locally that is ``outputs/<relative>``. In a Kaggle kernel an upstream kernel's output folder is
-    mounted read-only at ``/kaggle/input/<kernel-slug>/`` (its ``outputs/`` inside), so that is
-    searched too. Raises DigitsError naming what was looked for and where.
+    Locally that is ``outputs/<relative>``. In a Kaggle kernel an upstream kernel's output
+    folder is mounted read-only at ``/kaggle/input/<kernel-slug>/`` (its ``outputs/`` inside), so
+    that is searched too. Raises DigitsError naming what was looked for and where.
     """
     from .errors import DigitsError
 

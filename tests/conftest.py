@@ -77,7 +77,7 @@ class FakeKaggle:
 
 @pytest.fixture
 def fake_kaggle(tmp_path, monkeypatch, competition_zip) -> FakeKaggle:
-    """A fake `kaggle` executable first on PATH, standing in for the real CLI (see fake_kaggle.py)."""
+    """A fake `kaggle` first on PATH, standing in for the real CLI (see fake_kaggle.py)."""
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
     exe = bindir / "kaggle"
@@ -88,4 +88,3 @@ def fake_kaggle(tmp_path, monkeypatch, competition_zip) -> FakeKaggle:
     monkeypatch.setenv("FAKE_KAGGLE_ZIP", str(competition_zip))
     monkeypatch.delenv("FAKE_KAGGLE_FAIL", raising=False)
     return FakeKaggle(tmp_path / "kaggle-calls.jsonl", monkeypatch)
-

@@ -8,7 +8,8 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
 - `competitions submit ...`: print the real success line;
 - `competitions submissions ...`: print a CSV of past scores;
 - `kernels push -p DIR`: print the kernel URL from DIR/kernel-metadata.json;
-- `kernels status SLUG`: print a status line; `kernels output SLUG -p DIR`: write DIR/submission.csv.
+- `kernels status SLUG`: print a status line;
+- `kernels output SLUG -p DIR`: write DIR/submission.csv.
 """
 
 import json
@@ -55,8 +56,10 @@ def main(args):
         print("submission.csv,2026-11-20 10:00:00,ensemble,complete,0.99757,")
     elif group == "kernels" and verb == "push":
         meta = json.loads((Path(opt(args, "-p", "--path")) / "kernel-metadata.json").read_text())
-        print(f"Kernel version 1 successfully pushed.  Please check progress at "
-              f"https://www.kaggle.com/code/{meta['id']}")
+        print(
+            f"Kernel version 1 successfully pushed.  Please check progress at "
+            f"https://www.kaggle.com/code/{meta['id']}"
+        )
     elif group == "kernels" and verb == "status":
         print(f'{args[2]} has status "KernelWorkerStatus.COMPLETE"')
     elif group == "kernels" and verb == "output":

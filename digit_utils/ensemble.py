@@ -1,0 +1,323 @@
+"""Combine trained runs: soft averaging, majority vote and a stacked super learner, scored by CV.
+
+Every method takes the base models' probabilities stacked as ``float32 [K, N, 10]`` (K models, N
+rows). Out-of-fold (OOF) rows are rows that no base model trained on, read from each run folder's
+``val_indices.npy`` / ``val_proba.npy``; the methods are compared on them, the best one is then
+applied to the test probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CheckpointError, ConfigError
+
+METHODS = ("average", "vote", "stack")
+EPS = 1e-6  # floor before log: a confident model's 0.0 must not become -inf
+
+
+# --------------------------------------------------------------------------------------------
+# The three ways of combining models
+
+
+def _check_stack(probas, name: str = "probas") -> np.ndarray:
+    probas = np.asarray(probas, dtype=np.float32)
+    if probas.ndim == 2:
+        probas = probas[None]  # one model
+    if probas.ndim != 3 or probas.shape[2] != 10 or probas.shape[0] == 0:
+        raise ConfigError(f"{name}: expected probabilities [K, N, 10], got shape {probas.shape}")
+    return probas
+
+
+def soft_average(probas, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Mean of the models' probabilities (optionally weighted): ``[K,N,10] -> float32 [N,10]``."""
+    probas = _check_stack(probas)
+    if weights is None:
+        return probas.mean(axis=0)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(probas),) or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"weights: need {len(probas)} non-negative weights, got {weights}")
+    return np.tensordot(w / w.sum(), probas, axes=1).astype(np.float32)
+
+
+def majority_vote(probas) -> np.ndarray:
+    """Each model votes its argmax; ties go to the tied class with the larger summed probability.
+
+    ``[K,N,10] -> int64 [N]``.
+    """
+    probas = _check_stack(probas)
+    k, n, _ = probas.shape
+    votes = np.zeros((n, 10), np.int64)
+    np.add.at(votes, (np.arange(n)[None, :].repeat(k, 0), probas.argmax(axis=2)), 1)
+    summed = probas.sum(axis=0)  # (N,10)
+    tied_best = votes == votes.max(axis=1, keepdims=True)
+    return np.where(tied_best, summed, -np.inf).argmax(axis=1).astype(np.int64)
+
+
+def stack_features(probas) -> np.ndarray:
+    """Meta-model input: the models' log-probabilities side by side, ``[K,N,10] -> [N, 10K]``."""
+    probas = _check_stack(probas)
+    return np.log(np.clip(probas, EPS, 1.0)).transpose(1, 0, 2).reshape(probas.shape[1], -1)
+
+
+def default_meta_model():
+    """Multinomial logistic regression: few parameters (10K x 10), hard to overfit 10K inputs."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=2000)
+
+
+class StackedEnsemble:
+    """A scikit-learn meta-model fitted on out-of-fold probabilities of the base models."""
+
+    def __init__(self, meta_model=None):
+        self.meta_model = meta_model if meta_model is not None else default_meta_model()
+
+    def fit(self, oof_probas, labels) -> StackedEnsemble:
+        labels = np.asarray(labels, dtype=np.int64)
+        features = stack_features(oof_probas)
+        if len(labels) != len(features):
+            raise ConfigError(f"labels: {len(labels)} labels for {len(features)} OOF rows")
+        self.n_models = _check_stack(oof_probas).shape[0]
+        self.meta_model.fit(features, labels)
+        return self
+
+    def predict_proba(self, probas) -> np.ndarray:
+        """``[K,N,10] -> float32 [N,10]``, columns in digit order even if a digit was unseen."""
+        probas = _check_stack(probas)
+        if probas.shape[0] != getattr(self, "n_models", -1):
+            raise ConfigError(f"probas: fitted on {self.n_models} models, got {probas.shape[0]}")
+        p = self.meta_model.predict_proba(stack_features(probas))
+        out = np.zeros((len(p), 10), np.float32)
+        out[:, np.asarray(self.meta_model.classes_, dtype=np.int64)] = p
+        return out
+
+
+def stacking_cv_proba(
+    oof_probas, labels, *, folds: int = 5, seed: int = 0, meta_model=None
+) -> np.ndarray:
+    """Stacker predictions for every OOF row from a meta-model that never saw that row's fold.
+
+    An inner stratified K-fold over the OOF rows: fit on K-1 folds, predict the held-out one.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    probas = _check_stack(oof_probas, "oof_probas")
+    labels = np.asarray(labels, dtype=np.int64)
+    if folds < 2:
+        raise ConfigError(f"folds: need at least 2 for the inner CV, got {folds}")
+    template = meta_model if meta_model is not None else default_meta_model()
+    out = np.zeros((probas.shape[1], 10), np.float32)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_rows, eval_rows in splitter.split(np.zeros(len(labels)), labels):
+        stacker = StackedEnsemble(clone(template)).fit(probas[:, fit_rows], labels[fit_rows])
+        out[eval_rows] = stacker.predict_proba(probas[:, eval_rows])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing the methods by CV, and applying the chosen one
+
+
+def compare_methods(
+    oof_probas,
+    labels,
+    *,
+    names: Sequence[str] | None = None,
+    methods: Sequence[str] = METHODS,
+    folds: int = 5,
+    seed: int = 0,
+    meta_model=None,
+) -> pd.DataFrame:
+    """CV accuracy of each single model and each ensemble method on the OOF rows, best first.
+
+    Columns: method, kind (single|ensemble), accuracy, errors, rows, best. Averaging and voting
+    fit nothing, so their OOF accuracy is already a CV figure; stacking is scored by an inner
+    K-fold. Ties prefer ensembles in the order of ``methods``, then single models.
+    """
+    probas = _check_stack(oof_probas, "oof_probas")
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (probas.shape[1],):
+        raise ConfigError(f"labels: expected shape ({probas.shape[1]},), got {labels.shape}")
+    names = list(names) if names is not None else [f"model{i}" for i in range(len(probas))]
+    if len(names) != len(probas):
+        raise ConfigError(f"names: {len(names)} names for {len(probas)} models")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ConfigError(f"methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
+    predictions = {}
+    for method in methods:
+        if method == "stack":
+            p = stacking_cv_proba(probas, labels, folds=folds, seed=seed, meta_model=meta_model)
+            predictions[method] = p.argmax(axis=1)
+        elif method == "vote":
+            predictions[method] = majority_vote(probas)
+        else:
+            predictions[method] = soft_average(probas).argmax(axis=1)
+    for name, p in zip(names, probas, strict=True):
+        predictions[name] = p.argmax(axis=1)
+    rows = [
+        {
+            "method": m,
+            "kind": "ensemble" if m in METHODS else "single",
+            "accuracy": float((pred == labels).mean()),
+            "errors": int((pred != labels).sum()),
+            "rows": len(labels),
+        }
+        for m, pred in predictions.items()
+    ]
+    table = pd.DataFrame(rows).sort_values("accuracy", ascending=False, kind="stable")
+    table = table.reset_index(drop=True)
+    table["best"] = table.index == 0
+    return table
+
+
+def pick_best(table: pd.DataFrame) -> tuple[str, float]:
+    """The winning method of :func:`compare_methods` and its CV accuracy."""
+    row = table.loc[table["best"]].iloc[0]
+    return str(row["method"]), float(row["accuracy"])
+
+
+def combine(
+    method: str,
+    test_probas,
+    *,
+    oof_probas=None,
+    oof_labels=None,
+    names: Sequence[str] | None = None,
+    meta_model=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a method (or one model, by name) to test probabilities: ``(labels, proba [N,10])``.
+
+    ``"stack"`` fits the meta-model on all OOF rows first. A vote has no probabilities of its
+    own, so its ``proba`` is the soft average (for confidences), while ``labels`` is the vote.
+    """
+    probas = _check_stack(test_probas, "test_probas")
+    if method == "average":
+        proba = soft_average(probas)
+    elif method == "vote":
+        return majority_vote(probas), soft_average(probas)
+    elif method == "stack":
+        if oof_probas is None or oof_labels is None:
+            raise ConfigError("stack: needs oof_probas and oof_labels to fit the meta-model")
+        proba = StackedEnsemble(meta_model).fit(oof_probas, oof_labels).predict_proba(probas)
+    elif names is not None and method in names:
+        proba = probas[list(names).index(method)]
+    else:
+        raise ConfigError(f"method: unknown {method!r}; known: {', '.join(METHODS)} or a run name")
+    return proba.argmax(axis=1).astype(np.int64), proba
+
+
+# --------------------------------------------------------------------------------------------
+# Loading runs
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Out-of-fold probabilities of K base models on the M rows all of them held out."""
+
+    names: list[str]  # one per base model
+    indices: np.ndarray  # int64 [M], rows of the full train set, ascending
+    probas: np.ndarray  # float32 [K, M, 10]
+    runs: dict[str, list[Path]]  # base model -> its run folders (several for k folds)
+
+
+def _as_groups(runs) -> dict[str, list[Path]]:
+    """A run folder, a list of them (one base model each), or {name: [fold runs]}."""
+    if isinstance(runs, str | Path):
+        runs = [runs]
+    if isinstance(runs, Mapping):
+        groups = {
+            str(k): [Path(p) for p in (v if isinstance(v, list | tuple) else [v])]
+            for k, v in runs.items()
+        }
+    else:
+        groups = {}
+        for p in map(Path, runs):
+            if p.name in groups:
+                raise ConfigError(f"runs: two runs are named {p.name!r}; pass {{name: path}}")
+            groups[p.name] = [p]
+    if not groups or not all(groups.values()):
+        raise ConfigError("runs: no run folders given")
+    return groups
+
+
+def _read_val(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    files = [run / "val_indices.npy", run / "val_proba.npy"]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing; is {run} a finished training run?")
+    idx, proba = np.load(files[0]), np.load(files[1])
+    if idx.ndim != 1 or proba.shape != (len(idx), 10):
+        raise CheckpointError(
+            f"{run}: val_indices {idx.shape} and val_proba {proba.shape} do not match"
+        )
+    return idx.astype(np.int64), proba.astype(np.float32)
+
+
+def load_oof(runs, *, images=None, tta: int | None = None, device: str | None = None) -> OutOfFold:
+    """Out-of-fold probabilities of a set of runs on the rows that no base model trained on.
+
+    Each base model is one run, or several runs of the same recipe on different folds (pass
+    ``{name: [fold runs]}``): its OOF rows are the union of its runs' validation rows (which
+    must not overlap). Across base models the rows kept are the intersection, so with one shared
+    holdout (or full k-fold for every model) nothing is lost and no model has seen a kept row.
+
+    By default the saved ``val_proba.npy`` is used (made with the run's own TTA setting). With
+    ``tta`` given, the best checkpoints are re-run on ``images[val_indices]`` with that TTA.
+    """
+    groups = _as_groups(runs)
+    if tta is not None and images is None:
+        raise ConfigError("tta: re-predicting the validation rows needs the train images")
+    per_model = {}
+    for name, group in groups.items():
+        idx_parts, proba_parts = [], []
+        for run in group:
+            idx, proba = _read_val(run)
+            if tta is not None:
+                proba = predict_runs([run], images[idx], tta=tta, device=device)[0]
+            idx_parts.append(idx)
+            proba_parts.append(proba)
+        idx, proba = np.concatenate(idx_parts), np.concatenate(proba_parts)
+        if len(np.unique(idx)) != len(idx):
+            raise ConfigError(f"runs: the folds of {name!r} share validation rows")
+        order = np.argsort(idx)
+        per_model[name] = (idx[order], proba[order])
+    common = None
+    for idx, _ in per_model.values():
+        common = idx if common is None else np.intersect1d(common, idx, assume_unique=True)
+    if len(common) == 0:
+        raise ConfigError(
+            "runs: no validation row is shared by all base models; group k-fold runs of one "
+            "recipe as {name: [fold runs]} or train them on the same holdout"
+        )
+    stacked = np.stack([proba[np.searchsorted(idx, common)] for idx, proba in per_model.values()])
+    return OutOfFold(list(per_model), common.astype(np.int64), stacked, groups)
+
+
+def predict_runs(runs, images, *, tta: int = 0, device: str | None = None) -> np.ndarray:
+    """Each base model's probabilities on ``images`` (uint8 [N,1,28,28]): ``float32 [K,N,10]``.
+
+    A base model made of several fold runs averages its runs' probabilities. ``device`` None
+    means CUDA when available, else the CPU.
+    """
+    import torch
+
+    from .predict import predict_proba
+    from .train import load_run
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = []
+    for group in _as_groups(runs).values():
+        fold_probas = []
+        for run in group:
+            model, _ = load_run(run, which="best", device=device)
+            fold_probas.append(predict_proba(model, images, tta=tta, device=device))
+        out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
+    return np.stack(out).astype(np.float32)

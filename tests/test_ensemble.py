@@ -1,0 +1,210 @@
+"""Ensemble methods on synthetic probabilities with known answers; OOF loading from run folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digit_utils import ensemble
+from digit_utils.errors import CheckpointError, ConfigError
+
+
+def onehot(labels, confidence=0.9) -> np.ndarray:
+    """Probabilities [N,10] putting ``confidence`` on ``labels`` and the rest spread evenly."""
+    labels = np.asarray(labels)
+    p = np.full((len(labels), 10), (1 - confidence) / 9, np.float32)
+    p[np.arange(len(labels)), labels] = confidence
+    return p
+
+
+def synthetic(n=600, seed=0):
+    """Labels and three base models: 85%-correct, 75%-correct, and one that says (y+1) mod 10."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    noisy = [np.where(rng.random(n) < acc, y, rng.integers(0, 10, n)) for acc in (0.85, 0.75)]
+    shifted = (y + 1) % 10  # useless to averaging, perfectly informative to a meta-model
+    probas = np.stack([onehot(noisy[0], 0.7), onehot(noisy[1], 0.6), onehot(shifted, 0.8)])
+    return probas, y
+
+
+def test_soft_average_is_the_mean_and_respects_weights():
+    a, b = onehot([1, 2], 1.0), onehot([1, 3], 1.0)
+    avg = ensemble.soft_average(np.stack([a, b]))
+    assert avg.dtype == np.float32 and avg.shape == (2, 10)
+    np.testing.assert_allclose(avg[0, 1], 1.0)
+    np.testing.assert_allclose(avg[1, [2, 3]], [0.5, 0.5])
+    weighted = ensemble.soft_average(np.stack([a, b]), weights=[3, 1])
+    np.testing.assert_allclose(weighted[1, [2, 3]], [0.75, 0.25])
+    with pytest.raises(ConfigError, match="weights"):
+        ensemble.soft_average(np.stack([a, b]), weights=[1, -1])
+
+
+def test_vote_follows_the_majority_even_against_the_average():
+    # Two lukewarm votes for 4 beat one confident vote for 9; averaging would pick 9.
+    m12 = np.zeros((1, 10), np.float32)
+    m12[0, 4], m12[0, 9], m12[0, 0] = 0.40, 0.35, 0.25
+    m3 = onehot([9], 0.99)
+    probas = np.stack([m12, m12, m3])
+    assert ensemble.majority_vote(probas).tolist() == [4]
+    assert ensemble.soft_average(probas).argmax(1).tolist() == [9]
+
+
+def test_vote_ties_go_to_the_larger_summed_probability():
+    # Two votes each for 3 and 8; the 8-voters are surer, so 8 wins; class 0 has no votes.
+    probas = np.stack([onehot([3], 0.5), onehot([3], 0.5), onehot([8], 0.9), onehot([8], 0.9)])
+    assert ensemble.majority_vote(probas).tolist() == [8]
+    probas = np.stack([onehot([3], 0.95), onehot([3], 0.95), onehot([8], 0.9), onehot([8], 0.9)])
+    assert ensemble.majority_vote(probas).tolist() == [3]
+    # Three-way tie among singletons: the tied class with the largest sum, not the lowest index.
+    probas = np.stack([onehot([0], 0.4), onehot([5], 0.6), onehot([7], 0.5)])
+    assert ensemble.majority_vote(probas).tolist() == [5]
+    assert ensemble.majority_vote(probas).dtype == np.int64
+
+
+def test_bad_shapes_are_config_errors():
+    with pytest.raises(ConfigError, match=r"\[K, N, 10\]"):
+        ensemble.soft_average(np.zeros((2, 5, 9)))
+    with pytest.raises(ConfigError, match="labels"):
+        ensemble.compare_methods(np.zeros((2, 5, 10)), np.zeros(4, np.int64))
+
+
+class SpyMeta:
+    """A meta-model that remembers the rows it was fitted on and asked about."""
+
+    log: list = []
+
+    def __init__(self):
+        from sklearn.dummy import DummyClassifier
+
+        self.inner = DummyClassifier(strategy="prior")
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, x, y):
+        self.classes_ = np.arange(10)
+        self.fitted = {tuple(r) for r in np.round(x, 5)}
+        self.inner.fit(x, y)
+        return self
+
+    def predict_proba(self, x):
+        SpyMeta.log.append((self.fitted, {tuple(r) for r in np.round(x, 5)}))
+        p = np.zeros((len(x), 10))
+        p[:, : len(self.inner.classes_)] = self.inner.predict_proba(x)
+        return p
+
+
+def test_stacker_never_sees_the_fold_it_is_scored_on():
+    rng = np.random.default_rng(1)
+    probas = rng.dirichlet(np.ones(10), size=(2, 200)).astype(np.float32)  # distinct rows
+    y = np.arange(200) % 10
+    SpyMeta.log = []
+    ensemble.stacking_cv_proba(probas, y, folds=5, meta_model=SpyMeta())
+    assert len(SpyMeta.log) == 5
+    scored = set()
+    for fitted, asked in SpyMeta.log:
+        assert fitted.isdisjoint(asked)
+        assert len(fitted) == 160 and len(asked) == 40
+        scored |= asked
+    assert len(scored) == 200  # every OOF row is scored exactly once
+
+
+def test_a_memorising_stacker_cannot_cheat_its_cv_score():
+    # Labels are pure noise; a 1-nearest-neighbour meta-model scored on its own training rows
+    # would be 100% right. Scored properly it can only guess.
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(2)
+    probas = rng.dirichlet(np.ones(10), size=(3, 500)).astype(np.float32)
+    y = rng.integers(0, 10, 500)
+    table = ensemble.compare_methods(
+        probas, y, methods=["stack"], meta_model=KNeighborsClassifier(1)
+    )
+    assert table.set_index("method").loc["stack", "accuracy"] < 0.25
+
+
+def test_compare_methods_scores_every_method_and_single_model():
+    probas, y = synthetic()
+    table = ensemble.compare_methods(probas, y, names=["a", "b", "shift"])
+    acc = table.set_index("method")["accuracy"]
+    assert list(table.columns) == ["method", "kind", "accuracy", "errors", "rows", "best"]
+    assert set(acc.index) == {"average", "vote", "stack", "a", "b", "shift"}
+    assert acc["shift"] == 0.0
+    assert acc["stack"] > 0.97  # the meta-model learns that 'shift' says y+1
+    assert acc["average"] < acc["stack"]
+    assert ensemble.pick_best(table) == ("stack", acc["stack"])
+    assert table["best"].sum() == 1 and table["accuracy"].is_monotonic_decreasing
+    assert (table.set_index("method")["rows"] == 600).all()
+
+
+def test_ties_prefer_an_ensemble_over_a_single_model():
+    y = np.arange(50) % 10
+    probas = np.stack([onehot(y), onehot(y)])  # every method is 100% right
+    table = ensemble.compare_methods(probas, y, methods=["average", "vote"])
+    assert ensemble.pick_best(table) == ("average", 1.0)
+
+
+def test_combine_applies_the_chosen_method_to_test_probabilities():
+    oof, y = synthetic(seed=0)
+    test, y_test = synthetic(n=300, seed=5)
+    labels, proba = ensemble.combine("stack", test, oof_probas=oof, oof_labels=y)
+    assert proba.shape == (300, 10) and proba.dtype == np.float32
+    assert (labels == y_test).mean() > 0.97
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    labels, proba = ensemble.combine("vote", test)
+    assert labels.tolist() == ensemble.majority_vote(test).tolist()
+    np.testing.assert_allclose(proba, ensemble.soft_average(test))
+    labels, proba = ensemble.combine("b", test, names=["a", "b", "shift"])
+    np.testing.assert_array_equal(proba, test[1])
+    with pytest.raises(ConfigError, match="unknown 'nope'"):
+        ensemble.combine("nope", test)
+    with pytest.raises(ConfigError, match="oof"):
+        ensemble.combine("stack", test)
+
+
+def fake_run(folder, indices, proba):
+    folder.mkdir(parents=True)
+    np.save(folder / "val_indices.npy", np.asarray(indices, np.int64))
+    np.save(folder / "val_proba.npy", np.asarray(proba, np.float32))
+    return folder
+
+
+def test_load_oof_keeps_the_rows_every_base_model_held_out(tmp_path):
+    a = fake_run(tmp_path / "a", [5, 1, 3], onehot([5, 1, 3]))
+    b = fake_run(tmp_path / "b", [3, 9, 5], onehot([3, 9, 5]))
+    oof = ensemble.load_oof([a, b])
+    assert oof.names == ["a", "b"]
+    assert oof.indices.tolist() == [3, 5]
+    assert oof.probas.shape == (2, 2, 10)
+    # Each row's probabilities still belong to that row after sorting and intersecting.
+    assert oof.probas.argmax(2).tolist() == [[3, 5], [3, 5]]
+
+
+def test_load_oof_joins_the_folds_of_one_base_model(tmp_path):
+    folds = [fake_run(tmp_path / f"f{i}", [i, i + 3], onehot([i, i + 3])) for i in range(3)]
+    other = fake_run(tmp_path / "other", [0, 1, 2, 3, 4, 5], onehot([0, 1, 2, 3, 4, 5], 0.5))
+    oof = ensemble.load_oof({"cnn_5fold": folds, "other": other})
+    assert oof.names == ["cnn_5fold", "other"]
+    assert oof.indices.tolist() == [0, 1, 2, 3, 4, 5]
+    assert oof.probas[0].argmax(1).tolist() == [0, 1, 2, 3, 4, 5]
+    clash = fake_run(tmp_path / "clash", [0], onehot([0]))
+    with pytest.raises(ConfigError, match="share validation rows"):
+        ensemble.load_oof({"x": [folds[0], clash]})
+
+
+def test_load_oof_refuses_disjoint_rows_and_missing_files(tmp_path):
+    a = fake_run(tmp_path / "a", [0, 1], onehot([0, 1]))
+    b = fake_run(tmp_path / "b", [2, 3], onehot([2, 3]))
+    with pytest.raises(ConfigError, match="no validation row is shared"):
+        ensemble.load_oof([a, b])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="val_indices.npy: missing"):
+        ensemble.load_oof([tmp_path / "empty"])
+    bad = fake_run(tmp_path / "bad", [0, 1, 2], onehot([0, 1]))
+    with pytest.raises(CheckpointError, match="do not match"):
+        ensemble.load_oof([bad])
+    with pytest.raises(ConfigError, match="train images"):
+        ensemble.load_oof([a], tta=2)

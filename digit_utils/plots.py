@@ -1,0 +1,279 @@
+"""Every figure the notebooks show. Each function returns a Figure; ``save`` writes it as PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+sns.set_theme(context="notebook", style="whitegrid")
+DIGITS = list(range(10))
+
+
+def save(fig: plt.Figure, folder: str | Path, name: str, dpi: int = 110) -> Path:
+    """Write ``fig`` as ``folder/name.png`` and return the path (the notebook still shows it)."""
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _image_grid(
+    images: np.ndarray, titles: Sequence[str] | None, ncols: int, size: float = 1.1, **title_kw
+) -> plt.Figure:
+    """Digits ``[n,1,28,28]`` or ``[n,28,28]`` in a grid, optional title under each."""
+    images = np.asarray(images).reshape(-1, 28, 28)
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8, **title_kw)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------- exploring data
+
+
+def class_balance(labels: np.ndarray, title: str = "Digits in train.csv") -> plt.Figure:
+    counts = np.bincount(labels, minlength=10)
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    sns.barplot(x=DIGITS, y=counts, ax=ax, color="steelblue")
+    for d, c in enumerate(counts):
+        ax.text(d, c, f"{c:,}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(counts.mean(), ls="--", color="gray", lw=1, label="mean")
+    ax.set(xlabel="digit", ylabel="images", title=title)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def samples_per_class(images: np.ndarray, labels: np.ndarray, per_class: int = 10, seed=0):
+    """A row of random examples for each digit."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        rng.choice(np.flatnonzero(labels == d), per_class, replace=False)
+        for d in DIGITS
+        if (labels == d).sum() >= per_class
+    ]
+    fig = _image_grid(images[np.concatenate(rows)], None, per_class, size=0.8)
+    fig.suptitle("Random training digits, one row per class", y=1.01)
+    return fig
+
+
+def mean_images(images: np.ndarray, labels: np.ndarray) -> plt.Figure:
+    """The average digit of each class: where the ink usually goes."""
+    means = np.stack([images[labels == d].mean(axis=0) for d in DIGITS])
+    fig = _image_grid(means, [str(d) for d in DIGITS], 10, size=1.2)
+    fig.suptitle("Mean image per class", y=1.05)
+    return fig
+
+
+def intensity_distributions(images: np.ndarray, labels: np.ndarray) -> plt.Figure:
+    """Left: histogram of non-zero pixel values. Right: ink (sum of pixels / 255) per digit."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.5))
+    flat = images.reshape(len(images), -1)
+    nonzero = flat[flat > 0]
+    a.hist(nonzero, bins=64, color="slategray")
+    a.set(
+        yscale="log",
+        xlabel="pixel value (non-zero only)",
+        ylabel="count (log)",
+        title=f"{(flat == 0).mean():.0%} of pixels are exactly 0",
+    )
+    ink = flat.sum(axis=1) / 255.0
+    sns.boxplot(x=labels, y=ink, ax=b, color="lightsteelblue", fliersize=1)
+    b.set(xlabel="digit", ylabel="ink (pixel sum / 255)", title="Ink per digit")
+    fig.tight_layout()
+    return fig
+
+
+def embedding(coords: np.ndarray, labels: np.ndarray, title: str) -> plt.Figure:
+    """A 2-D embedding coloured by digit."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sns.scatterplot(
+        x=coords[:, 0], y=coords[:, 1], hue=labels, palette="tab10", s=6, linewidth=0, ax=ax
+    )
+    for d in DIGITS:
+        if (labels == d).any():
+            cx, cy = np.median(coords[labels == d], axis=0)
+            ax.text(cx, cy, str(d), fontsize=14, weight="bold", ha="center", va="center")
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(title="digit", bbox_to_anchor=(1.02, 1), loc="upper left", markerscale=2)
+    return fig
+
+
+def train_vs_test(train: np.ndarray, test: np.ndarray) -> plt.Figure:
+    """Ink distribution overlay plus the difference of the mean images (test − train)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    for name, imgs in (("train", train), ("test", test)):
+        ink = imgs.reshape(len(imgs), -1).sum(axis=1) / 255.0
+        sns.kdeplot(ink, ax=a, label=f"{name} (n={len(imgs):,})", fill=True, alpha=0.3)
+    a.set(xlabel="ink per image", title="Ink distribution, train vs test")
+    a.legend()
+    diff = test.mean(axis=0)[0] - train.mean(axis=0)[0]
+    lim = max(1.0, float(np.abs(diff).max()))
+    im = b.imshow(diff, cmap="coolwarm", vmin=-lim, vmax=lim)
+    b.set(title="mean test − mean train", xticks=[], yticks=[])
+    fig.colorbar(im, ax=b, shrink=0.8, label="grey levels")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+def augmentation_gallery(gallery: np.ndarray, title: str = "") -> plt.Figure:
+    """``gallery`` is ``[n_images, n_draws, 28, 28]``: the first column is the original."""
+    n_images, n_draws = gallery.shape[:2]
+    titles = [
+        "original" if j == 0 else f"draw {j}" for _ in range(n_images) for j in range(n_draws)
+    ]
+    fig = _image_grid(gallery.reshape(-1, 28, 28), titles, n_draws, size=0.95)
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig
+
+
+def learning_curves(histories: pd.DataFrame, hue: str, metric: str = "val_acc") -> plt.Figure:
+    """One line per ``hue`` value (mean over seeds with a band), ``metric`` against epoch."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(data=histories, x="epoch", y=metric, hue=hue, marker="o", errorbar="sd", ax=ax)
+    ax.set(title=f"{metric} by epoch (mean ± sd over seeds)")
+    return fig
+
+
+def score_bars(results: pd.DataFrame, x: str, y: str = "val_acc", title: str = "") -> plt.Figure:
+    """Mean ± sd of ``y`` for each ``x`` (rows are seeds), each point shown."""
+    order = results.groupby(x)[y].mean().sort_values().index
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(order) + 1.5))
+    sns.barplot(data=results, y=x, x=y, order=order, errorbar="sd", ax=ax, color="lightsteelblue")
+    sns.stripplot(data=results, y=x, x=y, order=order, ax=ax, color="black", size=4)
+    low = results[y].min()
+    ax.set_xlim(max(0.0, low - (1 - low) * 0.5), min(1.0, results[y].max() + (1 - low) * 0.2))
+    ax.set(title=title or f"{y} (mean ± sd)", ylabel="")
+    return fig
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def training_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Loss, accuracy and learning rate by epoch for one run."""
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.5))
+    a.plot(history.epoch, history.train_loss, "o-", label="train")
+    a.plot(history.epoch, history.val_loss, "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="Loss")
+    a.legend()
+    b.plot(history.epoch, history.val_acc * 100, "o-", color="seagreen")
+    b.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Accuracy")
+    c.plot(history.epoch, history.lr, "o-", color="darkorange")
+    c.set(xlabel="epoch", ylabel="learning rate", title="Learning rate (end of epoch)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> plt.Figure:
+    """Confusion counts with the diagonal masked, so the rare mistakes are readable."""
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, y_pred, labels=DIGITS)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sns.heatmap(
+        cm,
+        annot=True,
+        fmt="d",
+        cmap="Reds",
+        mask=np.eye(10, dtype=bool),
+        ax=ax,
+        cbar_kws={"label": "mistakes"},
+    )
+    for d in DIGITS:
+        ax.text(d + 0.5, d + 0.5, cm[d, d], ha="center", va="center", color="gray", fontsize=8)
+    acc = np.trace(cm) / max(1, cm.sum())
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"Confusion (accuracy {acc:.2%})")
+    return fig
+
+
+def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> plt.Figure:
+    acc = [(y_pred[y_true == d] == d).mean() if (y_true == d).any() else np.nan for d in DIGITS]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    sns.barplot(x=DIGITS, y=np.array(acc) * 100, ax=ax, color="seagreen")
+    finite = [a for a in acc if not np.isnan(a)]
+    ax.set_ylim(max(0, min(finite) * 100 - 1), 100)
+    ax.set(xlabel="digit", ylabel="accuracy (%)", title="Accuracy per class")
+    return fig
+
+
+def digit_grid(images, titles: Sequence[str], ncols: int = 10, title: str = "") -> plt.Figure:
+    """Digits with a caption each (misclassified or least-confident examples)."""
+    if len(images) == 0:
+        fig, ax = plt.subplots(figsize=(6, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        return fig
+    fig = _image_grid(images, titles, min(ncols, len(images)), size=1.25)
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig
+
+
+# ----------------------------------------------------------------------- zoo and ensembles
+
+
+def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
+    """Holdout accuracy against inference time, bubble size by parameter count."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sizes = 40 + 400 * np.sqrt(board["params"] / board["params"].max())
+    ax.scatter(board["infer_ms_per_1000"], board["val_acc"] * 100, s=sizes, alpha=0.6)
+    for _, row in board.iterrows():
+        ax.annotate(
+            row["model"],
+            (row["infer_ms_per_1000"], row["val_acc"] * 100),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set(
+        xscale="log",
+        xlabel="inference ms per 1,000 images (log)",
+        ylabel="holdout accuracy (%)",
+        title="Accuracy against inference time (size = params)",
+    )
+    return fig
+
+
+def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) -> plt.Figure:
+    """Predicted test classes, optionally beside the training distribution (as shares)."""
+    rows = [
+        pd.DataFrame(
+            {
+                "digit": DIGITS,
+                "share": np.bincount(pred, minlength=10) / len(pred),
+                "set": "predicted test",
+            }
+        )
+    ]
+    if reference is not None:
+        rows.append(
+            pd.DataFrame(
+                {
+                    "digit": DIGITS,
+                    "set": "train labels",
+                    "share": np.bincount(reference, minlength=10) / len(reference),
+                }
+            )
+        )
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    sns.barplot(data=pd.concat(rows), x="digit", y="share", hue="set", ax=ax)
+    ax.set(title="Class distribution")
+    return fig

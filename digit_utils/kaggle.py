@@ -122,3 +122,45 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
     if done.returncode != 0:
         raise KaggleError(redact(explain_failure(done.stdout + "\n" + done.stderr)))
     return redact(done.stdout)
+
+
+# --------------------------------------------------------------------------------------------
+# Competition submissions
+
+# The CLI prints these and still exits 0.
+SOFT_FAILURES = ("Could not submit to competition", "Could not find competition")
+TEST_ROWS = 28_000  # rows of the competition's test.csv, so of every real submission
+
+
+def submit_args(path: str | Path, message: str) -> list[str]:
+    """The ``kaggle`` arguments that submit a file (pure)."""
+    return ["competitions", "submit", COMPETITION, "-f", str(Path(path).resolve()), "-m", message]
+
+
+def submit(path: str | Path, message: str, *, expected_rows: int | None = TEST_ROWS) -> str:
+    """Validate a submission file, then submit it; returns the CLI's report."""
+    from .submit import validate_submission  # submit -> data -> this module: import late
+
+    if not message.strip():
+        raise KaggleError("the submission message is empty: say what this submission is (-m)")
+    validate_submission(path, expected_rows)
+    out = run(submit_args(path, message))
+    for marker in SOFT_FAILURES:
+        if marker in out:
+            lines = [line for line in out.splitlines() if marker in line]
+            raise KaggleError(f"Kaggle did not accept {Path(path).name}: {lines[0].strip()}")
+    return out
+
+
+def submissions() -> list[dict[str, str]]:
+    """Past submissions (newest first) as dicts with fileName, date, description, publicScore."""
+    import csv
+    import io
+
+    out = run(["competitions", "submissions", COMPETITION, "-v"])
+    lines = out.splitlines()
+    # Anything the CLI prints before the CSV (notices, warnings) is not data.
+    start = next((i for i, line in enumerate(lines) if "fileName" in line.split(",")), None)
+    if start is None:
+        return []
+    return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))

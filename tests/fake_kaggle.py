@@ -4,11 +4,14 @@
 Installed by the `fake_kaggle` fixture as an executable named `kaggle` first on PATH. It appends
 its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI would:
 - $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | network: print what the real CLI prints then and exit 1;
+  leak: fail like 401 with the key's value in the output (our code must redact it);
+  push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
 - `competitions submit ...`: print the real success line;
 - `competitions submissions ...`: print a CSV of past scores;
 - `kernels push -p DIR`: print the kernel URL from DIR/kernel-metadata.json;
-- `kernels status SLUG`: print a status line;
+- `kernels status SLUG`: print a status line ($FAKE_KAGGLE_KERNEL_STATUS, default COMPLETE, and
+  $FAKE_KAGGLE_KERNEL_FAILURE as the failure message when set);
 - `kernels output SLUG -p DIR`: write DIR/submission.csv.
 """
 
@@ -28,6 +31,11 @@ FAILURES = {
         "[Errno -3] Temporary failure in name resolution)"
     ),
 }
+# The real CLI prints these refusals on stdout and exits 0.
+SOFT_FAILURES = {
+    "push-rejected": "Kernel push error: Notebook exceeds the maximum size of 1 MB",
+    "submit-rejected": "Could not submit to competition",
+}
 
 
 def opt(args, *names):
@@ -40,9 +48,16 @@ def opt(args, *names):
 def main(args):
     with open(os.environ["FAKE_KAGGLE_LOG"], "a") as fh:
         fh.write(json.dumps(args) + "\n")
-    if fail := os.environ.get("FAKE_KAGGLE_FAIL"):
+    fail = os.environ.get("FAKE_KAGGLE_FAIL")
+    if fail == "leak":
+        print(f"{FAILURES['401']} (sent key {os.environ.get('KAGGLE_KEY')})", file=sys.stderr)
+        return 1
+    if fail in FAILURES:
         print(FAILURES[fail], file=sys.stderr)
         return 1
+    if fail in SOFT_FAILURES:
+        print(SOFT_FAILURES[fail])
+        return 0
     group, verb = (args + ["", ""])[:2]
     if group == "competitions" and verb == "download":
         slug = opt(args, "-c", "--competition") or args[2]
@@ -61,7 +76,10 @@ def main(args):
             f"https://www.kaggle.com/code/{meta['id']}"
         )
     elif group == "kernels" and verb == "status":
-        print(f'{args[2]} has status "KernelWorkerStatus.COMPLETE"')
+        state = os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")
+        print(f'{args[2]} has status "KernelWorkerStatus.{state}"')
+        if failure := os.environ.get("FAKE_KAGGLE_KERNEL_FAILURE"):
+            print(f'Failure message: "{failure}"')
     elif group == "kernels" and verb == "output":
         dest = Path(opt(args, "-p", "--path") or ".")
         (dest / "submission.csv").write_text("ImageId,Label\n1,7\n")

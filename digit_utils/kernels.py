@@ -1,0 +1,357 @@
+"""Every notebook as a self-contained Kaggle kernel: build, push, status, output, local run.
+
+``kaggle kernels push`` uploads the notebook file and nothing else, and our kernels run with the
+internet off, so a built kernel notebook starts with ``%%writefile`` cells that recreate
+``digit_utils`` (every file of it, as it is at build time) in the kernel's working directory,
+followed by the original notebook's cells, unchanged. Metadata and command lines are pure
+functions; the few functions that write or run something are thin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import __version__, kaggle, paths
+from .errors import DigitsError, KaggleError
+
+TITLE_PREFIX = "Digit Recognizer"
+SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of TITLE_PREFIX)
+ACCELERATOR = "NvidiaTeslaT4"  # `kaggle kernels push --accelerator`; NvidiaTeslaP100 also exists
+INLINE_TAG = "digit_utils-inline"  # marks the cells the builder adds
+METADATA_FILE = "kernel-metadata.json"
+# The package files a kernel needs; caches and editor debris stay behind.
+INLINE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".txt")
+
+# notebook stem -> (needs a GPU, notebooks whose outputs it reads). The one place that knows the
+# pipeline's shape on Kaggle: an upstream kernel's outputs are mounted read-only under
+# /kaggle/input/<its slug>/, where paths.upstream() finds them.
+STAGES: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "01_eda": (False, ()),
+    "02_augmentation": (True, ()),
+    "03_train_cnn": (True, ("02_augmentation",)),
+    "04_model_zoo": (True, ()),
+    # Inference with TTA over several models is faster on a GPU as well.
+    "05_ensemble_submission": (True, ("03_train_cnn", "04_model_zoo")),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Pure builders
+
+
+def kernel_title(notebook: str | Path) -> str:
+    """The kernel's title, e.g. ``Digit Recognizer 03 train cnn`` for ``03_train_cnn.ipynb``."""
+    return f"{TITLE_PREFIX} {Path(notebook).stem.replace('_', ' ')}"
+
+
+def kernel_slug(notebook: str | Path) -> str:
+    """The slug Kaggle derives from the title (push warns when the id's slug differs)."""
+    return re.sub(r"[^a-z0-9]+", "-", kernel_title(notebook).lower()).strip("-")
+
+
+def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False) -> dict:
+    """The ``kernel-metadata.json`` of a notebook's kernel."""
+    if not username or not re.fullmatch(r"[A-Za-z0-9_-]+", username):
+        raise KaggleError(f"invalid Kaggle user name {username!r}")
+    stem = Path(notebook).stem
+    gpu, needs = STAGES.get(stem, (False, ()))
+    return {
+        "id": f"{username}/{kernel_slug(stem)}",
+        "title": kernel_title(stem),
+        "code_file": f"{stem}.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": not public,
+        "enable_gpu": gpu,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": [],
+        "competition_sources": [kaggle.COMPETITION],
+        "kernel_sources": [f"{username}/{kernel_slug(up)}" for up in needs],
+        "model_sources": [],
+    }
+
+
+def package_sources(package_dir: Path = paths.PACKAGE_DIR) -> dict[str, str]:
+    """Every file of the package a kernel needs, ``{"digit_utils/x.py": text}``, sorted."""
+    files = sorted(
+        p
+        for p in package_dir.rglob("*")
+        if p.is_file() and p.suffix in INLINE_SUFFIXES and "__pycache__" not in p.parts
+    )
+    root = package_dir.parent
+    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in files}
+
+
+def sources_fingerprint(sources: dict[str, str]) -> str:
+    h = hashlib.blake2b(digest_size=6)
+    for name, text in sorted(sources.items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _cell(kind: str, source: str, *, hide: bool = False) -> dict:
+    import nbformat
+
+    make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+    cell = make(source)
+    cell.metadata["tags"] = [INLINE_TAG]
+    if hide:  # Kaggle's viewer folds these away; the story starts with the original cells
+        cell.metadata["_kg_hide-input"] = True
+        cell.metadata["_kg_hide-output"] = True
+    return cell
+
+
+# Makes the freshly written copy win over any installed digit_utils and proves that it did.
+_ACTIVATE = """\
+import importlib, sys
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__ among the kernel's outputs
+sys.path.insert(0, str(Path.cwd()))
+for _name in [m for m in sys.modules if m.split(".")[0] == "digit_utils"]:
+    del sys.modules[_name]
+importlib.invalidate_caches()
+import digit_utils
+
+assert Path(digit_utils.__file__).resolve().parent == (Path.cwd() / "digit_utils").resolve(), (
+    f"imported {digit_utils.__file__}, not the inlined copy"
+)
+print(f"digit_utils {digit_utils.__version__} ({FINGERPRINT}) from {digit_utils.__file__}")
+"""
+
+
+def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
+    """The self-contained kernel notebook: intro, package cells, then ``nb``'s cells unchanged."""
+    fingerprint = sources_fingerprint(sources)
+    folders = sorted({str(Path(name).parent) for name in sources})
+    intro = (
+        f"## Self-contained Kaggle kernel of `{notebook_name}`\n\n"
+        f"`kaggle kernels push` uploads only this notebook and the kernel runs with the internet "
+        f"off, so the next {len(sources) + 2} code cells recreate the `digit_utils` package "
+        f"(version {__version__}, source fingerprint `{fingerprint}`, {len(sources)} files) in "
+        "the kernel's working directory with `%%writefile`, then import it from there. The "
+        f"original notebook follows them unchanged. Built by `digits kaggle kernel build`; "
+        "rebuild rather than edit these cells."
+    )
+    cells = [
+        _cell("markdown", intro),
+        _cell("code", f"import os\n\nfor _d in {folders!r}:\n    os.makedirs(_d, exist_ok=True)"),
+    ]
+    cells += [_cell("code", f"%%writefile {n}\n{t}", hide=True) for n, t in sources.items()]
+    cells.append(_cell("code", _ACTIVATE.replace("{FINGERPRINT}", fingerprint)))
+    out = copy.deepcopy(nb)
+    out.cells = cells + out.cells
+    # Kaggle runs notebooks on its own Python 3 kernel, whatever this one was saved with.
+    out.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    out.metadata.setdefault("language_info", {})["name"] = "python"
+    return out
+
+
+def push_args(kernel_dir: str | Path, *, gpu: bool, accelerator: str = ACCELERATOR) -> list[str]:
+    """The ``kaggle`` arguments that push a built kernel (and pick its accelerator)."""
+    args = ["kernels", "push", "-p", str(kernel_dir)]
+    return args + ["--accelerator", accelerator] if gpu else args
+
+
+def kernel_ref(ref: str, username: str | None) -> str:
+    """``owner/slug`` from ``owner/slug``, a bare slug, or a notebook stem (``03_train_cnn``)."""
+    if "/" in ref:
+        return ref
+    if not username:
+        raise KaggleError(
+            f"{ref!r} names no owner and no Kaggle user name is known: write OWNER/SLUG, or set "
+            "up credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME)"
+        )
+    slug = ref if ref.startswith(SLUG_PREFIX) else kernel_slug(ref)
+    return f"{username}/{slug}"
+
+
+# --------------------------------------------------------------------------------------------
+# Side effects: finding notebooks, writing kernels, calling the CLI
+
+
+def find_notebooks(names: list[str] | None = None) -> list[Path]:
+    """Notebook files from paths, stems or prefixes (``03``); all of notebooks/ when none given."""
+    folder = paths.notebooks_dir()
+    known = sorted(folder.glob("*.ipynb"))
+    if not names:
+        if not known:
+            raise DigitsError(f"no notebooks in {folder}")
+        return known
+    found = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".ipynb" and path.is_file():
+            found.append(path)
+            continue
+        matches = [p for p in known if p.stem == name] or [
+            p for p in known if p.stem.startswith(name)
+        ]
+        if len(matches) != 1:
+            listing = ", ".join(p.stem for p in known) or "none"
+            what = "matches no" if not matches else "matches more than one"
+            raise DigitsError(f"{name!r} {what} notebook in {folder} (there: {listing})")
+        found.append(matches[0])
+    return found
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_kernel(
+    notebook: str | Path, username: str, *, public: bool = False, dest: Path | None = None
+) -> Path:
+    """Write ``outputs/kernels/<slug>/`` (kernel notebook + metadata); returns that folder."""
+    import nbformat
+
+    notebook = Path(notebook)
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except (OSError, ValueError) as e:  # nbformat's read errors are ValueErrors
+        raise DigitsError(f"{notebook}: cannot read notebook ({e})") from None
+    meta = kernel_metadata(notebook, username, public=public)
+    built = kernel_notebook(nb, package_sources(), notebook_name=notebook.name)
+    folder = Path(dest or paths.outputs_dir() / "kernels" / kernel_slug(notebook))
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / meta["code_file"], nbformat.writes(built) + "\n")
+    _atomic_write(folder / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def read_metadata(kernel_dir: str | Path) -> dict:
+    path = Path(kernel_dir) / METADATA_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DigitsError(
+            f"{path}: not a built kernel ({e}); run `digits kaggle kernel build`"
+        ) from None
+
+
+def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
+    """Push a built kernel; returns the CLI's report (with the kernel's URL)."""
+    meta = read_metadata(kernel_dir)
+    out = kaggle.run(push_args(kernel_dir, gpu=meta["enable_gpu"], accelerator=accelerator))
+    if match := re.search(r"Kernel push error:?\s*(.*)", out):
+        raise KaggleError(f"Kaggle rejected the push of {meta['id']}: {match.group(1).strip()}")
+    return out
+
+
+def status(ref: str) -> tuple[str, str]:
+    """(status word in lower case, e.g. ``complete``, and the failure message or "")."""
+    ref = kernel_ref(ref, kaggle.username())
+    try:
+        out = kaggle.run(["kernels", "status", ref])
+    except KaggleError as e:
+        raise KaggleError(f"kernel {ref}: {e}") from None
+    match = re.search(r'has status "([^"]+)"', out)
+    if not match:
+        raise KaggleError(f"kernel {ref}: unexpected answer from the Kaggle CLI: {out.strip()}")
+    failure = re.search(r'Failure message: "(.*)"', out)
+    return match.group(1).rsplit(".", 1)[-1].lower(), failure.group(1) if failure else ""
+
+
+def output(ref: str, dest: str | Path | None = None) -> Path:
+    """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output)."""
+    ref = kernel_ref(ref, kaggle.username())
+    dest = Path(dest or paths.outputs_dir() / "kernels" / ref.split("/")[1] / "output")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        kaggle.run(["kernels", "output", ref, "-p", str(dest)])
+    except KaggleError as e:
+        raise KaggleError(f"kernel {ref}: {e}") from None
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# A simulated Kaggle run
+
+
+@contextlib.contextmanager
+def _kaggle_environment(input_root: Path, working_dir: Path, missing: tuple[str, ...]):
+    """os.environ as a batch kernel sees it, for the kernel process papermill starts."""
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="kaggle-missing-") as stubs:
+        for module in missing:  # packages Kaggle's image does not promise: importing them fails
+            (Path(stubs) / module).mkdir()
+            (Path(stubs) / module / "__init__.py").write_text(
+                f"raise ImportError('{module} is not installed in the Kaggle image')\n"
+            )
+        for var in ("DIGITS_ROOT", "DIGITS_OUTPUTS", "DIGITS_DATA_DIR", "KAGGLE_USERNAME"):
+            os.environ.pop(var, None)
+        for var in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):  # a kernel never holds your token
+            os.environ.pop(var, None)
+        os.environ.update(
+            KAGGLE_KERNEL_RUN_TYPE="Batch",
+            DIGITS_KAGGLE_INPUT=str(input_root),
+            DIGITS_KAGGLE_WORKING=str(working_dir),
+            KAGGLE_CONFIG_DIR=str(Path(stubs) / "no-kaggle-config"),
+            PYTHONPATH=os.pathsep.join([stubs, *filter(None, [saved.get("PYTHONPATH")])]),
+        )
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def run_kernel_locally(
+    kernel_dir: str | Path,
+    input_root: str | Path,
+    working_dir: str | Path,
+    parameters: dict | None = None,
+    *,
+    missing_modules: tuple[str, ...] = ("mlxtend",),
+    timeout: float | None = None,
+) -> Path:
+    """Execute a built kernel with papermill as Kaggle would run it; returns the executed notebook.
+
+    The kernel runs in ``working_dir`` (standing in for /kaggle/working) with
+    KAGGLE_KERNEL_RUN_TYPE=Batch, ``input_root`` standing in for /kaggle/input, no Kaggle
+    credentials, and ``missing_modules`` made unimportable.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    kernel_dir, working_dir = Path(kernel_dir), Path(working_dir).resolve()
+    code = kernel_dir / read_metadata(kernel_dir)["code_file"]
+    working_dir.mkdir(parents=True, exist_ok=True)
+    executed = working_dir / "__notebook__.ipynb"
+    with _kaggle_environment(Path(input_root).resolve(), working_dir, missing_modules):
+        try:
+            papermill.execute_notebook(
+                str(code),
+                str(executed),
+                parameters=parameters or {},
+                kernel_name="python3",
+                cwd=str(working_dir),
+                progress_bar=False,
+                execution_timeout=timeout,
+            )
+        except PapermillExecutionError as e:
+            raise DigitsError(
+                f"{code.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                f"(executed notebook: {executed})"
+            ) from None
+    return executed

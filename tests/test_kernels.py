@@ -1,0 +1,292 @@
+"""Kernel builder: metadata rules, the self-contained notebook, and runs in a simulated Kaggle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from digit_utils import data, kernels, paths
+from digit_utils.errors import DigitsError, KaggleError
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+PIPELINE = list(kernels.STAGES)
+GPU = {"02_augmentation", "03_train_cnn", "04_model_zoo", "05_ensemble_submission"}
+
+
+def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
+    """A small notebook; ``parameters`` becomes its cell tagged `parameters`, after a title."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"# {path.stem}"))
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def kaggle_input(root: Path, sample_dir: Path, layout: str) -> Path:
+    """A tree laid out like /kaggle/input with 300 train / 100 test rows of the competition."""
+    folder = root / ("competitions/digit-recognizer" if layout == "nested" else "digit-recognizer")
+    data.copy_subset(data.DataSource(sample_dir, "sample"), folder, 300, 100)
+    (folder / data.SAMPLE_TEST_LABELS).unlink()  # the real competition has no test labels
+    return root
+
+
+PROBE = """\
+import json, sys
+import digit_utils
+from digit_utils import data, paths
+
+source = data.locate()
+images, labels = data.load_train(source)
+try:
+    import mlxtend  # noqa: F401
+    has_mlxtend = True
+except ImportError:
+    has_mlxtend = False
+record = {
+    "file": digit_utils.__file__,
+    "root": str(paths.project_root()),
+    "outputs": str(paths.outputs_dir()),
+    "data": str(source.path),
+    "origin": source.origin,
+    "shape": list(images.shape),
+    "n_rows": n_rows,
+    "has_mlxtend": has_mlxtend,
+}
+(paths.stage_dir("99_probe") / "probe.json").write_text(json.dumps(record))
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata (pure)
+
+
+@pytest.mark.parametrize("stem", PIPELINE)
+def test_metadata_follows_the_rules(stem):
+    meta = kernels.kernel_metadata(f"notebooks/{stem}.ipynb", "alice")
+    slug = kernels.kernel_slug(stem)
+    assert meta["id"] == f"alice/{slug}"
+    assert meta["title"] == kernels.kernel_title(stem)
+    assert meta["code_file"] == f"{stem}.ipynb"
+    assert (meta["language"], meta["kernel_type"]) == ("python", "notebook")
+    assert meta["is_private"] is True
+    assert meta["enable_internet"] is False
+    assert meta["enable_gpu"] is (stem in GPU)
+    assert meta["competition_sources"] == ["digit-recognizer"]
+    expected_sources = {
+        "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
+        "05_ensemble_submission": [
+            "alice/digit-recognizer-03-train-cnn",
+            "alice/digit-recognizer-04-model-zoo",
+        ],
+    }
+    assert meta["kernel_sources"] == expected_sources.get(stem, [])
+
+
+@pytest.mark.parametrize("stem", PIPELINE)
+def test_title_resolves_to_the_slug_kaggle_expects(stem):
+    """`kaggle kernels push` warns when slugify(title) differs from the id's slug."""
+    slugify = pytest.importorskip("slugify").slugify  # the kaggle CLI's own dependency
+    assert slugify(kernels.kernel_title(stem)) == kernels.kernel_slug(stem)
+    assert kernels.kernel_slug(stem).startswith(kernels.SLUG_PREFIX)
+    assert 5 <= len(kernels.kernel_title(stem)) <= 50  # Kaggle's title length limits
+
+
+def test_upstream_kernels_come_earlier_in_the_pipeline():
+    for stem, (_, needs) in kernels.STAGES.items():
+        for up in needs:
+            assert PIPELINE.index(up) < PIPELINE.index(stem), (stem, up)
+
+
+def test_metadata_of_other_notebooks_public_and_bad_user():
+    meta = kernels.kernel_metadata("extra/06_my_idea.ipynb", "bob", public=True)
+    assert meta["id"] == "bob/digit-recognizer-06-my-idea"
+    assert meta["is_private"] is False
+    assert (meta["enable_gpu"], meta["kernel_sources"]) == (False, [])
+    for bad in ("", "bob/evil", "a b"):
+        with pytest.raises(KaggleError, match="user name"):
+            kernels.kernel_metadata("01_eda.ipynb", bad)
+
+
+def test_kernel_ref_accepts_owner_slug_slug_or_stem():
+    assert kernels.kernel_ref("carol/some-kernel", None) == "carol/some-kernel"
+    want = "alice/digit-recognizer-03-train-cnn"
+    assert kernels.kernel_ref("digit-recognizer-03-train-cnn", "alice") == want
+    assert kernels.kernel_ref("03_train_cnn", "alice") == want
+    with pytest.raises(KaggleError, match="OWNER/SLUG"):
+        kernels.kernel_ref("03_train_cnn", None)
+
+
+def test_push_args_add_the_accelerator_only_for_gpu_kernels():
+    assert kernels.push_args("k/x", gpu=False) == ["kernels", "push", "-p", "k/x"]
+    assert kernels.push_args("k/x", gpu=True) == [
+        "kernels",
+        "push",
+        "-p",
+        "k/x",
+        "--accelerator",
+        "NvidiaTeslaT4",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The self-contained notebook
+
+
+def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_path):
+    original = nbformat.read(
+        make_notebook(tmp_path / "03_train_cnn.ipynb", "print(epochs)", parameters="epochs = 3"),
+        as_version=4,
+    )
+    sources = kernels.package_sources()
+    built = kernels.kernel_notebook(original, sources, notebook_name="03_train_cnn.ipynb")
+
+    # Every module of the package as it is now, listed from disk (new modules are picked up).
+    on_disk = {f"digit_utils/{p.name}" for p in paths.PACKAGE_DIR.glob("*.py")}
+    assert on_disk <= set(sources) and "digit_utils/kernels.py" in sources
+    writes = {
+        c.source.split("\n", 1)[0].removeprefix("%%writefile "): c.source.split("\n", 1)[1]
+        for c in built.cells
+        if c.source.startswith("%%writefile ")
+    }
+    assert writes == sources
+    assert writes["digit_utils/paths.py"] == (paths.PACKAGE_DIR / "paths.py").read_text()
+
+    n_added = len(built.cells) - len(original.cells)
+    assert built.cells[0].cell_type == "markdown" and "%%writefile" in built.cells[0].source
+    assert all(kernels.INLINE_TAG in c.metadata["tags"] for c in built.cells[:n_added])
+    assert built.cells[n_added:] == original.cells  # sources, tags and metadata unchanged
+    tagged = [i for i, c in enumerate(built.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert tagged == [n_added + 1]  # still the one parameters cell, after the package cells
+    assert built.metadata["kernelspec"]["name"] == "python3"
+    nbformat.validate(built)
+
+
+def test_build_kernel_writes_notebook_and_metadata(tmp_path, isolated):
+    notebook = make_notebook(tmp_path / "05_ensemble_submission.ipynb", "x = 1")
+    folder = kernels.build_kernel(notebook, "alice")
+    assert folder == isolated / "outputs" / "kernels" / "digit-recognizer-05-ensemble-submission"
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    assert meta == kernels.kernel_metadata(notebook, "alice")
+    built = nbformat.read(folder / meta["code_file"], as_version=4)
+    assert built.cells[-1].source == "x = 1"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_build_kernel_rejects_a_broken_notebook(tmp_path):
+    bad = tmp_path / "01_eda.ipynb"
+    bad.write_text("{not json")
+    with pytest.raises(DigitsError, match="01_eda.ipynb: cannot read notebook"):
+        kernels.build_kernel(bad, "alice")
+
+
+@pytest.mark.parametrize("notebook", REAL_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_real_notebook_builds_into_a_kernel(notebook, tmp_path):
+    from papermill.inspection import inspect_notebook
+
+    folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    stem = notebook.stem
+    assert stem in kernels.STAGES, f"{stem} is not in kernels.STAGES (GPU? upstream kernels?)"
+    assert meta == kernels.kernel_metadata(notebook, "alice")
+    assert meta["enable_gpu"] is (stem in GPU) and meta["enable_internet"] is False
+    built = folder / meta["code_file"]
+    # Papermill (and Kaggle's parameterised runs) still see the notebook's own parameters.
+    assert inspect_notebook(str(built)) == inspect_notebook(str(notebook))
+    original = nbformat.read(notebook, as_version=4)
+    assert nbformat.read(built, as_version=4).cells[-len(original.cells) :] == original.cells
+
+
+def test_real_notebooks_read_only_declared_upstream_stages():
+    """A code cell quoting another stage's name (``"03_train_cnn/runs.json"``) reads its outputs,
+    so on Kaggle that stage's kernel must be among this one's kernel_sources."""
+    for notebook in REAL_NOTEBOOKS:
+        code = "\n".join(
+            c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"
+        )
+        _, needs = kernels.STAGES.get(notebook.stem, (False, ()))
+        for other in kernels.STAGES:
+            quoted = f'"{other}' in code or f"'{other}" in code
+            if other != notebook.stem and quoted:
+                assert other in needs, f"{notebook.name} reads {other}'s outputs"
+
+
+# --------------------------------------------------------------------------------------------
+# Running built kernels in a simulated Kaggle
+
+
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_kernel_runs_self_contained_in_simulated_kaggle(tmp_path, sample_dir, layout, monkeypatch):
+    monkeypatch.setenv("DIGITS_DATA_DIR", str(sample_dir))  # must not leak into the kernel
+    notebook = make_notebook(tmp_path / "nb" / "99_probe.ipynb", PROBE, parameters="n_rows = 0")
+    folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
+    input_root = kaggle_input(tmp_path / "input", sample_dir, layout)
+    working = tmp_path / "working"
+    executed = kernels.run_kernel_locally(folder, input_root, working, {"n_rows": 300})
+
+    record = json.loads((working / "outputs" / "99_probe" / "probe.json").read_text())
+    # The inlined copy, in the kernel's working directory, not the installed package.
+    assert Path(record["file"]) == working / "digit_utils" / "__init__.py"
+    assert not Path(record["file"]).is_relative_to(REPO)
+    assert Path(record["root"]) == working and Path(record["outputs"]) == working / "outputs"
+    competition = "competitions/digit-recognizer" if layout == "nested" else "digit-recognizer"
+    assert (Path(record["data"]), record["origin"]) == (input_root / competition, "kaggle-input")
+    assert record["shape"] == [300, 1, 28, 28]
+    assert record["n_rows"] == 300  # papermill injected the parameter
+    assert record["has_mlxtend"] is False  # not promised by Kaggle's image
+    assert executed == working / "__notebook__.ipynb" and executed.is_file()
+    assert not list(working.rglob("__pycache__"))
+
+
+def test_submission_kernel_reads_upstream_kernel_outputs(tmp_path, sample_dir):
+    """05 reads a run folder from the 03 kernel's mounted output; writes /kaggle/working/…csv."""
+    body = """\
+import numpy as np
+from digit_utils import data, paths, submit
+
+run = paths.upstream("03_train_cnn/runs/cnn_seed0")
+proba = np.load(run / "test_proba.npy")  # (N,10) float32
+assert proba.shape == (len(data.load_test(data.locate())), 10)
+submit.write_submission(proba, paths.outputs_dir() / "submission.csv", expected_rows=len(proba))
+"""
+    notebook = make_notebook(tmp_path / "nb" / "05_ensemble_submission.ipynb", body)
+    folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
+    input_root = kaggle_input(tmp_path / "input", sample_dir, "flat")
+    # Kaggle mounts each kernel source's output folder at /kaggle/input/<slug>/.
+    slug = kernels.kernel_metadata(notebook, "alice")["kernel_sources"][0].split("/")[1]
+    run = input_root / slug / "outputs" / "03_train_cnn" / "runs" / "cnn_seed0"
+    run.mkdir(parents=True)
+    proba = np.zeros((100, 10), np.float32)  # (N,10): every test digit a 7
+    proba[:, 7] = 1.0
+    np.save(run / "test_proba.npy", proba)
+
+    working = tmp_path / "working"
+    kernels.run_kernel_locally(folder, input_root, working)
+    submission = pd.read_csv(working / "submission.csv")
+    assert list(submission.columns) == ["ImageId", "Label"]
+    assert submission["ImageId"].tolist() == list(range(1, 101))
+    assert set(submission["Label"]) == {7}
+    assert (working / "outputs" / "submission.csv").is_file()
+
+
+def test_a_failing_kernel_names_its_cell(tmp_path):
+    notebook = make_notebook(tmp_path / "01_eda.ipynb", "x = 1", "raise ValueError('boom')")
+    folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
+    (tmp_path / "input").mkdir()
+    with pytest.raises(DigitsError, match=r"01_eda.ipynb failed in cell \d+: ValueError: boom"):
+        kernels.run_kernel_locally(folder, tmp_path / "input", tmp_path / "working")

@@ -13,7 +13,11 @@ from .errors import DigitsError
 
 # Modules that contribute subcommands; each defines register_cli(subparsers). Keep their
 # top-level imports light: `digits data validate` should not pay for importing torch.
-COMMAND_MODULES = ["digit_utils.data_cli", "digit_utils.kaggle_cli"]
+COMMAND_MODULES = [
+    "digit_utils.data_cli",
+    "digit_utils.kaggle_cli",
+    "digit_utils.pipeline",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

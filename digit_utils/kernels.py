@@ -258,13 +258,20 @@ def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
     return out
 
 
+def _run_about(ref: str, args: list[str]) -> str:
+    """``kaggle.run`` with the kernel named in its errors (except the missing credentials)."""
+    if not kaggle.has_credentials():
+        raise KaggleError(kaggle.NO_CREDENTIALS)
+    try:
+        return kaggle.run(args)
+    except KaggleError as e:
+        raise KaggleError(f"kernel {ref}: {e}") from None
+
+
 def status(ref: str) -> tuple[str, str]:
     """(status word in lower case, e.g. ``complete``, and the failure message or "")."""
     ref = kernel_ref(ref, kaggle.username())
-    try:
-        out = kaggle.run(["kernels", "status", ref])
-    except KaggleError as e:
-        raise KaggleError(f"kernel {ref}: {e}") from None
+    out = _run_about(ref, ["kernels", "status", ref])
     match = re.search(r'has status "([^"]+)"', out)
     if not match:
         raise KaggleError(f"kernel {ref}: unexpected answer from the Kaggle CLI: {out.strip()}")
@@ -277,10 +284,7 @@ def output(ref: str, dest: str | Path | None = None) -> Path:
     ref = kernel_ref(ref, kaggle.username())
     dest = Path(dest or paths.outputs_dir() / "kernels" / ref.split("/")[1] / "output")
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        kaggle.run(["kernels", "output", ref, "-p", str(dest)])
-    except KaggleError as e:
-        raise KaggleError(f"kernel {ref}: {e}") from None
+    _run_about(ref, ["kernels", "output", ref, "-p", str(dest)])
     return dest
 
 

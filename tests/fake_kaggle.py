@@ -4,7 +4,7 @@
 Installed by the `fake_kaggle` fixture as an executable named `kaggle` first on PATH. It appends
 its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI would:
 - $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | network: print what the real CLI prints then and exit 1;
-  leak: fail like 401 with the key's value in the output (our code must redact it);
+  leak: fail with the key's value in the output (our code must redact it);
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
 - `competitions submit ...`: print the real success line;
@@ -50,7 +50,7 @@ def main(args):
         fh.write(json.dumps(args) + "\n")
     fail = os.environ.get("FAKE_KAGGLE_FAIL")
     if fail == "leak":
-        print(f"{FAILURES['401']} (sent key {os.environ.get('KAGGLE_KEY')})", file=sys.stderr)
+        print(f"Error: bad request with key {os.environ.get('KAGGLE_KEY')}", file=sys.stderr)
         return 1
     if fail in FAILURES:
         print(FAILURES[fail], file=sys.stderr)

@@ -1,0 +1,286 @@
+"""`digits kaggle ...` against a fake `kaggle` executable: exact command lines, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from digit_utils import cli, kernels
+
+KEY = "s3cr3t-key-value"  # what FakeKaggle.login puts in KAGGLE_KEY
+
+
+def digits(*argv: str, capsys) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_submission(path: Path, rows: int = 28_000, edit=None) -> Path:
+    lines = ["ImageId,Label", *(f"{i},{i % 10}" for i in range(1, rows + 1))]
+    if edit:
+        lines = edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def notebooks(root: Path, *stems: str) -> Path:
+    """Small notebooks in the project's notebooks/ folder."""
+    for stem in stems:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("print('hello')")]
+        (root / "notebooks").mkdir(exist_ok=True)
+        nbformat.write(nb, root / "notebooks" / f"{stem}.ipynb")
+    return root / "notebooks"
+
+
+def assert_no_secret(*texts: str, tree: Path) -> None:
+    for text in texts:
+        assert KEY not in text
+    for path in tree.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+# --------------------------------------------------------------------------------------------
+# submit / submissions
+
+
+def test_submit_validates_then_calls_the_cli(fake_kaggle, tmp_path, capsys):
+    fake_kaggle.login()
+    path = write_submission(tmp_path / "submission.csv")
+    code, out, err = digits("kaggle", "submit", str(path), "-m", "cnn ensemble", capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Successfully submitted" in out
+    assert fake_kaggle.calls == [
+        ["competitions", "submit", "digit-recognizer", "-f", str(path), "-m", "cnn ensemble"]
+    ]
+
+
+def _swap(lines, i, j):
+    lines[i], lines[j] = lines[j], lines[i]
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("edit", "rows", "reason"),
+    [
+        (lambda lines: ["imageid,label", *lines[1:]], 28_000, "header is 'imageid,label'"),
+        (lambda lines: ["Label,ImageId", *lines[1:]], 28_000, "expected exactly 'ImageId,Label'"),
+        (None, 27_999, "has 27,999 rows, expected 28,000"),
+        (None, 1_000, "has 1,000 rows, expected 28,000"),  # the offline sample's size
+        (lambda lines: _swap(lines, 5, 6), 28_000, "row 5 (line 6), column 'ImageId'"),
+        (lambda lines: [*lines[:9], "9,10", *lines[10:]], 28_000, "label 10 is outside 0–9"),
+        (lambda lines: [*lines[:3], "", *lines[3:]], 28_000, "row 3 (line 4): blank line"),
+        (lambda lines: [*lines[:3], "3,", *lines[4:]], 28_000, "column 'Label': empty cell"),
+        (lambda lines: [*lines[:3], "3,seven", *lines[4:]], 28_000, "'seven' is not an integer"),
+    ],
+)
+def test_submit_refuses_an_invalid_file_before_any_call(
+    fake_kaggle, tmp_path, capsys, edit, rows, reason
+):
+    fake_kaggle.login()
+    path = write_submission(tmp_path / "submission.csv", rows, edit)
+    code, out, err = digits("kaggle", "submit", str(path), "-m", "x", capsys=capsys)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: {path}") and reason in err
+    assert err.count("\n") == 1
+    assert fake_kaggle.calls == []
+
+
+def test_submit_refuses_a_missing_file_and_an_empty_message(fake_kaggle, tmp_path, capsys):
+    fake_kaggle.login()
+    code, _, err = digits("kaggle", "submit", str(tmp_path / "nope.csv"), "-m", "x", capsys=capsys)
+    assert code == 1 and "nope.csv: file not found" in err
+    path = write_submission(tmp_path / "submission.csv")
+    code, _, err = digits("kaggle", "submit", str(path), "-m", " ", capsys=capsys)
+    assert code == 1 and "message is empty" in err
+    assert fake_kaggle.calls == []
+
+
+def test_submit_reports_a_refusal_the_cli_prints_with_exit_status_0(fake_kaggle, tmp_path, capsys):
+    fake_kaggle.login()
+    fake_kaggle.fail_with("submit-rejected")
+    path = write_submission(tmp_path / "submission.csv")
+    code, _, err = digits("kaggle", "submit", str(path), "-m", "x", capsys=capsys)
+    assert code == 1
+    assert err == "error: Kaggle did not accept submission.csv: Could not submit to competition\n"
+
+
+def test_submissions_lists_past_scores(fake_kaggle, capsys):
+    fake_kaggle.login()
+    code, out, _ = digits("kaggle", "submissions", capsys=capsys)
+    assert code == 0
+    assert fake_kaggle.calls == [["competitions", "submissions", "digit-recognizer", "-v"]]
+    assert "0.99757" in out and "ensemble" in out and "2026-11-20" in out
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+
+
+def test_kernel_build_needs_a_user_name(isolated, capsys):
+    notebooks(isolated, "01_eda")
+    code, _, err = digits("kaggle", "kernel", "build", capsys=capsys)
+    assert code == 1 and "--user NAME" in err
+    code, out, _ = digits("kaggle", "kernel", "build", "--user", "dana", capsys=capsys)
+    assert code == 0 and "dana/digit-recognizer-01-eda" in out
+    meta = json.loads(
+        (isolated / "outputs/kernels/digit-recognizer-01-eda/kernel-metadata.json").read_text()
+    )
+    assert meta["id"] == "dana/digit-recognizer-01-eda" and meta["is_private"] is True
+
+
+def test_kernel_build_selects_notebooks_by_stem_or_prefix(isolated, capsys):
+    notebooks(isolated, "01_eda", "03_train_cnn", "05_ensemble_submission")
+    code, out, _ = digits("kaggle", "kernel", "build", "03", "--user", "dana", capsys=capsys)
+    assert code == 0 and out.count("built ") == 1 and "digit-recognizer-03-train-cnn" in out
+    assert "reads dana/digit-recognizer-02-augmentation" in out and "(GPU;" in out
+    code, _, err = digits("kaggle", "kernel", "build", "0", "--user", "dana", capsys=capsys)
+    assert code == 1 and "'0' matches more than one notebook" in err
+    code, _, err = digits("kaggle", "kernel", "build", "07", "--user", "dana", capsys=capsys)
+    assert code == 1 and "'07' matches no notebook" in err and "01_eda" in err
+
+
+def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
+    fake_kaggle, isolated, capsys
+):
+    fake_kaggle.login()
+    notebooks(isolated, "01_eda", "03_train_cnn")
+    code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
+    assert (code, err) == (0, "")
+    root = isolated / "outputs" / "kernels"
+    assert fake_kaggle.calls == [
+        ["kernels", "push", "-p", str(root / "digit-recognizer-01-eda")],
+        [
+            "kernels",
+            "push",
+            "-p",
+            str(root / "digit-recognizer-03-train-cnn"),
+            "--accelerator",
+            "NvidiaTeslaT4",
+        ],
+    ]
+    assert "https://www.kaggle.com/code/alice/digit-recognizer-03-train-cnn" in out
+    built = nbformat.read(root / "digit-recognizer-03-train-cnn" / "03_train_cnn.ipynb", 4)
+    assert built.cells[-1].source == "print('hello')"
+
+
+def test_kernel_push_accelerator_can_be_chosen(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    notebooks(isolated, "03_train_cnn")
+    argv = ("kaggle", "kernel", "push", "03_train_cnn", "--accelerator", "NvidiaTeslaP100")
+    assert digits(*argv, capsys=capsys)[0] == 0
+    assert fake_kaggle.calls[0][-2:] == ["--accelerator", "NvidiaTeslaP100"]
+
+
+def test_kernel_push_rejected(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    fake_kaggle.fail_with("push-rejected")
+    notebooks(isolated, "01_eda")
+    code, _, err = digits("kaggle", "kernel", "push", capsys=capsys)
+    assert code == 1
+    assert err == (
+        "error: Kaggle rejected the push of alice/digit-recognizer-01-eda: "
+        "Notebook exceeds the maximum size of 1 MB\n"
+    )
+
+
+def test_kernel_status(fake_kaggle, capsys, monkeypatch):
+    fake_kaggle.login()
+    code, out, _ = digits("kaggle", "kernel", "status", "03_train_cnn", capsys=capsys)
+    assert code == 0 and out == "alice/digit-recognizer-03-train-cnn: complete\n"
+    assert fake_kaggle.calls == [["kernels", "status", "alice/digit-recognizer-03-train-cnn"]]
+
+    monkeypatch.setenv("FAKE_KAGGLE_KERNEL_STATUS", "ERROR")
+    monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "CUDA out of memory")
+    code, out, err = digits("kaggle", "kernel", "status", "carol/other", capsys=capsys)
+    assert code == 1 and out == "carol/other: error\n"
+    assert "did not complete: CUDA out of memory" in err and err.count("\n") == 1
+
+
+def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    code, out, _ = digits("kaggle", "kernel", "output", "05_ensemble_submission", capsys=capsys)
+    dest = isolated / "outputs/kernels/digit-recognizer-05-ensemble-submission/output"
+    assert code == 0 and (dest / "submission.csv").is_file()
+    assert fake_kaggle.calls == [
+        ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(dest)]
+    ]
+    assert "submission.csv" in out
+    other = isolated / "elsewhere"
+    assert digits("kaggle", "kernel", "output", "bob/x", "-p", str(other), capsys=capsys)[0] == 0
+    assert fake_kaggle.calls[-1] == ["kernels", "output", "bob/x", "-p", str(other)]
+
+
+# --------------------------------------------------------------------------------------------
+# Failures: one line, exit 1, no traceback, no credential value anywhere
+
+
+COMMANDS = {
+    "submit": ("kaggle", "submit", "{sub}", "-m", "x"),
+    "submissions": ("kaggle", "submissions"),
+    "push": ("kaggle", "kernel", "push", "01_eda"),
+    "status": ("kaggle", "kernel", "status", "01_eda"),
+    "output": ("kaggle", "kernel", "output", "01_eda"),
+}
+EXPECTED = {
+    "403": "accept the competition rules",
+    "401": "rejected the credentials",
+    "404": "does not know that resource",
+    "network": "cannot reach kaggle.com",
+    "leak": "the Kaggle CLI failed: Error: bad request with key ***",  # echoed, redacted
+}
+
+
+@pytest.mark.parametrize("failure", list(EXPECTED))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cli_failures_are_one_clear_line_without_secrets(
+    fake_kaggle, isolated, tmp_path, capsys, command, failure
+):
+    fake_kaggle.login(key=KEY)
+    fake_kaggle.fail_with(failure)
+    notebooks(isolated, "01_eda")
+    sub = write_submission(tmp_path / "submission.csv")
+    argv = [a.format(sub=sub) for a in COMMANDS[command]]
+    code, out, err = digits(*argv, capsys=capsys)
+    assert code == 1
+    if command != "push":  # push first says what it built
+        assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert EXPECTED[failure] in err
+    if command in ("status", "output"):
+        assert "kernel alice/digit-recognizer-01-eda: " in err
+    assert len(fake_kaggle.calls) == 1
+    assert_no_secret(out, err, tree=tmp_path)
+
+
+def test_no_credentials_is_one_line_without_traceback(fake_kaggle, isolated, tmp_path):
+    """End to end through the `digits` entry point in a fresh process."""
+    sub = write_submission(tmp_path / "submission.csv")
+    for argv in (["kaggle", "submit", str(sub), "-m", "x"], ["kaggle", "kernel", "status", "a/b"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "digit_utils.cli", *argv], capture_output=True, text=True
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith("error: no Kaggle credentials found")
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert fake_kaggle.calls == []
+
+
+def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, capsys):
+    fake_kaggle.login(key=KEY)
+    notebooks(isolated, "01_eda", "05_ensemble_submission")
+    code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
+    assert code == 0
+    assert_no_secret(out, err, tree=tmp_path)
+    folder = isolated / "outputs/kernels" / kernels.kernel_slug("05_ensemble_submission")
+    assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
+        "alice/digit-recognizer-03-train-cnn",
+        "alice/digit-recognizer-04-model-zoo",
+    ]

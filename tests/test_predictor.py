@@ -1,0 +1,251 @@
+"""The Predictor on real (tiny) trained runs: every input kind, MNIST-like preprocessing, the CLI,
+and the ensemble path from run folders to a submission."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from digit_utils import cli, data, ensemble, submit, train
+from digit_utils.errors import DataError
+from digit_utils.predictor import CENTRE, Predictor, is_mnist_style, preprocess
+
+# Recipes that reach ~95% (fast_cnn) and ~80% (simple_cnn) on 1,600 sample rows in a few CPU
+# seconds; two different models make the ensemble tests meaningful.
+RECIPES = {
+    "s0": {"model": "fast_cnn", "epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 3e-3},
+    "s1": {"model": "simple_cnn", "epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, sample_dir):
+    """Two tiny runs trained on 2,000 sample rows, plus test digits they get right."""
+    root = tmp_path_factory.mktemp("predictor")
+    source = data.DataSource(sample_dir, "sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sample's "not 42,000 rows" notice
+        images, labels = data.load_train(source)
+        test_images = data.load_test(source)
+    test_labels = data.load_test_labels(source)
+    runs = []
+    for seed, (name, recipe) in enumerate(RECIPES.items()):
+        cfg = train.TrainConfig.from_dict(
+            {**recipe, "seed": seed, "val_fraction": 0.2, "device": "cpu", "name": name}
+        )
+        train.train(cfg, images[:2000], labels[:2000], run_dir=root / name, quiet=True)
+        runs.append(root / name)
+    predictor = Predictor.from_run(runs[0], device="cpu")
+    proba = predictor.predict_images(test_images[:200])
+    sure = np.nonzero((proba.argmax(1) == test_labels[:200]) & (proba.max(1) > 0.9))[0][:4]
+    assert len(sure) == 4, "the tiny run should get a few digits right"
+    return {
+        "root": root,
+        "runs": runs,
+        "predictor": predictor,
+        "train": (images[:2000], labels[:2000]),
+        "digits": test_images[sure],  # (4,1,28,28)
+        "labels": test_labels[sure],
+    }
+
+
+def test_same_digit_from_path_pil_numpy_and_tensor(world, tmp_path):
+    predictor, digit = world["predictor"], world["digits"][0]  # (1,28,28) uint8
+    png = tmp_path / "digit.png"
+    Image.fromarray(digit[0]).save(png)
+    results = [
+        predictor.predict(png),
+        predictor.predict(str(png)),
+        predictor.predict(Image.fromarray(digit[0])),
+        predictor.predict(digit[0]),  # numpy [28,28]
+        predictor.predict(torch.from_numpy(digit).float() / 255),  # tensor [1,28,28] in 0..1
+        predictor.predict(torch.from_numpy(digit)),  # uint8 tensor
+    ]
+    assert {r.digit for r in results} == {int(world["labels"][0])}
+    for r in results:
+        assert len(r.probabilities) == 10
+        assert r.confidence == max(r.probabilities)
+        np.testing.assert_allclose(r.probabilities, results[0].probabilities, atol=1e-5)
+    assert results[0].source == str(png)
+    assert [d for d, _ in results[0].top(3)][0] == results[0].digit
+
+
+def test_batches_give_one_prediction_each(world, tmp_path):
+    predictor, digits, labels = world["predictor"], world["digits"], world["labels"]
+    batch = predictor.predict(digits)  # numpy [N,1,28,28]
+    assert [p.digit for p in batch] == labels.tolist()
+    assert [p.digit for p in predictor.predict(torch.from_numpy(digits))] == labels.tolist()
+    assert [p.digit for p in predictor.predict(digits[:, 0])] == labels.tolist()  # [N,28,28]
+    colour = torch.from_numpy(digits[0]).repeat(3, 1, 1)  # one RGB tensor [3,28,28]
+    assert predictor.predict(colour).digit == labels[0]
+    with pytest.raises(DataError, match=r"3-D tensor is one \[C,H,W\] image"):
+        predictor.predict(torch.from_numpy(digits[:, 0]))
+    files = []
+    for i, d in enumerate(digits):
+        files.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(d[0]).save(files[-1], quality=95)
+    assert [p.digit for p in predictor.predict(files)] == labels.tolist()
+    mixed = predictor.predict([files[0], Image.fromarray(digits[1, 0]), digits[2, 0]])
+    assert [p.digit for p in mixed] == labels[:3].tolist()
+    assert [p.source for p in mixed] == [str(files[0]), "#1", "#2"]
+
+
+def photo_of(digit: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The digit 7x larger, dark ink on grey-white noisy paper, far off-centre: uint8 [300,420]."""
+    big = np.asarray(Image.fromarray(digit).resize((196, 196), Image.Resampling.BICUBIC))
+    rng = np.random.default_rng(seed)
+    paper = np.clip(rng.normal(225, 6, (300, 420)), 0, 255)
+    paper[20:216, 200:396] = np.minimum(paper[20:216, 200:396], 255 - big.astype(float))
+    return paper.astype(np.uint8)
+
+
+def test_preprocessing_turns_a_photo_back_into_an_mnist_digit(world):
+    predictor = world["predictor"]
+    for digit, label in zip(world["digits"][:, 0], world["labels"], strict=True):
+        photo = photo_of(digit)
+        assert not is_mnist_style(photo.astype(np.float32))
+        x = preprocess(photo)
+        assert x.shape == (1, 28, 28) and x.dtype == np.uint8
+        rows, cols = np.nonzero(x[0].any(1))[0], np.nonzero(x[0].any(0))[0]
+        assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 == 20  # longest side 20 px
+        yy, xx = np.indices((28, 28))
+        mass = x[0].astype(float).sum()
+        com = ((yy * x[0]).sum() / mass, (xx * x[0]).sum() / mass)
+        assert np.allclose(com, CENTRE, atol=0.6)
+        assert x[0, 0].max() == 0 and x[0, :, 0].max() == 0  # a black MNIST background
+        # Up to the one-pixel rounding of the centring, it is the original digit again.
+        best = max(
+            np.corrcoef(np.roll(x[0], (dy, dx), (0, 1)).ravel(), digit.ravel())[0, 1]
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        )
+        assert best > 0.9
+        assert predictor.predict(Image.fromarray(photo)).digit == label
+
+
+def test_mnist_style_input_passes_through_untouched(world):
+    digit = world["digits"][1]
+    np.testing.assert_array_equal(preprocess(digit), digit)
+    np.testing.assert_array_equal(preprocess(digit[0]), digit)
+
+
+def test_transparent_png_is_read_as_ink_on_white(world, tmp_path):
+    digit, label = world["digits"][2, 0], world["labels"][2]
+    rgba = np.zeros((28, 28, 4), np.uint8)  # black strokes whose alpha is the ink
+    rgba[..., 3] = digit
+    path = tmp_path / "drawn.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    assert world["predictor"].predict(path).digit == label
+    rgb = np.repeat((255 - photo_of(digit, 1))[..., None], 3, axis=2)  # light ink, dark photo
+    assert world["predictor"].predict(rgb).digit == label
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: np.full((50, 40), 240, np.uint8), "blank image"),
+        (lambda p: Image.new("L", (28, 28), 0), "blank image"),
+        (lambda p: (p.write_text("not a png"), p)[1], "not an image PIL can read"),
+        (lambda p: p.parent / "missing.png", "file not found"),
+        (lambda p: np.zeros((2, 3, 4, 5, 6), np.uint8), "cannot read an array of shape"),
+        (lambda p: np.zeros((4, 28, 28, 2), np.uint8), "cannot read an array"),
+        (lambda p: np.full((28, 28), 300.0), "0..255"),
+        (lambda p: [], "empty list"),
+        (lambda p: {"a": 1}, "got dict"),
+    ],
+)
+def test_bad_inputs_give_our_clear_error(world, tmp_path, make, message):
+    x = make(tmp_path / "fake.png")
+    with pytest.raises(DataError, match=message):
+        world["predictor"].predict(x)
+
+
+def test_preprocess_wants_one_image(world):
+    with pytest.raises(DataError, match="batch of 4"):
+        preprocess(world["digits"])
+
+
+def test_an_ensemble_of_runs_averages_their_probabilities(world):
+    runs, digits = world["runs"], world["digits"]
+    both = Predictor.from_run(runs, device="cpu").predict_images(digits)
+    each = [Predictor.from_run(r, device="cpu").predict_images(digits) for r in runs]
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
+    assert not np.allclose(each[0], each[1])  # two runs really are two models
+
+
+def save_pngs(world, tmp_path):
+    files = []
+    for i, d in enumerate(world["digits"][:2]):
+        files.append(tmp_path / f"d{i}.png")
+        Image.fromarray(d[0]).save(files[-1])
+    return files
+
+
+def test_cli_prints_a_table(world, tmp_path, capsys):
+    files = save_pngs(world, tmp_path)
+    args = ["predict", *map(str, files), "--run", str(world["runs"][0]), "--device", "cpu"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["file", "digit", "confidence", "top-3"]
+    for line, path, label in zip(lines[1:], files, world["labels"], strict=False):
+        cells = line.split()
+        assert cells[0] == str(path) and cells[1] == str(label)
+        assert cells[3].startswith(f"{label}:")  # top-3 starts with the predicted digit
+
+
+def test_cli_json_ensemble_and_figures(world, tmp_path, capsys):
+    files = save_pngs(world, tmp_path)
+    runs = [a for r in world["runs"] for a in ("--run", str(r))]
+    figures = tmp_path / "figs"
+    args = ["predict", *map(str, files), *runs, "--json", "--show", "--figures", str(figures)]
+    assert cli.main([*args, "--tta", "2", "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["runs"] == [str(r) for r in world["runs"]] and record["tta"] == 2
+    preds = record["predictions"]
+    assert [p["digit"] for p in preds] == world["labels"][:2].tolist()
+    assert all(len(p["probabilities"]) == 10 for p in preds)
+    assert [p["source"] for p in preds] == [str(f) for f in files]
+    assert len(record["figures"]) == 2
+    for f in record["figures"]:
+        assert f.startswith(str(figures))
+        with Image.open(f) as figure:
+            assert figure.size[0] > 100
+
+
+def test_cli_reports_a_bad_image_cleanly(world, tmp_path, capsys):
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    assert cli.main(["predict", str(bad), "--run", str(world["runs"][0])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "notes.png" in err and "not an image" in err
+
+
+def test_from_run_folders_to_a_valid_submission(world, tmp_path):
+    """The ensemble notebook's path: runs -> OOF -> compare -> combine -> submission.csv."""
+    images, labels = world["train"]
+    oof = ensemble.load_oof(world["runs"])
+    assert oof.names == ["s0", "s1"] and oof.probas.shape == (2, len(oof.indices), 10)
+    table = ensemble.compare_methods(oof.probas, labels[oof.indices], names=oof.names, folds=3)
+    method, accuracy = ensemble.pick_best(table)
+    assert accuracy > 0.85
+    # Re-predicting the validation rows with TTA goes through the checkpoints themselves.
+    again = ensemble.load_oof(world["runs"], images=images, tta=0, device="cpu")
+    np.testing.assert_allclose(again.probas, oof.probas, atol=1e-4)
+    test = ensemble.predict_runs(world["runs"], world["digits"], tta=1, device="cpu")
+    assert test.shape == (2, 4, 10)
+    pred, _ = ensemble.combine(
+        method, test, oof_probas=oof.probas, oof_labels=labels[oof.indices], names=oof.names
+    )
+    path = submit.write_submission(
+        pred,
+        tmp_path / "submission.csv",
+        expected_rows=4,
+        provenance={"method": method, "cv_accuracy": accuracy},
+    )
+    assert submit.validate_submission(path, 4)["Label"].tolist() == world["labels"].tolist()
+    assert json.loads(path.with_suffix(".json").read_text())["method"] == method

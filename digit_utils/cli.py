@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "digit_utils.data_cli",
     "digit_utils.kaggle_cli",
     "digit_utils.pipeline",
+    "digit_utils.predict_cli",
 ]
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")  # 03_train_cnn: two-digit prefix, then a name
 SECTION = re.compile(r"^\d\d(_\w+)?$")  # a profile/-p key naming a notebook; never an identifier
+EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-3, 5E4, -2.5e+1
 DATA_DIR = "data_dir"  # the parameter the runner fills with the located data folder
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
@@ -97,13 +98,16 @@ def load_profile(name_or_path: str | Path | None) -> dict:
 
 
 def _plain(value: Any) -> Any:
-    """YAML values papermill can write as Python literals: a date stays the text it was."""
+    """YAML values as the user meant them: a date stays the text it was, and 1e-3 is a float
+    (YAML 1.1, which PyYAML reads, wants 1.0e-3 and otherwise gives the string '1e-3')."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dt.date):
         return value.isoformat()
+    if isinstance(value, str) and EXPONENT.match(value):
+        return float(value)
     return value
 
 
@@ -280,7 +284,11 @@ def _render_html(notebook: Path, dest: Path) -> Path | None:
         import nbformat
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+        # Its own logger: nbconvert warns about every figure without alt text, which is noise here.
+        quiet = logging.getLogger(f"{__name__}.html")
+        quiet.setLevel(logging.ERROR)
+        exporter = HTMLExporter(log=quiet)
+        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
         tmp.write_text(body, encoding="utf-8")
@@ -495,7 +503,9 @@ def _run_one(
     entry["metrics"] = _metrics(out / nb.stem, since=wall)
     if error is not None:
         entry["error"] = _failure(error, executed)
-    if render_html and executed.is_file():
+    if not executed.is_file():  # papermill failed before writing anything: nothing to keep
+        entry["executed"] = None
+    elif render_html:
         report = _render_html(executed, out / "reports" / f"{nb.stem}.html")
         entry["report"] = str(report) if report else None
     if error is None:

@@ -17,6 +17,7 @@ import pytest
 
 from digit_utils import cli, pipeline
 from digit_utils.errors import ConfigError
+from digit_utils.pipeline import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = Path(sys.executable).parent / "digits"
@@ -119,10 +120,13 @@ def test_load_profile_by_name_or_path_and_errors(toy, isolated, tmp_path):
 def test_parse_overrides_reads_yaml_values():
     got = pipeline.parse_overrides(
         ["epochs=2", "lr=0.1", "fail=true", "name=resnet18", "03_gamma.label=7", "msg=a=b"]
+        + ["wd=5e-4", "when=2026-11-22"]
     )
     assert got == {
         "epochs": 2,
         "lr": 0.1,
+        "wd": 0.0005,  # PyYAML alone would give the string '5e-4'
+        "when": "2026-11-22",
         "fail": True,
         "name": "resnet18",
         "03_gamma": {"label": 7},
@@ -346,3 +350,19 @@ def test_cli_from_another_directory_with_only_and_a_profile_path(toy, isolated, 
     assert status == {"01_alpha": "skipped", "02_beta": "skipped", "03_gamma": "ok"}
     assert record["notebooks"][2]["metrics"] == {"label": "from-profile", "scale": 1}
     assert not (isolated / "outputs" / "reports").exists()
+
+
+def test_a_kernel_that_cannot_start_is_a_recorded_failure(toy, isolated):
+    nb = nbformat.read(toy / "03_gamma.ipynb", 4)
+    nb.metadata["kernelspec"]["name"] = "no-such-kernel"  # kernel_name comes from the metadata
+    nbformat.write(nb, toy / "03_gamma.ipynb")
+    with pytest.raises(PipelineError, match="03_gamma failed: NoSuchKernel.*no-such-kernel"):
+        pipeline.run_pipeline(only="03", profile=None, overrides={"label": "z"})
+    record = json.loads((isolated / "outputs" / "pipeline.json").read_text())
+    gamma = record["notebooks"][2]
+    assert record["status"] == "failed" and gamma["status"] == "failed"
+    assert gamma["error"]["ename"] == "NoSuchKernel"
+    # papermill writes the parameterised notebook before it starts the kernel; it is kept
+    assert ["injected-parameters"] in [
+        c.metadata.get("tags") for c in nbformat.read(gamma["executed"], 4).cells
+    ]

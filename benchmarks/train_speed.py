@@ -1,0 +1,159 @@
+"""Training speed and accuracy on the full train.csv with a 10% stratified holdout.
+
+Prints, per model and device, the median over seeds of: train images/s, seconds per epoch, seconds
+of training until the holdout first reaches 99.0% and 99.5% (epoch resolution; evaluation time
+excluded), and the final holdout accuracy. Writes the table as CSV and markdown to
+outputs/benchmarks/. Not a test: run it by hand, e.g.
+
+    python benchmarks/train_speed.py --models fast_cnn --seeds 0 1 2
+    python benchmarks/train_speed.py --models deep_cnn --seeds 0 --set epochs=15 augment=affine
+    python benchmarks/train_speed.py --models fast_cnn se_vgg --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import torch
+
+from digit_utils import data, paths
+from digit_utils.train import TrainConfig, train
+
+# Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
+RECIPES: dict[str, dict] = {
+    "simple_cnn": {"epochs": 3, "batch_size": 64, "lr": 0.05},
+    "fast_cnn": {"epochs": 2, "batch_size": 256, "optimizer": "adamw", "lr": 0.01},
+    "deep_cnn": {
+        "epochs": 15, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
+        "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,
+    },
+    "se_vgg": {
+        "epochs": 20, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
+        "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,
+    },
+}  # fmt: skip
+DEFAULT_RECIPE = {"epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 0.002}
+THRESHOLDS = (0.990, 0.995, 0.9965)
+
+
+def seconds_to(history: pd.DataFrame, accuracy: float) -> float:
+    """Training seconds (cumulative, evaluation excluded) until val_acc first reaches accuracy."""
+    reached = history.index[history["val_acc"] >= accuracy]
+    return float(history["seconds"].cumsum()[reached[0]]) if len(reached) else float("nan")
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table without the optional tabulate dependency."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * frame.shape[1]]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text  # a bare word such as affine or adamw
+    return out
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["fast_cnn"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig overrides for every model, e.g. epochs=3")  # fmt: skip
+    parser.add_argument("--budget", type=float, default=None,
+                        help="skip further seeds of a model once this many seconds of its "
+                        "training have been spent")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--data", default=os.environ.get("DIGITS_DATA_DIR"),
+                        help="folder or zip with train.csv (default: data.locate())")  # fmt: skip
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    images, labels = data.load_train(data.locate(args.data))
+    overrides = parse_overrides(args.set)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (
+        torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available()
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads"
+    )  # fmt: skip
+    print(f"machine: {machine}; load average at start {load:.1f}; torch {torch.__version__}")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="train_speed-") as tmp:
+        for model in args.models:
+            spent = 0.0
+            for seed in args.seeds:
+                if args.budget is not None and spent >= args.budget:
+                    print(f"{model}: budget spent, skipping seed {seed}")
+                    continue
+                recipe = {**RECIPES.get(model, DEFAULT_RECIPE), **overrides}
+                cfg = TrainConfig.from_dict(
+                    {**recipe, "model": model, "seed": seed, "device": args.device,
+                     "val_fraction": 0.1}
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                result = train(cfg, images, labels, run_dir=f"{tmp}/{model}-{seed}", quiet=True)
+                h = result.history
+                spent += float(h["seconds"].sum())
+                row = {
+                    "model": model, "device": result.metrics["device"], "seed": seed,
+                    "epochs": cfg.epochs, "images_per_s": float(h["images_per_s"].median()),
+                    "s_per_epoch": float(h["seconds"].median()),
+                    **{f"s_to_{t * 100:g}": seconds_to(h, t) for t in THRESHOLDS},
+                    "final_acc": float(h["val_acc"].iloc[-1]),
+                    "best_acc": float(h["val_acc"].max()),
+                    "train_s": float(h["seconds"].sum()),
+                    "wall_s": time.perf_counter() - t0,
+                    "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+                    "recipe": str(recipe),
+                }  # fmt: skip
+                rows.append(row)
+                accs = " ".join(f"{a:.4f}" for a in h["val_acc"])
+                print(f"{model} seed {seed}: {row['train_s']:.1f}s train, "
+                      f"{row['images_per_s']:.0f} img/s, holdout by epoch: {accs}")  # fmt: skip
+
+    runs = pd.DataFrame(rows)
+    table = (
+        runs.groupby(["model", "device"], sort=False)
+        .agg(seeds=("seed", "size"), **{
+            c: (c, "median") for c in runs.columns
+            if c not in ("model", "device", "seed", "recipe")
+        })
+        .reset_index()
+    )  # fmt: skip
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(f"\nmedian over seeds ({machine}):")
+        print(table.round(4).to_string(index=False))
+
+    out = paths.outputs_dir() / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"train_speed-{datetime.now():%Y%m%d-%H%M%S}{'-' + args.tag if args.tag else ''}"
+    data.atomic_write_csv(runs, out / f"{stem}-runs.csv")
+    data.atomic_write_csv(table, out / f"{stem}.csv")
+    header = f"Machine: {machine}; load average at start {load:.1f}.\n\n"
+    (out / f"{stem}.md").write_text(header + markdown(table.round(4)))
+    print(f"wrote {out / stem}.csv, .md and -runs.csv")
+    return table
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

@@ -184,6 +184,8 @@ def _mnist_like(gray: np.ndarray, where: str) -> np.ndarray:
     small = np.clip(small * (255.0 / max(small.max(), 1.0)), 0, 255)  # resampling dims strokes
     yy, xx = np.indices(small.shape)
     mass = small.sum()
+    if mass == 0:  # a speck that vanished in the resize
+        raise DataError(f"{where}: blank image (the only ink is a speck)")
     cy, cx = (yy * small).sum() / mass, (xx * small).sum() / mass
     # Integer offsets that bring the centre of mass to CENTRE, kept inside the canvas.
     top = int(np.clip(round(CENTRE - cy), 0, SIZE - small.shape[0]))

@@ -267,7 +267,7 @@ def plot_prediction(image: np.ndarray, prediction: Prediction):
         1, 2, figsize=(6, 2.6), gridspec_kw={"width_ratios": [1, 1.6]}
     )
     ax_img.imshow(np.asarray(image).reshape(SIZE, SIZE), cmap="gray", vmin=0, vmax=255)
-    ax_img.set_title(f"{prediction.source}: {prediction.digit}")
+    ax_img.set_title(f"{Path(prediction.source).name}: {prediction.digit}")
     ax_img.axis("off")
     colours = ["tab:blue" if d == prediction.digit else "tab:gray" for d in range(10)]
     ax_bar.bar(range(10), prediction.probabilities, color=colours)

@@ -8,6 +8,7 @@ applied to the test probabilities.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,15 @@ def stacking_cv_proba(
     labels = np.asarray(labels, dtype=np.int64)
     if folds < 2:
         raise ConfigError(f"folds: need at least 2 for the inner CV, got {folds}")
+    largest = int(np.bincount(labels, minlength=10).max()) if len(labels) else 0
+    if largest < 2:
+        raise ConfigError(f"stack: {len(labels)} OOF rows are too few for an inner CV")
+    if largest < folds:  # a tiny run: StratifiedKFold needs folds <= the largest class
+        warnings.warn(
+            f"stack: {len(labels)} OOF rows; inner CV uses {largest} folds, not {folds}",
+            stacklevel=3,
+        )
+        folds = largest
     template = meta_model if meta_model is not None else default_meta_model()
     out = np.zeros((probas.shape[1], 10), np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -164,7 +174,13 @@ def compare_methods(
     predictions = {}
     for method in methods:
         if method == "stack":
-            p = stacking_cv_proba(probas, labels, folds=folds, seed=seed, meta_model=meta_model)
+            try:
+                p = stacking_cv_proba(
+                    probas, labels, folds=folds, seed=seed, meta_model=meta_model
+                )
+            except ConfigError as e:  # too few rows to score it: compare the others
+                warnings.warn(f"{e}; stacking left out of the comparison", stacklevel=2)
+                continue
             predictions[method] = p.argmax(axis=1)
         elif method == "vote":
             predictions[method] = majority_vote(probas)

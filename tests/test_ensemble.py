@@ -208,3 +208,18 @@ def test_load_oof_refuses_disjoint_rows_and_missing_files(tmp_path):
         ensemble.load_oof([bad])
     with pytest.raises(ConfigError, match="train images"):
         ensemble.load_oof([a], tta=2)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_tiny_oof_sets_shrink_or_skip_the_stacker_cv():
+    y = np.array([0, 0, 0, 1, 1, 2, 3, 4])  # largest class has 3 rows
+    probas = np.stack([onehot(y, 0.6), onehot((y + 1) % 10, 0.6)])
+    with pytest.warns(UserWarning, match="inner CV uses 3 folds, not 5"):
+        table = ensemble.compare_methods(probas, y)
+    assert "stack" in set(table["method"])
+    y = np.arange(6)  # one row per class: no inner CV possible
+    with pytest.warns(UserWarning, match="stacking left out"):
+        table = ensemble.compare_methods(np.stack([onehot(y)]), y)
+    assert set(table["method"]) == {"average", "vote", "model0"}
+    with pytest.raises(ConfigError, match="too few"):
+        ensemble.stacking_cv_proba(np.stack([onehot(y)]), y)

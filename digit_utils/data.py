@@ -51,7 +51,8 @@ class DataSource:
 
     @property
     def is_sample(self) -> bool:
-        return self.origin == "sample"
+        """The offline sample, found by locate() or given as a path (it has test labels)."""
+        return self.origin == "sample" or self.test_labels_csv is not None
 
     @property
     def train_csv(self) -> Path:

@@ -115,6 +115,7 @@ class Stage:
 
         plots.save(fig, self.out, name)
         self.figures.append(f"{name}.png")
+        plots.plt.close(fig)  # shown once, as this cell's result, not again by the inline backend
         return fig
 
     def finish(self, **metrics) -> dict:
@@ -141,8 +142,7 @@ def start(stage: str, **params) -> Stage:
     warnings.filterwarnings("ignore", category=data.DataWarning, message=r".*rows, the comp")
     source = None
     if "data_dir" in checked:
-        source = data.locate(checked["data_dir"] or None)
-        print(f"Data: {source.describe()}")
+        source = data.locate(checked["data_dir"] or None)  # logs which files it uses
     return Stage(stage, checked, source, paths.stage_dir(stage))
 
 

@@ -207,7 +207,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> plt.Fi
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> plt.Figure:
     acc = [(y_pred[y_true == d] == d).mean() if (y_true == d).any() else np.nan for d in DIGITS]
     fig, ax = plt.subplots(figsize=(8, 3))
-    sns.barplot(x=DIGITS, y=np.array(acc) * 100, ax=ax, color="seagreen")
+    ax.bar(DIGITS, np.array(acc) * 100, color="seagreen")
+    ax.set_xticks(DIGITS)
     finite = [a for a in acc if not np.isnan(a)]
     ax.set_ylim(max(0, min(finite) * 100 - 1), 100)
     ax.set(xlabel="digit", ylabel="accuracy (%)", title="Accuracy per class")
@@ -253,27 +254,55 @@ def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
 
 
 def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) -> plt.Figure:
-    """Predicted test classes, optionally beside the training distribution (as shares)."""
-    rows = [
-        pd.DataFrame(
-            {
-                "digit": DIGITS,
-                "share": np.bincount(pred, minlength=10) / len(pred),
-                "set": "predicted test",
-            }
-        )
-    ]
+    """Predicted test classes as shares, beside the training labels' shares when given."""
+    bars = {"predicted test": pred}
     if reference is not None:
-        rows.append(
-            pd.DataFrame(
-                {
-                    "digit": DIGITS,
-                    "set": "train labels",
-                    "share": np.bincount(reference, minlength=10) / len(reference),
-                }
-            )
-        )
+        bars["train labels"] = reference
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    sns.barplot(data=pd.concat(rows), x="digit", y="share", hue="set", ax=ax)
-    ax.set(title="Class distribution")
+    width = 0.8 / len(bars)
+    for i, (name, values) in enumerate(bars.items()):
+        share = np.bincount(values, minlength=10) / len(values)
+        ax.bar(np.arange(10) + (i - (len(bars) - 1) / 2) * width, share, width, label=name)
+    ax.set_xticks(DIGITS)
+    ax.set(xlabel="digit", ylabel="share", title="Class distribution")
+    ax.legend()
     return fig
+
+
+def method_comparison(table: pd.DataFrame) -> plt.Figure:
+    """CV accuracy of each single model and each ensemble method (ensemble.compare_methods)."""
+    table = table.sort_values("accuracy")
+    colors = ["darkorange" if k == "ensemble" else "steelblue" for k in table["kind"]]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(table) + 1.2))
+    ax.barh(table["method"], table["accuracy"] * 100, color=colors)
+    for y, (acc, err) in enumerate(zip(table["accuracy"], table["errors"], strict=True)):
+        ax.text(acc * 100, y, f" {acc:.3%} ({err} errors)", va="center", fontsize=8)
+    low = table["accuracy"].min() * 100
+    ax.set_xlim(max(0, low - (100 - low) * 0.5), 100 + (100 - low) * 0.3)
+    ax.set(xlabel="out-of-fold accuracy (%)", title="Single models (blue) vs ensembles (orange)")
+    return fig
+
+
+def mistakes(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, limit: int = 30):
+    """The misclassified digits, most confident mistakes first, captioned true→predicted (p)."""
+    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    shown = wrong[np.argsort(-conf[wrong])][:limit]
+    titles = [f"{y_true[i]}→{pred[i]} ({conf[i]:.2f})" for i in shown]
+    return digit_grid(
+        images[shown],
+        titles,
+        title=f"{len(wrong)} mistakes in {len(y_true):,} digits (showing {len(shown)}, most "
+        "confident first; true→predicted (confidence))",
+    )
+
+
+def least_confident(images: np.ndarray, proba: np.ndarray, limit: int = 30):
+    """The digits the model is least sure about, captioned with its top two guesses."""
+    top2 = np.argsort(-proba, axis=1)[:, :2]
+    order = np.argsort(proba.max(axis=1))[:limit]
+    titles = [
+        f"{top2[i, 0]} {proba[i, top2[i, 0]]:.2f} / {top2[i, 1]} {proba[i, top2[i, 1]]:.2f}"
+        for i in order
+    ]
+    return digit_grid(images[order], titles, title="Least confident predictions (top two guesses)")

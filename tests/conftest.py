@@ -22,6 +22,7 @@ def isolated(tmp_path, monkeypatch):
     root = tmp_path / "project"
     root.mkdir()
     monkeypatch.setenv("DIGITS_ROOT", str(root))
+    (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for var in (

@@ -1,0 +1,169 @@
+"""Grids of training runs for the notebooks: policies × seeds, models × one budget, seeds × folds.
+
+Each grid trains with :func:`train.train`, keeps every run folder, and returns tidy tables (one
+row per run, one row per run-epoch) that the plots take directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import paths
+from .errors import ConfigError, DigitsError
+from .notebook import write_json
+from .predict import predict_proba
+from .train import TrainConfig, TrainResult, resolve_device, train
+
+
+@dataclass
+class Grid:
+    """The outcome of a grid: per-run results, per-epoch histories and the runs themselves."""
+
+    results: pd.DataFrame  # one row per run: variant, seed, fold, val_acc, seconds, params, run
+    histories: pd.DataFrame  # one row per run and epoch, with variant/seed/fold columns
+    runs: list[TrainResult] = field(repr=False, default_factory=list)
+
+    def summary(self, by: str = "variant") -> pd.DataFrame:
+        """Mean ± sd of accuracy and time per variant, best first."""
+        table = self.results.groupby(by).agg(
+            val_acc_mean=("val_acc", "mean"),
+            val_acc_std=("val_acc", "std"),
+            runs=("val_acc", "size"),
+            train_seconds=("train_seconds", "mean"),
+        )
+        return table.fillna({"val_acc_std": 0.0}).sort_values("val_acc_mean", ascending=False)
+
+
+def run_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    base: Mapping,
+    variants: Mapping[str, Mapping],
+    *,
+    seeds: Sequence[int] = (0,),
+    folds: int = 0,
+    root: Path | None = None,
+    quiet: bool = True,
+) -> Grid:
+    """Train every variant (a dict of config overrides) with every seed, and every fold if asked.
+
+    ``folds`` ≥ 2 trains each (variant, seed) on all k folds of one stratified split, so their
+    validation rows cover the whole train set once (out-of-fold). Run folders go under ``root``
+    (default ``outputs/runs``) named ``<variant>-s<seed>[-f<fold>]``.
+    """
+    if not variants or not seeds:
+        raise ConfigError("run_grid: need at least one variant and one seed")
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"folds: use 0 for a holdout or ≥ 2 for k-fold, got {folds}")
+    root = Path(root or paths.runs_dir())
+    jobs = [
+        (variant, seed, fold)
+        for variant in variants
+        for seed in seeds
+        for fold in (range(folds) if folds else [None])
+    ]
+    rows, histories, runs = [], [], []
+    for variant, seed, fold in tqdm(
+        jobs, desc="runs", unit="run", disable=quiet and len(jobs) < 2
+    ):
+        name = f"{variant}-s{seed}" + (f"-f{fold}" if fold is not None else "")
+        overrides = {**base, **variants[variant], "seed": seed, "name": name}
+        if fold is not None:
+            overrides.update(fold=fold, n_folds=folds)
+        cfg = TrainConfig.from_dict(overrides)
+        result = train(cfg, images, labels, run_dir=root / name, quiet=quiet)
+        runs.append(result)
+        m = result.metrics
+        rows.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "fold": fold,
+                "model": cfg.model,
+                "val_acc": m["best_val_acc"],
+                "final_val_acc": m["final_val_acc"],
+                "train_seconds": m["train_seconds"],
+                "params": m["params"],
+                "run": str(result.run_dir),
+            }
+        )
+        histories.append(result.history.assign(variant=variant, seed=seed, fold=fold))
+    return Grid(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), runs)
+
+
+def inference_ms(model: torch.nn.Module, images: np.ndarray, device: str = "auto") -> float:
+    """Median milliseconds to predict 1,000 images in one batch (after a warm-up)."""
+    dev = resolve_device(device)
+    batch = images[:1000]
+    model = model.to(dev)
+    predict_proba(model, batch, device=dev)  # warm-up: kernels, caches, lazy init
+    times = []
+    for _ in range(3):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        predict_proba(model, batch, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000 * 1000 / len(batch))
+    return float(np.median(times))
+
+
+def save_run_list(grid: Grid, path: Path, group_by: str = "variant-seed") -> Path:
+    """Record the runs for the ensemble notebook: ``{base model name: [run paths]}``.
+
+    Paths are relative to the outputs folder so that an upstream Kaggle kernel's mounted copy
+    resolves them too (see :func:`paths.upstream`). Folds of one (variant, seed) form one model.
+    """
+    outputs = paths.outputs_dir()
+    groups: dict[str, list[str]] = {}
+    for row in grid.results.itertuples():
+        key = f"{row.variant}-s{row.seed}" if group_by == "variant-seed" else row.variant
+        groups.setdefault(key, []).append(str(Path(row.run).resolve().relative_to(outputs)))
+    return write_json({"models": groups}, path)
+
+
+def load_run_list(relative: str = "03_train_cnn/runs.json") -> dict[str, list[Path]]:
+    """The ``{model: [run folders]}`` a notebook recorded, resolved locally or on Kaggle."""
+    listing = json.loads(paths.upstream(relative).read_text())
+    return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
+
+
+def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
+    """Resolve the training notebook's ``augment`` parameter: ``(spec, where it came from)``.
+
+    "auto" takes the policy that 02_augmentation chose, or the "affine" preset (with a message)
+    when that notebook has not run; anything else is a preset name used as given.
+    """
+    if augment != "auto":
+        return augment, "parameter"
+    try:
+        choice = json.loads(paths.upstream("02_augmentation/policy.json").read_text())
+    except DigitsError:
+        return "affine", "default (02_augmentation has not run)"
+    return choice["augment"], f"02_augmentation chose {choice['policy']!r}"
+
+
+def leaderboard(grid: Grid, images: np.ndarray, device: str = "auto") -> pd.DataFrame:
+    """One row per model of a zoo grid: params, holdout accuracy, training and inference time."""
+    rows = []
+    for row, run in zip(grid.results.itertuples(), grid.runs, strict=True):
+        rows.append(
+            {
+                "model": row.model,
+                "params": int(row.params),
+                "val_acc": row.val_acc,
+                "train_seconds": row.train_seconds,
+                "infer_ms_per_1000": inference_ms(run.model, images, device),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("val_acc", ascending=False).reset_index(drop=True)

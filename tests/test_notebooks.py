@@ -1,0 +1,168 @@
+"""Every numbered notebook, executed end to end by the pipeline runner with tiny parameters.
+
+The five notebooks run once, in order, on 600 training / 200 test digits of the offline sample
+(one epoch, CPU); the tests then check what each one wrote. Committed notebooks are also checked
+for outputs and for their `parameters` cell.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from digit_utils import data, notebook, pipeline
+from digit_utils.errors import ConfigError
+from digit_utils.submit import validate_submission
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+STAGES = [p.stem for p in NOTEBOOKS]
+TINY = {
+    "01_eda": {"tsne_samples": 150},
+    "02_augmentation": {"epochs": 1, "seeds": 1, "policies": "none, affine_elastic"},
+    "03_train_cnn": {"model": "fast_cnn", "epochs": 1, "seeds": 2, "tta": 1},
+    "04_model_zoo": {"models": "simple_cnn, fast_cnn", "epochs": 1},
+    "05_ensemble_submission": {"tta": 1, "cv_folds": 3},
+}
+
+
+def test_the_five_notebooks_exist():
+    assert STAGES == list(notebook.SCHEMAS) == list(TINY)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, sample_dir):
+    """Run the whole pipeline once on a tiny slice of the offline sample."""
+    root = tmp_path_factory.mktemp("project")
+    tiny = data.copy_subset(data.DataSource(sample_dir, "sample"), root / "tiny", 600, 200)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIGITS_ROOT", str(root))
+        mp.setenv("MPLBACKEND", "Agg")
+        mp.delenv("DIGITS_OUTPUTS", raising=False)
+        mp.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+        profile = root / "tiny.yaml"
+        profile.write_text(json.dumps({"device": "cpu", "data_dir": str(tiny), **TINY}))
+        record = pipeline.run_pipeline(
+            profile=str(profile), notebooks_dir=REPO / "notebooks", outputs=root / "outputs"
+        )
+    return root / "outputs", record
+
+
+def _metrics(outputs: Path, stage: str) -> dict:
+    return json.loads((outputs / stage / "metrics.json").read_text())
+
+
+def test_pipeline_ran_every_notebook(ran):
+    outputs, record = ran
+    assert [(nb["name"], nb["status"]) for nb in record["notebooks"]] == [
+        (stage, "ok") for stage in STAGES
+    ]
+    for stage in STAGES:
+        assert (outputs / "notebooks" / f"{stage}.ipynb").is_file()
+        assert (outputs / "reports" / f"{stage}.html").stat().st_size > 50_000  # with figures
+    assert json.loads((outputs / "pipeline.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_notebook_saved_its_figures_and_metrics(ran, stage):
+    outputs, _ = ran
+    record = _metrics(outputs, stage)
+    assert record["stage"] == stage and record["metrics"]
+    assert record["data"]["is_sample"] is True  # the tiny slice keeps the sample's test labels
+    assert record["figures"], "every notebook shows at least one figure"
+    for name in record["figures"]:
+        png = outputs / stage / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    executed = nbformat.read(outputs / "notebooks" / f"{stage}.ipynb", as_version=4)
+    images = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= len(record["figures"])  # shown inline, not only saved
+
+
+def test_eda_numbers(ran):
+    m = _metrics(ran[0], "01_eda")["metrics"]
+    assert (m["train_images"], m["test_images"]) == (600, 200)
+    assert m["within_train"] == 0 and 1.0 <= m["imbalance_ratio"] < 2
+
+
+def test_augmentation_choice_feeds_training(ran):
+    outputs, _ = ran
+    choice = json.loads((outputs / "02_augmentation" / "policy.json").read_text())
+    assert choice["policy"] in ("none", "affine_elastic")
+    trained = _metrics(outputs, "03_train_cnn")["metrics"]
+    assert trained["augmentation"] == f"02_augmentation chose {choice['policy']!r}"
+
+
+def test_training_recorded_its_runs_for_the_ensemble(ran):
+    outputs, _ = ran
+    listing = json.loads((outputs / "03_train_cnn" / "runs.json").read_text())["models"]
+    assert sorted(listing) == ["fast_cnn-s0", "fast_cnn-s1"]
+    for [run] in listing.values():
+        folder = outputs / run
+        for name in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
+            assert (folder / name).is_file()
+    m = _metrics(outputs, "03_train_cnn")["metrics"]
+    assert m["oof_rows"] == 60  # both seeds share one 10% holdout of 600 rows
+    assert m["val_acc_mean"] > 0.1  # better than chance after one epoch
+
+
+def test_model_zoo_leaderboard(ran):
+    board = pd.DataFrame(json.loads((ran[0] / "04_model_zoo" / "leaderboard.json").read_text()))
+    assert sorted(board["model"]) == ["fast_cnn", "simple_cnn"]
+    assert (board["params"] > 1000).all() and (board["infer_ms_per_1000"] > 0).all()
+    assert board["val_acc"].is_monotonic_decreasing
+
+
+def test_submission_is_valid_and_scored_on_the_sample(ran):
+    outputs, _ = ran
+    frame = validate_submission(outputs / "submission.csv", expected_rows=200)
+    assert frame["ImageId"].tolist() == list(range(1, 201))
+    provenance = json.loads((outputs / "submission.json").read_text())
+    m = _metrics(outputs, "05_ensemble_submission")["metrics"]
+    assert provenance["method"] == m["method"] and m["models"] == 2
+    assert 0.0 <= m["sample_test_accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------- the committed notebooks
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STAGES)
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]
+    assert f'nb.start(\n    "{path.stem}"' in code[1].source or f'nb.start("{path.stem}"' in (
+        code[1].source
+    ), "the cell after the parameters checks them"
+    assert not any("\ndef " in "\n" + c.source for c in code), "functions belong in digit_utils"
+    assert nb.cells[-2].cell_type == "markdown" and "Summary" in nb.cells[-2].source
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_declared_parameters_match_the_schema(stage):
+    declared = pipeline.declared_parameters(REPO / "notebooks" / f"{stage}.ipynb")
+    assert set(declared) == set(notebook.SCHEMAS[stage])
+
+
+def test_parameters_are_checked():
+    good = {"data_dir": "", "tsne_samples": 10, "seed": 0}
+    assert notebook.check_params("01_eda", good)["tsne_samples"] == 10
+    with pytest.raises(ConfigError, match="unknown parameter.*'tsne'"):
+        notebook.check_params("01_eda", {**good, "tsne": 5})
+    with pytest.raises(ConfigError, match="tsne_samples='many' should be int"):
+        notebook.check_params("01_eda", {**good, "tsne_samples": "many"})
+    with pytest.raises(ConfigError, match="seed=True should be int"):
+        notebook.check_params("01_eda", {**good, "seed": True})
+    with pytest.raises(ConfigError, match="missing parameter.*seed"):
+        notebook.check_params("01_eda", {"data_dir": "", "tsne_samples": 1})

@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "01_eda": (False, ()),
     "02_augmentation": (True, ()),
     "03_train_cnn": (True, ("02_augmentation",)),
-    "04_model_zoo": (True, ()),
+    "04_model_zoo": (True, ("02_augmentation",)),  # trains with the policy 02 chose
     # Inference with TTA over several models is faster on a GPU as well.
     "05_ensemble_submission": (True, ("03_train_cnn", "04_model_zoo")),
 }

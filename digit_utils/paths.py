@@ -94,8 +94,9 @@ def upstream(relative: str) -> Path:
     candidates = [outputs_dir() / relative]
     if in_kaggle_kernel():
         root = kaggle_input_root()
-        candidates += sorted(root.glob(f"*/outputs/{relative}"))
-        candidates += sorted(root.glob(f"*/*/outputs/{relative}"))
+        # <slug>/, and the newer notebooks/<owner>/<slug>/ mount layout
+        for pattern in ("*", "*/*", "*/*/*"):
+            candidates += sorted(root.glob(f"{pattern}/outputs/{relative}"))
     for path in candidates:
         if path.exists():
             return path

@@ -1,0 +1,72 @@
+"""The five real notebooks run as self-contained Kaggle kernels, chained as on Kaggle.
+
+Each kernel is built (package inlined), then executed by papermill in an empty working folder
+with KAGGLE_KERNEL_RUN_TYPE=Batch, mlxtend unimportable and an input tree laid out like Kaggle's:
+the competition files plus, mounted under their slugs, only the outputs of the kernels named in its
+``kernel_sources``. That checks both self-containment and the upstream map in kernels.STAGES.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_notebooks import STAGES, TINY
+
+from conftest import REPO
+from digit_utils import data, kernels
+from digit_utils import notebook as notebook_params
+
+TINY_KERNEL = {**TINY, "03_train_cnn": {**TINY["03_train_cnn"], "n_folds": 2, "seeds": 1}}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("kaggle")
+    competition = data.copy_subset(
+        data.DataSource(sample_dir, "sample"), root / "competition", 600, 200
+    )
+    (competition / data.SAMPLE_TEST_LABELS).unlink()  # the real competition has none
+    working = {}
+    for stage in STAGES:
+        notebook = REPO / "notebooks" / f"{stage}.ipynb"
+        meta = kernels.kernel_metadata(notebook, "alice")
+        folder = kernels.build_kernel(notebook, "alice", dest=root / "built" / stage)
+        inputs = root / "input" / stage
+        shutil.copytree(competition, inputs / "competitions" / "digit-recognizer")
+        for source in meta["kernel_sources"]:
+            upstream = next(s for s in working if source.endswith(kernels.kernel_slug(s)))
+            shutil.copytree(working[upstream], inputs / source.split("/")[1])
+        working[stage] = root / "working" / stage
+        params = dict(TINY_KERNEL[stage])
+        if "device" in notebook_params.SCHEMAS[stage]:
+            params["device"] = "cpu"  # Kaggle's GPU is not here; the code path is the same
+        kernels.run_kernel_locally(folder, inputs, working[stage], params)
+    return working
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kernel_ran_self_contained(chain, stage):
+    work = chain[stage]
+    executed = work / "__notebook__.ipynb"
+    assert executed.is_file()
+    record = json.loads((work / "outputs" / stage / "metrics.json").read_text())
+    assert record["data"]["origin"] == "kaggle-input"
+    assert Path(record["data"]["path"]).parts[-2:] == ("competitions", "digit-recognizer")
+    assert (work / "digit_utils" / "__init__.py").is_file()  # the inlined copy it imported
+
+
+def test_training_kernel_used_the_upstream_policy_and_folds(chain):
+    m = json.loads((chain["03_train_cnn"] / "outputs/03_train_cnn/metrics.json").read_text())
+    assert m["metrics"]["augmentation"].startswith("02_augmentation chose")
+    assert m["metrics"]["oof_rows"] == 600  # 2 folds: every row out-of-fold once
+
+
+def test_submission_kernel_wrote_kaggle_working_submission(chain):
+    work = chain["05_ensemble_submission"]
+    frame = pd.read_csv(work / "submission.csv")
+    assert list(frame.columns) == ["ImageId", "Label"] and len(frame) == 200
+    assert frame.equals(pd.read_csv(work / "outputs" / "submission.csv"))

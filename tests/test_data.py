@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPLICA
 
+from conftest import REPLICA
 from digit_utils import data
 from digit_utils.errors import DataError, DataWarning, KaggleError
 

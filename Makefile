@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
+# Committed notebooks carry no outputs and no execution metadata; cell tags (`parameters`) stay.
+STRIP_KEYS := metadata.papermill cell.metadata.papermill cell.metadata.execution metadata.widgets
 
-.PHONY: setup pipeline test lint clean-outputs
+.PHONY: setup pipeline test lint strip clean-outputs
 
 setup: $(STAMP)
 
@@ -14,6 +16,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# strip notebooks on `git add` from now on (a git filter in .git/config; skipped outside git)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+		$(VENV)/bin/nbstripout --install && git config filter.nbstripout.extrakeys "$(STRIP_KEYS)"; fi
 	@touch $(STAMP)
 
 pipeline: $(STAMP)
@@ -25,6 +30,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check digit_utils tests benchmarks
 	$(VENV)/bin/ruff format --check digit_utils tests benchmarks
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout --extra-keys "$(STRIP_KEYS)" notebooks/*.ipynb
 
 clean-outputs:
 	rm -rf outputs/notebooks outputs/reports outputs/runs outputs/0* outputs/pipeline.json

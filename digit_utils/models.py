@@ -52,34 +52,24 @@ class SimpleCNN(nn.Module):
         return self.fc2(x)
 
 
-class Scale(nn.Module):
-    """Multiply by a constant: a cheap way to give one layer a smaller effective learning rate."""
+def fast_cnn(width: int = 16) -> nn.Module:
+    """Tuned for time-to-99% on a small CPU: a 5x5 stem and two 3x3 stages, each conv+BN+pool.
 
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x):
-        return x * self.factor
-
-
-def fast_cnn(width: int = 16, logit_scale: float = 0.125) -> nn.Module:
-    """Tuned for time-to-99% on a small CPU: two 5x5 conv+BN stages, then one linear layer.
-
-    5x5 kernels on few channels give the receptive field of a deeper net at a fraction of the
-    FLOPs; 16/32 channels keep a 2-core CPU at several thousand images/s in channels_last. The
-    classifier reads 1,568 features, so its logits are scaled down: without that, the high
-    learning rates that make two epochs enough blow it up in the first steps.
+    Pooling after every conv keeps the costly layers at 14x14 and 7x7 (about 2.1M multiply-adds
+    an image at width 16); the 3x3x4w map that reaches the classifier keeps positions, which
+    matter for digits. On the full train set (10% holdout) three AdamW epochs give 99.07–99.19%
+    (3 seeds), where a two-stage 5x5 net of similar cost stopped at 98.6–98.9% after two.
     """
     w = width
     return nn.Sequential(
         *_conv_bn(1, w, 5),
         nn.MaxPool2d(2),  # (B,w,14,14)
-        *_conv_bn(w, 2 * w, 5),
+        *_conv_bn(w, 2 * w, 3),
         nn.MaxPool2d(2),  # (B,2w,7,7)
+        *_conv_bn(2 * w, 4 * w, 3),
+        nn.MaxPool2d(2),  # (B,4w,3,3)
         nn.Flatten(),
-        nn.Linear(2 * w * 49, NUM_CLASSES),
-        Scale(logit_scale),
+        nn.Linear(4 * w * 9, NUM_CLASSES),
     )
 
 

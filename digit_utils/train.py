@@ -48,9 +48,9 @@ class TrainConfig:
 
     model: str = "fast_cnn"
     epochs: int = 2
-    batch_size: int = 256
-    optimizer: str = "sgd"  # "sgd" (Nesterov, momentum 0.9) | "adamw"
-    lr: float = 0.1  # peak learning rate
+    batch_size: int = 128
+    optimizer: str = "adamw"  # "adamw" | "sgd" (Nesterov, momentum 0.9)
+    lr: float = 0.003  # peak learning rate
     schedule: str = "onecycle"  # "onecycle" (linear up, linear down) | "cosine"
     warmup_epochs: float = 0.3  # epochs of linear warm-up to the peak
     weight_decay: float = 5e-4  # on conv/linear weights only, not on BatchNorm or biases

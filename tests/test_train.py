@@ -131,7 +131,8 @@ def test_learning_rate_is_a_pure_function_of_the_step():
 
 def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
     images, labels = digits
-    tiny = {**TINY, "model": "fast_cnn", "lr": 0.2, "epochs": 1, "augment": "none", "tta": 2}
+    tiny = {**TINY, "model": "fast_cnn", "optimizer": "adamw", "lr": 0.003, "epochs": 1,
+            "augment": "none", "tta": 2}  # fmt: skip
     cfg = T.TrainConfig.from_dict(tiny)
     result = T.train(cfg, images, labels, run_dir=tmp_path / "run", quiet=True)
     run = tmp_path / "run"

@@ -505,7 +505,8 @@ def train(
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == yb).sum()
             if not quiet and i % 20 == 0:  # .item() syncs the GPU, so not every step
-                batches.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+                acc = float(correct) / ((i + 1) * bs)
+                batches.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", lr=f"{lr:.3g}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0

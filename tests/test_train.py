@@ -161,6 +161,20 @@ def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
     )
 
 
+def test_ema_without_validation_keeps_the_averaged_weights(digits, tmp_path):
+    images, labels = digits
+    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "val_fraction": 0,
+                                   "ema": 0.9})  # fmt: skip
+    result = T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
+    assert len(result.val_idx) == 0 and result.val_proba.shape == (0, 10)
+    assert np.isnan(result.metrics["best_val_acc"]) and result.metrics["n_train"] == 200
+    last = T.load_checkpoint(tmp_path / "last.pt")
+    best = T.load_checkpoint(tmp_path / "best.pt")
+    w = "conv1.weight"
+    assert torch.equal(best["model"][w], last["ema"][w])  # evaluated/saved: the average
+    assert not torch.equal(last["ema"][w], last["model"][w])  # which differs from the raw weights
+
+
 def _weights(run_dir: Path) -> dict:
     return T.load_checkpoint(run_dir / "last.pt")["model"]
 

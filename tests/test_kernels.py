@@ -90,6 +90,7 @@ def test_metadata_follows_the_rules(stem):
     assert meta["competition_sources"] == ["digit-recognizer"]
     expected_sources = {
         "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
+        "04_model_zoo": ["alice/digit-recognizer-02-augmentation"],
         "05_ensemble_submission": [
             "alice/digit-recognizer-03-train-cnn",
             "alice/digit-recognizer-04-model-zoo",

@@ -263,7 +263,7 @@ def test_run_pipeline_routes_records_and_renders(toy, isolated, sample_dir, caps
     assert on_disk == json.loads(json.dumps(record))
     assert record["status"] == "ok" and record["profile"] == "quick"
     assert record["version"] == pipeline.__version__ and record["started"].startswith("20")
-    assert record["data"] == {"path": str(sample_dir), "origin": "env", "is_sample": False}
+    assert record["data"] == {"path": str(sample_dir), "origin": "env", "is_sample": True}
     by_name = {e["name"]: e for e in record["notebooks"]}
     assert list(by_name) == ["01_alpha", "02_beta", "03_gamma"]
     assert all(e["status"] == "ok" and e["seconds"] > 0 for e in by_name.values())

@@ -30,7 +30,7 @@ from digit_utils.train import TrainConfig, train
 # Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
 RECIPES: dict[str, dict] = {
     "simple_cnn": {"epochs": 3, "batch_size": 64, "lr": 0.05},
-    "fast_cnn": {"epochs": 3, "batch_size": 128, "optimizer": "adamw", "lr": 0.003},
+    "fast_cnn": {"epochs": 2, "batch_size": 128, "optimizer": "adamw", "lr": 0.01},
     "deep_cnn": {
         "epochs": 15, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
         "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from digit_utils import data, ensemble, paths, train
+from digit_utils import atomic, data, ensemble, paths, train
 
 REPLICA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digit-recognizer.zip"
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     )
     shown = table.assign(accuracy=table["accuracy"].map("{:.4%}".format))
     print(header, shown.to_string(index=False), summary, sep="\n\n")
-    data.atomic_write_csv(table, out / "ensemble_cv.csv")
+    atomic.write_csv(table, out / "ensemble_cv.csv")
     atomic_text(
         f"# Ensemble CV\n\n{header}\n\n{markdown(shown)}\n\n{summary}\n",
         out / "ensemble_cv.md",

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from digit_utils import data, paths
+from digit_utils import atomic, data, paths
 from digit_utils.train import TrainConfig, train
 
 # Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     out = paths.outputs_dir() / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     stem = f"train_speed-{datetime.now():%Y%m%d-%H%M%S}{'-' + args.tag if args.tag else ''}"
-    data.atomic_write_csv(runs, out / f"{stem}-runs.csv")
-    data.atomic_write_csv(table, out / f"{stem}.csv")
+    atomic.write_csv(runs, out / f"{stem}-runs.csv")
+    atomic.write_csv(table, out / f"{stem}.csv")
     header = f"Machine: {machine}; load average at start {load:.1f}.\n\n"
     (out / f"{stem}.md").write_text(header + markdown(table.round(4)))
     print(f"wrote {out / stem}.csv, .md and -runs.csv")

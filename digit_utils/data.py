@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import kaggle, paths
+from . import atomic, kaggle, paths
 from .errors import DataError, DataWarning
 
 log = logging.getLogger(__name__)
@@ -234,24 +234,8 @@ def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
     }
     dest.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
-        atomic_write_csv(frame, dest / name)
+        atomic.write_csv(frame, dest / name)
     return dest
-
-
-def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a CSV through a temp file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an ordinary data file is world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,10 +469,10 @@ def copy_subset(source: DataSource, dest: Path, n_train: int, n_test: int) -> Pa
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name, n in (("train.csv", n_train), ("test.csv", n_test)):
-        atomic_write_csv(pd.read_csv(source.path / name, nrows=n), dest / name)
+        atomic.write_csv(pd.read_csv(source.path / name, nrows=n), dest / name)
     sub = pd.read_csv(source.sample_submission_csv, nrows=n_test)
-    atomic_write_csv(sub, dest / "sample_submission.csv")
+    atomic.write_csv(sub, dest / "sample_submission.csv")
     if source.test_labels_csv:
         labels = pd.read_csv(source.test_labels_csv, nrows=n_test)
-        atomic_write_csv(labels, dest / SAMPLE_TEST_LABELS)
+        atomic.write_csv(labels, dest / SAMPLE_TEST_LABELS)
     return dest

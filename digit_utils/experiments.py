@@ -17,9 +17,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import paths
+from . import atomic, paths
 from .errors import ConfigError, DigitsError
-from .notebook import write_json
 from .predict import predict_proba
 from .train import TrainConfig, TrainResult, resolve_device, train
 
@@ -129,7 +128,7 @@ def save_run_list(grid: Grid, path: Path, group_by: str = "variant-seed") -> Pat
     for row in grid.results.itertuples():
         key = f"{row.variant}-s{row.seed}" if group_by == "variant-seed" else row.variant
         groups.setdefault(key, []).append(str(Path(row.run).resolve().relative_to(outputs)))
-    return write_json({"models": groups}, path)
+    return atomic.write_json({"models": groups}, path)
 
 
 def load_run_list(relative: str = "03_train_cnn/runs.json") -> dict[str, list[Path]]:

@@ -18,7 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from . import __version__, kaggle, paths
+from . import __version__, atomic, kaggle, paths
 from .errors import DigitsError, KaggleError
 
 TITLE_PREFIX = "Digit Recognizer"
@@ -207,18 +207,6 @@ def find_notebooks(names: list[str] | None = None) -> list[Path]:
     return found
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_kernel(
     notebook: str | Path, username: str, *, public: bool = False, dest: Path | None = None
 ) -> Path:
@@ -234,8 +222,8 @@ def build_kernel(
     built = kernel_notebook(nb, package_sources(), notebook_name=notebook.name)
     folder = Path(dest or paths.outputs_dir() / "kernels" / kernel_slug(notebook))
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / meta["code_file"], nbformat.writes(built) + "\n")
-    _atomic_write(folder / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic.write_text(nbformat.writes(built) + "\n", folder / meta["code_file"])
+    atomic.write_json(meta, folder / METADATA_FILE)
     return folder
 
 

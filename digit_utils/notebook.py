@@ -3,19 +3,16 @@ figures to its own outputs folder and record headline metrics with their provena
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from . import __version__, data, paths
+from . import __version__, atomic, data, paths
 from .errors import ConfigError
 
 # The parameters each notebook declares and their types (papermill only warns about unknown
@@ -118,6 +115,10 @@ class Stage:
         plots.plt.close(fig)  # shown once, as this cell's result, not again by the inline backend
         return fig
 
+    def save_json(self, obj, name: str) -> Path:
+        """Write ``<out>/<name>`` atomically (what a later notebook reads)."""
+        return atomic.write_json(obj, self.out / name)
+
     def finish(self, **metrics) -> dict:
         """Write ``<out>/metrics.json`` (headline metrics + provenance) atomically."""
         record = {
@@ -131,7 +132,7 @@ class Stage:
             "version": __version__,
             "python": platform.python_version(),
         }
-        write_json(record, self.out / "metrics.json")
+        atomic.write_json(record, self.out / "metrics.json")
         return record
 
 
@@ -144,14 +145,3 @@ def start(stage: str, **params) -> Stage:
     if "data_dir" in checked:
         source = data.locate(checked["data_dir"] or None)  # logs which files it uses
     return Stage(stage, checked, source, paths.stage_dir(stage))
-
-
-def write_json(obj, path: Path) -> Path:
-    """JSON through a temp file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path

@@ -19,13 +19,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, paths
+from . import __version__, atomic, paths
 from .errors import ConfigError, DigitsError
 
 log = logging.getLogger(__name__)
@@ -264,20 +263,6 @@ def _kernel_env(outputs: Path | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _write_json(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2, default=str)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _render_html(notebook: Path, dest: Path) -> Path | None:
     """An HTML rendering of an executed (or partly executed) notebook; None if that fails."""
     try:
@@ -443,7 +428,7 @@ def run_pipeline(
         if status:
             record["status"] = status
         record["seconds"] = round(time.perf_counter() - t_start, 2)
-        _write_json(record, record_path)
+        atomic.write_json(record, record_path)
 
     # (data.locate has already logged and, for the sample, warned which files are used)
     print(f"pipeline: {len(selected)} notebook(s), profile {record['profile']}", flush=True)

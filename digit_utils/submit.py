@@ -8,17 +8,14 @@ unique and in order; integer labels 0–9; no blank lines and no empty cells.
 from __future__ import annotations
 
 import csv
-import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__, paths
-from .data import SUBMISSION_HEADER, atomic_write_csv, fingerprint
+from . import __version__, atomic, paths
+from .data import SUBMISSION_HEADER, fingerprint
 from .errors import DataError
 
 HEADER_LINE = ",".join(SUBMISSION_HEADER)
@@ -147,18 +144,6 @@ def validate_submission(
     return _check_frame(_read_file(path), expected_rows, path)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_submission(
     pred,
     path: str | Path,
@@ -175,7 +160,7 @@ def write_submission(
     """
     path = Path(path)
     frame = validate_submission(build_submission(pred), expected_rows)
-    atomic_write_csv(frame, path)
+    atomic.write_csv(frame, path)
     validate_submission(path, expected_rows)  # what is on disk, not just what we meant to write
     counts = frame["Label"].value_counts().reindex(range(10), fill_value=0)
     record = {
@@ -187,9 +172,9 @@ def write_submission(
         "package_version": __version__,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(json.dumps(record, indent=2, default=str) + "\n", path.with_suffix(".json"))
+    atomic.write_json(record, path.with_suffix(".json"))
     if paths.in_kaggle_kernel():
         kaggle_copy = paths.kaggle_working_root() / "submission.csv"
         if kaggle_copy.resolve() != path.resolve():
-            atomic_write_csv(frame, kaggle_copy)
+            atomic.write_csv(frame, kaggle_copy)
     return path

@@ -12,11 +12,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -29,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, paths
+from . import __version__, atomic, paths
 from .augment import AugmentPolicy, augment_batch
-from .data import atomic_write_csv
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model, count_parameters, list_models, normalize
 from .predict import MAX_TTA, as_image_tensor, predict_proba
@@ -230,29 +226,9 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
 # Atomic files and checkpoints
 
 
-def _atomic_write(path: Path, write, mode: str = "wb") -> Path:
-    """Write through a temp file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(payload: dict, path: Path) -> Path:
     """torch.save atomically (a kill or error mid-write leaves the previous file intact)."""
-    return _atomic_write(path, lambda fh: torch.save(payload, fh))
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    _atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, default=str), mode="w")
+    return atomic.atomic_write(path, lambda fh: torch.save(payload, fh), mode="wb")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -391,7 +367,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def _append_runs_table(row: dict, table: Path) -> None:
     frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
     frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-    atomic_write_csv(frame, table)
+    atomic.write_csv(frame, table)
 
 
 def train(
@@ -461,7 +437,7 @@ def train(
         _set_rng_state(state["rng"], gen)
         start_epoch, step = state["epoch"], state["step"]
         rows, best_acc = state["history"], state["best_val_acc"]
-    _write_json(cfg.to_dict(), run_dir / "config.json")
+    atomic.write_json(cfg.to_dict(), run_dir / "config.json")
 
     provenance = {
         "format": CHECKPOINT_FORMAT,
@@ -547,7 +523,7 @@ def train(
             },
             last_path,
         )
-        atomic_write_csv(pd.DataFrame(rows), run_dir / "history.csv")
+        atomic.write_csv(pd.DataFrame(rows), run_dir / "history.csv")
 
     return _finish(cfg, run_dir, rows, x_val, y_val, val_idx, device, precision, fingerprint,
                    time.perf_counter() - started, n_train)  # fmt: skip
@@ -560,8 +536,12 @@ def _finish(
     best_model, _ = load_run(run_dir, "best", device=device)
     best_model.to(memory_format=torch.channels_last)
     val_proba = predict_proba(best_model, x_val, tta=cfg.tta)
-    _atomic_write(run_dir / "val_indices.npy", lambda fh: np.save(fh, val_idx.astype(np.int64)))
-    _atomic_write(run_dir / "val_proba.npy", lambda fh: np.save(fh, val_proba.astype(np.float32)))
+    atomic.atomic_write(
+        run_dir / "val_indices.npy", lambda fh: np.save(fh, val_idx.astype(np.int64)), mode="wb"
+    )
+    atomic.atomic_write(
+        run_dir / "val_proba.npy", lambda fh: np.save(fh, val_proba.astype(np.float32)), mode="wb"
+    )
     history = pd.DataFrame(rows)
     best_row = history.loc[history["val_acc"].idxmax()] if len(val_idx) else history.iloc[-1]
     y = y_val.cpu().numpy()
@@ -584,7 +564,7 @@ def _finish(
         "version": __version__,
         "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    _write_json(metrics, run_dir / "metrics.json")
+    atomic.write_json(metrics, run_dir / "metrics.json")
     _append_runs_table(
         {**{k: metrics[k] for k in ("name", "model", "best_val_acc", "final_val_acc")},
          "seed": cfg.seed, "fold": cfg.fold, "epochs": cfg.epochs,

@@ -343,7 +343,7 @@ def predict_runs(runs, images, *, tta: int = 0, device: str | None = None) -> np
     for group in _as_groups(runs).values():
         fold_probas = []
         for run in group:
-            model, _ = load_run(run, which="best", device=device)
+            model, _ = load_run(run, which="last", device=device)
             fold_probas.append(predict_proba(model, images, tta=tta, device=device))
         out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
     return np.stack(out).astype(np.float32)

@@ -88,8 +88,8 @@ def run_grid(
                 "seed": seed,
                 "fold": fold,
                 "model": cfg.model,
-                "val_acc": m["best_val_acc"],
-                "final_val_acc": m["final_val_acc"],
+                "val_acc": m["final_val_acc"],  # the run's model; no epoch picked on these rows
+                "best_val_acc": m["best_val_acc"],
                 "train_seconds": m["train_seconds"],
                 "params": m["params"],
                 "run": str(result.run_dir),

@@ -144,6 +144,12 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
             model.features[0] = _one_channel_stem(model.features[0])
         else:  # mobilenet_v2, mobilenet_v3_*, efficientnet_*: features[0] is Conv-BN-Act
             model.features[0][0] = _one_channel_stem(model.features[0][0])
+        for m in model.modules():
+            # MobileNetV3 and EfficientNet ship BatchNorm momentum 0.01, tuned for ImageNet's
+            # long runs: after a few hundred steps their running statistics are still near the
+            # initial ones and evaluation is at chance although training converges.
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
         return model
 
     build.__doc__ = f"torchvision's {name}, one-channel 3x3 stem, 10 classes, random init."

@@ -70,7 +70,9 @@ def register_cli(sub) -> None:
         metavar="RUN_DIR",
         help="a run folder (repeat for an ensemble; default: the newest run in outputs/runs)",
     )
-    p.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint")
+    p.add_argument(
+        "--which", choices=["best", "last"], default="last", help="checkpoint (last: final model)"
+    )
     p.add_argument("--tta", type=int, default=0, help="shift-TTA: average over 1 + N shifts")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

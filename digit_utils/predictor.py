@@ -225,7 +225,7 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, runs, *, which: str = "best", tta: int = 0, device: str | None = None
+        cls, runs, *, which: str = "last", tta: int = 0, device: str | None = None
     ) -> Predictor:
         """Load one run folder, or several (an ensemble by soft averaging)."""
         import torch

@@ -301,7 +301,7 @@ def load_run(
 
 @dataclass
 class TrainResult:
-    model: nn.Module  # best weights (EMA ones when EMA is on), eval mode
+    model: nn.Module  # the final weights (EMA ones when EMA is on), eval mode
     history: pd.DataFrame  # one row per epoch
     metrics: dict
     run_dir: Path
@@ -532,10 +532,13 @@ def train(
 def _finish(
     cfg, run_dir, rows, x_val, y_val, val_idx, device, precision, fingerprint, wall, n_train
 ):
-    """Reload the best weights, save val probabilities, metrics and the runs.csv row."""
-    best_model, _ = load_run(run_dir, "best", device=device)
-    best_model.to(memory_format=torch.channels_last)
-    val_proba = predict_proba(best_model, x_val, tta=cfg.tta)
+    """Reload the final weights, save val probabilities, metrics and the runs.csv row."""
+    # The run's model is the final one, not the best epoch: picking an epoch by its accuracy on
+    # the validation rows would make those rows' probabilities (the out-of-fold predictions the
+    # ensemble is chosen on) look better than they are. best.pt stays for inspection.
+    final_model, _ = load_run(run_dir, "last", device=device)
+    final_model.to(memory_format=torch.channels_last)
+    val_proba = predict_proba(final_model, x_val, tta=cfg.tta)
     atomic.atomic_write(
         run_dir / "val_indices.npy", lambda fh: np.save(fh, val_idx.astype(np.int64)), mode="wb"
     )
@@ -554,7 +557,7 @@ def _finish(
         "val_acc_tta": float((val_proba.argmax(1) == y).mean()) if len(y) else float("nan"),
         "train_seconds": float(history["seconds"].sum()),
         "wall_seconds_this_call": wall,
-        "params": count_parameters(best_model),
+        "params": count_parameters(final_model),
         "device": str(device),
         "precision": precision,
         "epochs": cfg.epochs,
@@ -572,4 +575,4 @@ def _finish(
          "run_dir": str(run_dir), "finished": metrics["finished"]},
         run_dir.parent / "runs.csv",
     )  # fmt: skip
-    return TrainResult(best_model, history, metrics, run_dir, val_idx, val_proba, cfg)
+    return TrainResult(final_model, history, metrics, run_dir, val_idx, val_proba, cfg)

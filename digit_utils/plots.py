@@ -222,7 +222,7 @@ def digit_grid(images, titles: Sequence[str], ncols: int = 10, title: str = "") 
         ax.axis("off")
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         return fig
-    fig = _image_grid(images, titles, min(ncols, len(images)), size=1.25)
+    fig = _image_grid(images, titles, min(ncols, max(len(images), 6)), size=1.25)
     if title:
         fig.suptitle(title, y=1.02)
     return fig
@@ -292,8 +292,8 @@ def mistakes(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, limit: i
     return digit_grid(
         images[shown],
         titles,
-        title=f"{len(wrong)} mistakes in {len(y_true):,} digits (showing {len(shown)}, most "
-        "confident first; true→predicted (confidence))",
+        title=f"{len(wrong)} mistakes in {len(y_true):,} digits, most confident first\n"
+        "caption: true→predicted (confidence)",
     )
 
 

@@ -113,6 +113,7 @@ def test_gallery_shape_dtype_and_seed():
     g = augmentation_gallery(images, "affine", n_draws=5, seed=0)
     assert g.shape == (3, 5, 28, 28) and g.dtype == np.uint8
     assert np.array_equal(g, augmentation_gallery(images, "affine", n_draws=5, seed=0))
-    assert len({g[0, d].tobytes() for d in range(5)}) == 5  # five different draws
+    assert np.array_equal(g[:, 0], images[:, 0])  # column 0: the original
+    assert len({g[0, d].tobytes() for d in range(5)}) == 5  # four different draws besides it
     same = augmentation_gallery(images, "none", n_draws=2, seed=0)
     assert np.array_equal(same[:, 1], images[:, 0])

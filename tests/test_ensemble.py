@@ -147,6 +147,20 @@ def test_ties_prefer_an_ensemble_over_a_single_model():
     assert ensemble.pick_best(table) == ("average", 1.0)
 
 
+def test_pick_best_among_ensembles_ignores_a_lucky_single_model():
+    table = pd.DataFrame(
+        {
+            "method": ["m1", "average", "vote", "m0"],
+            "kind": ["single", "ensemble", "ensemble", "single"],
+            "accuracy": [0.995, 0.990, 0.9875, 0.985],
+        }
+    )
+    assert ensemble.pick_best(table.assign(best=[True, False, False, False])) == ("m1", 0.995)
+    assert ensemble.pick_best(table, kind="ensemble") == ("average", 0.990)
+    singles = table[table.kind == "single"]
+    assert ensemble.pick_best(singles, kind="ensemble") == ("m1", 0.995)  # none to pick from
+
+
 def test_combine_applies_the_chosen_method_to_test_probabilities():
     oof, y = synthetic(seed=0)
     test, y_test = synthetic(n=300, seed=5)

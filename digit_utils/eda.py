@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError
+
 
 def _digests(images: np.ndarray) -> np.ndarray:
     """One hash per image (exact pixel equality)."""
@@ -58,4 +60,4 @@ def embed(images: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
         return TSNE(
             n_components=2, perplexity=perplexity, init="pca", random_state=seed
         ).fit_transform(reduced)
-    raise ValueError(f"unknown embedding method {method!r}; use 'pca' or 'tsne'")
+    raise ConfigError(f"method: unknown embedding {method!r}; use 'pca' or 'tsne'")

@@ -428,10 +428,8 @@ def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray | None) -> 
         cache.parent.mkdir(parents=True, exist_ok=True)
         for stale in cache.parent.glob(cache.name.rsplit(".", 2)[0] + ".*.npz"):
             stale.unlink(missing_ok=True)  # caches of earlier versions of this CSV
-        tmp = cache.with_suffix(".tmp.npz")
         arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
+        atomic.atomic_write(cache, lambda fh: np.savez(fh, **arrays), mode="wb")
     except OSError as e:  # a cache we cannot write only costs time
         log.debug("cannot write cache %s: %s", cache, e)
 

@@ -37,14 +37,18 @@ def has_credentials() -> bool:
     return any((_config_dir() / f).is_file() for f in ("kaggle.json", "access_token"))
 
 
+def _kaggle_json() -> dict:
+    """The credentials file's fields ({} when it is missing or unreadable)."""
+    try:
+        fields = json.loads((_config_dir() / "kaggle.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
 def username() -> str | None:
     """The Kaggle user name from the environment or kaggle.json, if either gives one."""
-    if name := os.environ.get("KAGGLE_USERNAME"):
-        return name
-    try:
-        return json.loads((_config_dir() / "kaggle.json").read_text()).get("username")
-    except (OSError, ValueError):
-        return None
+    return os.environ.get("KAGGLE_USERNAME") or _kaggle_json().get("username")
 
 
 def executable() -> str:
@@ -60,10 +64,7 @@ def executable() -> str:
 
 def _secrets() -> list[str]:
     values = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
-    try:
-        values.append(json.loads((_config_dir() / "kaggle.json").read_text()).get("key", ""))
-    except (OSError, ValueError):
-        pass
+    values.append(str(_kaggle_json().get("key", "")))
     return [v for v in values if len(v) >= 4]
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -115,6 +116,11 @@ class Stage:
         plots.plt.close(fig)  # shown once, as this cell's result, not again by the inline backend
         return fig
 
+    @cached_property
+    def data_fingerprint(self) -> str | None:
+        """Hash of the train.csv this notebook read (hashed once, 76 MB for the real file)."""
+        return data.fingerprint(self.source.train_csv) if self.source else None
+
     def save_json(self, obj, name: str) -> Path:
         """Write ``<out>/<name>`` atomically (what a later notebook reads)."""
         return atomic.write_json(obj, self.out / name)
@@ -126,7 +132,7 @@ class Stage:
             "metrics": metrics,
             "params": dict(self.params),
             "data": self.source.to_dict() if self.source else None,
-            "data_fingerprint": (data.fingerprint(self.source.train_csv) if self.source else None),
+            "data_fingerprint": self.data_fingerprint,
             "figures": self.figures,
             "seconds": round(time.time() - self.started, 1),
             "version": __version__,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import DigitsError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 KAGGLE_WORKING = Path("/kaggle/working")
 
@@ -89,8 +91,6 @@ def upstream(relative: str) -> Path:
     folder is mounted read-only at ``/kaggle/input/<kernel-slug>/`` (its ``outputs/`` inside), so
     that is searched too. Raises DigitsError naming what was looked for and where.
     """
-    from .errors import DigitsError
-
     candidates = [outputs_dir() / relative]
     if in_kaggle_kernel():
         root = kaggle_input_root()

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from digit_utils import atomic, data, ensemble, paths, train
+from digit_utils import atomic, data, ensemble, paths, predict, train
+from digit_utils.config import TrainConfig
 
 REPLICA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digit-recognizer.zip"
 
@@ -88,14 +89,14 @@ def main(argv=None) -> int:
             cfg["lr"] = args.lr
         start = time.perf_counter()
         result = train.train(
-            train.TrainConfig.from_dict(cfg), images, labels, run_dir=runs_root / name, quiet=True
+            TrainConfig.from_dict(cfg), images, labels, run_dir=runs_root / name, quiet=True
         )
         seconds[name] = time.perf_counter() - start
         print(f"trained {name}: holdout {result.metrics['best_val_acc']:.4%} "
               f"in {seconds[name]:.0f} s", flush=True)  # fmt: skip
         runs.append(runs_root / name)
 
-    oof = ensemble.load_oof(runs)
+    oof = predict.load_oof(runs)
     start = time.perf_counter()
     table = ensemble.compare_methods(oof.probas, labels[oof.indices], names=oof.names)
     stack_seconds = time.perf_counter() - start

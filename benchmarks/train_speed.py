@@ -13,7 +13,6 @@ outputs/benchmarks/. Not a test: run it by hand, e.g.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import platform
 import tempfile
@@ -25,7 +24,9 @@ import pandas as pd
 import torch
 
 from digit_utils import atomic, data, paths
-from digit_utils.train import TrainConfig, train
+from digit_utils.config import TrainConfig
+from digit_utils.profiles import parse_overrides
+from digit_utils.train import train
 
 # Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
 RECIPES: dict[str, dict] = {
@@ -55,17 +56,6 @@ def markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * frame.shape[1]]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key] = text  # a bare word such as affine or adamw
-    return out
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

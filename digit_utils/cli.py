@@ -16,7 +16,7 @@ from .errors import DigitsError
 COMMAND_MODULES = [
     "digit_utils.data_cli",
     "digit_utils.kaggle_cli",
-    "digit_utils.pipeline",
+    "digit_utils.pipeline_cli",
     "digit_utils.predict_cli",
 ]
 

@@ -26,7 +26,6 @@ from .errors import DataError, DataWarning
 
 log = logging.getLogger(__name__)
 
-COMPETITION = "digit-recognizer"
 FILES = ("train.csv", "test.csv", "sample_submission.csv")
 PIXELS = [f"pixel{i}" for i in range(784)]
 TRAIN_HEADER = ["label", *PIXELS]
@@ -99,7 +98,7 @@ def find_in_kaggle_input(root: Path | None = None) -> Path | None:
         return None
     found = sorted(
         (p.parent for p in root.rglob("train.csv") if _holds_competition_files(p.parent)),
-        key=lambda p: (p.name != COMPETITION, len(p.parts), str(p)),
+        key=lambda p: (p.name != kaggle.COMPETITION, len(p.parts), str(p)),
     )
     return found[0] if found else None
 
@@ -198,8 +197,8 @@ def download_competition(dest: Path | None = None) -> Path:
     dest = Path(dest or paths.raw_dir())
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        kaggle.run(["competitions", "download", "-c", COMPETITION, "-p", tmp])
-        archive = Path(tmp) / f"{COMPETITION}.zip"
+        kaggle.run(["competitions", "download", "-c", kaggle.COMPETITION, "-p", tmp])
+        archive = Path(tmp) / f"{kaggle.COMPETITION}.zip"
         if not archive.is_file():
             raise DataError("the Kaggle CLI reported success but wrote no archive", file=archive)
         extract_zip(archive, dest)
@@ -383,7 +382,7 @@ def validate(path: str | Path) -> dict[str, int]:
 
 
 def fingerprint(path: str | Path) -> str:
-    """A short hash of a file's bytes: the key of its parsed-array cache and of provenance."""
+    """A short hash of a file's bytes: the key of its parsed-array cache (see data_fingerprint)."""
     h = hashlib.blake2b(digest_size=8)
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
@@ -474,3 +473,13 @@ def copy_subset(source: DataSource, dest: Path, n_train: int, n_test: int) -> Pa
         labels = pd.read_csv(source.test_labels_csv, nrows=n_test)
         atomic.write_csv(labels, dest / SAMPLE_TEST_LABELS)
     return dest
+
+
+def data_fingerprint(images, labels) -> str:
+    """The data fingerprint of every provenance record (checkpoints, metrics, submissions): a
+    short hash of the training arrays, so records made from the same rows can be joined."""
+    h = hashlib.blake2b(digest_size=8)
+    for array in (images, labels):
+        array = array.cpu().numpy() if hasattr(array, "cpu") else np.asarray(array)
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()

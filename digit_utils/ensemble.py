@@ -1,9 +1,9 @@
 """Combine trained runs: soft averaging, majority vote and a stacked super learner, scored by CV.
 
 Every method takes the base models' probabilities stacked as ``float32 [K, N, 10]`` (K models, N
-rows). Out-of-fold (OOF) rows are rows that no base model trained on, read from each run folder's
-``val_indices.npy`` / ``val_proba.npy``; the methods are compared on them, the best one is then
-applied to the test probabilities.
+rows). Out-of-fold (OOF) rows are rows that no base model trained on (``predict.load_oof`` reads
+them from the run folders); the methods are compared on them, the best one is then applied to the
+test probabilities. Pure numpy and scikit-learn: no torch, no files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 
 METHODS = ("average", "vote", "stack")
 EPS = 1e-6  # floor before log: a confident model's 0.0 must not become -inf
@@ -262,63 +262,20 @@ class OutOfFold:
     runs: dict[str, list[Path]]  # base model -> its run folders (several for k folds)
 
 
-def _as_groups(runs) -> dict[str, list[Path]]:
-    """A run folder, a list of them (one base model each), or {name: [fold runs]}."""
-    if isinstance(runs, str | Path):
-        runs = [runs]
-    if isinstance(runs, Mapping):
-        groups = {
-            str(k): [Path(p) for p in (v if isinstance(v, list | tuple) else [v])]
-            for k, v in runs.items()
-        }
-    else:
-        groups = {}
-        for p in map(Path, runs):
-            if p.name in groups:
-                raise ConfigError(f"runs: two runs are named {p.name!r}; pass {{name: path}}")
-            groups[p.name] = [p]
-    if not groups or not all(groups.values()):
-        raise ConfigError("runs: no run folders given")
-    return groups
+def out_of_fold(
+    parts: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], runs=None
+) -> OutOfFold:
+    """Join each base model's validation parts and keep the rows every model held out.
 
-
-def _read_val(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    files = [run / "val_indices.npy", run / "val_proba.npy"]
-    for f in files:
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing; is {run} a finished training run?")
-    idx, proba = np.load(files[0]), np.load(files[1])
-    if idx.ndim != 1 or proba.shape != (len(idx), 10):
-        raise CheckpointError(
-            f"{run}: val_indices {idx.shape} and val_proba {proba.shape} do not match"
-        )
-    return idx.astype(np.int64), proba.astype(np.float32)
-
-
-def load_oof(runs, *, images=None, tta: int | None = None, device: str | None = None) -> OutOfFold:
-    """Out-of-fold probabilities of a set of runs on the rows that no base model trained on.
-
-    Each base model is one run, or several runs of the same recipe on different folds (pass
-    ``{name: [fold runs]}``): its OOF rows are the union of its runs' validation rows (which
-    must not overlap). Across base models the rows kept are the intersection, so with one shared
-    holdout (or full k-fold for every model) nothing is lost and no model has seen a kept row.
-
-    By default the saved ``val_proba.npy`` is used (made with the run's own TTA setting). With
-    ``tta`` given, the best checkpoints are re-run on ``images[val_indices]`` with that TTA.
+    ``parts`` maps a base model's name to its runs' ``(val_indices, val_proba)``: one run, or
+    several runs of one recipe on different folds, whose rows are joined (they must not
+    overlap). Across base models the rows kept are the intersection, so with one shared holdout
+    (or full k-fold for every model) nothing is lost and no model has seen a kept row.
     """
-    groups = _as_groups(runs)
-    if tta is not None and images is None:
-        raise ConfigError("tta: re-predicting the validation rows needs the train images")
     per_model = {}
-    for name, group in groups.items():
-        idx_parts, proba_parts = [], []
-        for run in group:
-            idx, proba = _read_val(run)
-            if tta is not None:
-                proba = predict_runs([run], images[idx], tta=tta, device=device)[0]
-            idx_parts.append(idx)
-            proba_parts.append(proba)
-        idx, proba = np.concatenate(idx_parts), np.concatenate(proba_parts)
+    for name, group in parts.items():
+        idx = np.concatenate([i for i, _ in group])
+        proba = np.concatenate([p for _, p in group])
         if len(np.unique(idx)) != len(idx):
             raise ConfigError(f"runs: the folds of {name!r} share validation rows")
         order = np.argsort(idx)
@@ -326,32 +283,10 @@ def load_oof(runs, *, images=None, tta: int | None = None, device: str | None = 
     common = None
     for idx, _ in per_model.values():
         common = idx if common is None else np.intersect1d(common, idx, assume_unique=True)
-    if len(common) == 0:
+    if common is None or len(common) == 0:
         raise ConfigError(
             "runs: no validation row is shared by all base models; group k-fold runs of one "
             "recipe as {name: [fold runs]} or train them on the same holdout"
         )
     stacked = np.stack([proba[np.searchsorted(idx, common)] for idx, proba in per_model.values()])
-    return OutOfFold(list(per_model), common.astype(np.int64), stacked, groups)
-
-
-def predict_runs(runs, images, *, tta: int = 0, device: str | None = None) -> np.ndarray:
-    """Each base model's probabilities on ``images`` (uint8 [N,1,28,28]): ``float32 [K,N,10]``.
-
-    A base model made of several fold runs averages its runs' probabilities. ``device`` None
-    means CUDA when available, else the CPU.
-    """
-    import torch
-
-    from .predict import predict_proba
-    from .train import load_run
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = []
-    for group in _as_groups(runs).values():
-        fold_probas = []
-        for run in group:
-            model, _ = load_run(run, which="last", device=device)
-            fold_probas.append(predict_proba(model, images, tta=tta, device=device))
-        out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
-    return np.stack(out).astype(np.float32)
+    return OutOfFold(list(per_model), common.astype(np.int64), stacked, dict(runs or {}))

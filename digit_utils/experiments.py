@@ -6,21 +6,19 @@ row per run, one row per run-epoch) that the plots take directly.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from . import atomic, paths
-from .errors import ConfigError, DigitsError
-from .predict import predict_proba
-from .train import TrainConfig, TrainResult, resolve_device, train
+from . import paths
+from .config import TrainConfig
+from .errors import ConfigError
+from .predict import inference_ms
+from .train import TrainResult, train
 
 
 @dataclass
@@ -41,11 +39,19 @@ class Grid:
         )
         return table.fillna({"val_acc_std": 0.0}).sort_values("val_acc_mean", ascending=False)
 
+    def run_groups(self, group_by: str = "variant-seed") -> dict[str, list[str]]:
+        """``{base model: [run folders]}``: the folds of one (variant, seed) form one model."""
+        groups: dict[str, list[str]] = {}
+        for row in self.results.itertuples():
+            key = f"{row.variant}-s{row.seed}" if group_by == "variant-seed" else row.variant
+            groups.setdefault(key, []).append(row.run)
+        return groups
+
 
 def run_grid(
     images: np.ndarray,
     labels: np.ndarray,
-    base: Mapping,
+    base: TrainConfig,
     variants: Mapping[str, Mapping],
     *,
     seeds: Sequence[int] = (0,),
@@ -53,7 +59,7 @@ def run_grid(
     root: Path | None = None,
     quiet: bool = True,
 ) -> Grid:
-    """Train every variant (a dict of config overrides) with every seed, and every fold if asked.
+    """Train every variant (config changes to ``base``) with every seed, and every fold if asked.
 
     ``folds`` ≥ 2 trains each (variant, seed) on all k folds of one stratified split, so their
     validation rows cover the whole train set once (out-of-fold). Run folders go under ``root``
@@ -75,10 +81,10 @@ def run_grid(
         jobs, desc="runs", unit="run", disable=quiet and len(jobs) < 2
     ):
         name = f"{variant}-s{seed}" + (f"-f{fold}" if fold is not None else "")
-        overrides = {**base, **variants[variant], "seed": seed, "name": name}
+        changes = {**variants[variant], "seed": seed, "name": name}
         if fold is not None:
-            overrides.update(fold=fold, n_folds=folds)
-        cfg = TrainConfig.from_dict(overrides)
+            changes.update(fold=fold, n_folds=folds)
+        cfg = base.replace(**changes)
         result = train(cfg, images, labels, run_dir=root / name, quiet=quiet)
         runs.append(result)
         m = result.metrics
@@ -97,59 +103,6 @@ def run_grid(
         )
         histories.append(result.history.assign(variant=variant, seed=seed, fold=fold))
     return Grid(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), runs)
-
-
-def inference_ms(model: torch.nn.Module, images: np.ndarray, device: str = "auto") -> float:
-    """Median milliseconds to predict 1,000 images in one batch (after a warm-up)."""
-    dev = resolve_device(device)
-    batch = images[:1000]
-    model = model.to(dev)
-    predict_proba(model, batch, device=dev)  # warm-up: kernels, caches, lazy init
-    times = []
-    for _ in range(3):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        predict_proba(model, batch, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000 * 1000 / len(batch))
-    return float(np.median(times))
-
-
-def save_run_list(grid: Grid, path: Path, group_by: str = "variant-seed") -> Path:
-    """Record the runs for the ensemble notebook: ``{base model name: [run paths]}``.
-
-    Paths are relative to the outputs folder so that an upstream Kaggle kernel's mounted copy
-    resolves them too (see :func:`paths.upstream`). Folds of one (variant, seed) form one model.
-    """
-    outputs = paths.outputs_dir()
-    groups: dict[str, list[str]] = {}
-    for row in grid.results.itertuples():
-        key = f"{row.variant}-s{row.seed}" if group_by == "variant-seed" else row.variant
-        groups.setdefault(key, []).append(str(Path(row.run).resolve().relative_to(outputs)))
-    return atomic.write_json({"models": groups}, path)
-
-
-def load_run_list(relative: str = "03_train_cnn/runs.json") -> dict[str, list[Path]]:
-    """The ``{model: [run folders]}`` a notebook recorded, resolved locally or on Kaggle."""
-    listing = json.loads(paths.upstream(relative).read_text())
-    return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
-
-
-def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
-    """Resolve the training notebook's ``augment`` parameter: ``(spec, where it came from)``.
-
-    "auto" takes the policy that 02_augmentation chose, or the "affine" preset (with a message)
-    when that notebook has not run; anything else is a preset name used as given.
-    """
-    if augment != "auto":
-        return augment, "parameter"
-    try:
-        choice = json.loads(paths.upstream("02_augmentation/policy.json").read_text())
-    except DigitsError:
-        return "affine", "default (02_augmentation has not run)"
-    return choice["augment"], f"02_augmentation chose {choice['policy']!r}"
 
 
 def leaderboard(grid: Grid, images: np.ndarray, device: str = "auto") -> pd.DataFrame:

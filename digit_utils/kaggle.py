@@ -130,7 +130,6 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
 
 # The CLI prints these and still exits 0.
 SOFT_FAILURES = ("Could not submit to competition", "Could not find competition")
-TEST_ROWS = 28_000  # rows of the competition's test.csv, so of every real submission
 
 
 def submit_args(path: str | Path, message: str) -> list[str]:
@@ -138,13 +137,10 @@ def submit_args(path: str | Path, message: str) -> list[str]:
     return ["competitions", "submit", COMPETITION, "-f", str(Path(path).resolve()), "-m", message]
 
 
-def submit(path: str | Path, message: str, *, expected_rows: int | None = TEST_ROWS) -> str:
-    """Validate a submission file, then submit it; returns the CLI's report."""
-    from .submit import validate_submission  # submit -> data -> this module: import late
-
+def submit(path: str | Path, message: str) -> str:
+    """Submit a file through the CLI; returns its report (``submit.submit`` validates first)."""
     if not message.strip():
         raise KaggleError("the submission message is empty: say what this submission is (-m)")
-    validate_submission(path, expected_rows)
     out = run(submit_args(path, message))
     for marker in SOFT_FAILURES:
         if marker in out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import kaggle, kernels
+from . import kaggle, kernels, submit
 from .errors import KaggleError
 
 
@@ -19,7 +19,7 @@ def _user(args) -> str:
 
 
 def _submit(args) -> int:
-    print(kaggle.submit(args.file, args.message).rstrip())
+    print(submit.submit(args.file, args.message).rstrip())
     return 0
 
 

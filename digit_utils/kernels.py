@@ -5,6 +5,8 @@ internet off, so a built kernel notebook starts with ``%%writefile`` cells that 
 ``digit_utils`` (every file of it, as it is at build time) in the kernel's working directory,
 followed by the original notebook's cells, unchanged. Metadata and command lines are pure
 functions; the few functions that write or run something are thin.
+
+(Over 300 lines: the kernel builder, its CLI calls and the simulated Kaggle run belong together.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from . import __version__, atomic, kaggle, paths
+from . import __version__, atomic, kaggle, paths, stages
 from .errors import DigitsError, KaggleError
 
 TITLE_PREFIX = "Digit Recognizer"
@@ -28,19 +30,6 @@ INLINE_TAG = "digit_utils-inline"  # marks the cells the builder adds
 METADATA_FILE = "kernel-metadata.json"
 # The package files a kernel needs; caches and editor debris stay behind.
 INLINE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".txt")
-
-# notebook stem -> (needs a GPU, notebooks whose outputs it reads). The one place that knows the
-# pipeline's shape on Kaggle: an upstream kernel's outputs are mounted read-only under
-# /kaggle/input/<its slug>/, where paths.upstream() finds them.
-STAGES: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "01_eda": (False, ()),
-    "02_augmentation": (True, ()),
-    "03_train_cnn": (True, ("02_augmentation",)),
-    "04_model_zoo": (True, ("02_augmentation",)),  # trains with the policy 02 chose
-    # Inference with TTA over several models is faster on a GPU as well.
-    "05_ensemble_submission": (True, ("03_train_cnn", "04_model_zoo")),
-}
-
 
 # --------------------------------------------------------------------------------------------
 # Pure builders
@@ -61,7 +50,8 @@ def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False
     if not username or not re.fullmatch(r"[A-Za-z0-9_-]+", username):
         raise KaggleError(f"invalid Kaggle user name {username!r}")
     stem = Path(notebook).stem
-    gpu, needs = STAGES.get(stem, (False, ()))
+    spec = stages.STAGES.get(stem)
+    gpu, needs = (spec.gpu, spec.upstream) if spec else (False, ())
     return {
         "id": f"{username}/{kernel_slug(stem)}",
         "title": kernel_title(stem),
@@ -174,8 +164,9 @@ def kernel_ref(ref: str, username: str | None) -> str:
             f"{ref!r} names no owner and no Kaggle user name is known: write OWNER/SLUG, or set "
             "up credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME)"
         )
-    slug = ref if ref.startswith(SLUG_PREFIX) else kernel_slug(ref)
-    return f"{username}/{slug}"
+    if ref.startswith(SLUG_PREFIX):
+        return f"{username}/{ref}"
+    return f"{username}/{kernel_slug(stages.match(list(stages.STAGES), ref))}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,15 +186,8 @@ def find_notebooks(names: list[str] | None = None) -> list[Path]:
         path = Path(name)
         if path.suffix == ".ipynb" and path.is_file():
             found.append(path)
-            continue
-        matches = [p for p in known if p.stem == name] or [
-            p for p in known if p.stem.startswith(name)
-        ]
-        if len(matches) != 1:
-            listing = ", ".join(p.stem for p in known) or "none"
-            what = "matches no" if not matches else "matches more than one"
-            raise DigitsError(f"{name!r} {what} notebook in {folder} (there: {listing})")
-        found.append(matches[0])
+        else:
+            found.append(folder / f"{stages.match([p.stem for p in known], name)}.ipynb")
     return found
 
 

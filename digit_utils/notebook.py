@@ -8,87 +8,22 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
-from . import __version__, atomic, data, paths
-from .errors import ConfigError
-
-# The parameters each notebook declares and their types (papermill only warns about unknown
-# parameters, so the notebook's second cell passes its parameters here and fails loudly).
-NUMBER = (int, float)
-SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "01_eda": {"data_dir": str, "tsne_samples": int, "seed": int},
-    "02_augmentation": {
-        "data_dir": str,
-        "model": str,
-        "epochs": int,
-        "batch_size": int,
-        "lr": NUMBER,
-        "policies": str,
-        "seeds": int,
-        "val_fraction": NUMBER,
-        "device": str,
-    },
-    "03_train_cnn": {
-        "data_dir": str,
-        "model": str,
-        "epochs": int,
-        "batch_size": int,
-        "optimizer": str,
-        "lr": NUMBER,
-        "schedule": str,
-        "weight_decay": NUMBER,
-        "label_smoothing": NUMBER,
-        "ema": NUMBER,
-        "augment": str,
-        "val_fraction": NUMBER,
-        "n_folds": int,
-        "seeds": int,
-        "tta": int,
-        "device": str,
-        "precision": str,
-        "compile": bool,
-    },
-    "04_model_zoo": {
-        "data_dir": str,
-        "models": str,
-        "epochs": int,
-        "batch_size": int,
-        "lr": NUMBER,
-        "augment": str,
-        "val_fraction": NUMBER,
-        "seed": int,
-        "device": str,
-    },
-    "05_ensemble_submission": {
-        "data_dir": str,
-        "runs": str,
-        "tta": int,
-        "cv_folds": int,
-        "device": str,
-        "submit": bool,
-        "message": str,
-    },
-}
+from . import __version__, atomic, data, paths, stages, typed
+from .config import TrainConfig
 
 
-def check_params(stage: str, params: dict) -> MappingProxyType:
-    """Validate a notebook's parameters against its schema: no unknown keys, right types."""
-    schema = SCHEMAS[stage]
-    if unknown := sorted(set(params) - set(schema)):
-        raise ConfigError(f"{stage}: unknown parameter(s) {unknown}; known: {sorted(schema)}")
-    if missing := sorted(set(schema) - set(params)):
-        raise ConfigError(f"{stage}: missing parameter(s) {missing}")
-    for key, want in schema.items():
-        value = params[key]
-        ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
-        if not ok:
-            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
-            raise ConfigError(f"{stage}: parameter {key}={value!r} should be {names}")
-    return MappingProxyType(dict(params))
+def check_params(stage: str, params: Mapping[str, Any]) -> MappingProxyType:
+    """Validate a notebook's parameters against its stage's schema: no unknown or missing names,
+    right types. The message quotes the parameters-cell line that is wrong."""
+    checked = typed.check(params, stages.spec(stage).schema, where=f"{stage}: ", quote=True)
+    return MappingProxyType(checked)
 
 
 def split_list(text: str) -> list[str]:
@@ -118,8 +53,19 @@ class Stage:
 
     @cached_property
     def data_fingerprint(self) -> str | None:
-        """Hash of the train.csv this notebook read (hashed once, 76 MB for the real file)."""
-        return data.fingerprint(self.source.train_csv) if self.source else None
+        """The training arrays' fingerprint, as in every checkpoint (see data.data_fingerprint)."""
+        return data.data_fingerprint(*data.load_train(self.source)) if self.source else None
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The TrainConfig this notebook's parameters describe: the fields it shows, the
+        settings its stage fixes, then ``overrides`` (e.g. a resolved augmentation)."""
+        spec = stages.spec(self.name)
+        shown = {f: self.params[f] for f in spec.train_fields}
+        return TrainConfig.from_dict({**spec.fixed, **shown, **overrides})
+
+    def runs_dir(self) -> Path:
+        """Where this notebook's training runs live (see paths.runs_dir)."""
+        return paths.runs_dir(self.name)
 
     def save_json(self, obj, name: str) -> Path:
         """Write ``<out>/<name>`` atomically (what a later notebook reads)."""
@@ -142,12 +88,14 @@ class Stage:
         return record
 
 
-def start(stage: str, **params) -> Stage:
-    """Check parameters, locate the data (if the notebook reads it), make the outputs folder."""
-    checked = check_params(stage, params)
+def start(stage: str, namespace: Mapping[str, Any]) -> Stage:
+    """Check the notebook's parameters (taken by name from ``namespace``, the notebook's
+    ``globals()``), locate the data (if the notebook reads it), make the outputs folder."""
+    names = stages.spec(stage).schema
+    checked = check_params(stage, {k: namespace[k] for k in names if k in namespace})
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     warnings.filterwarnings("ignore", category=data.DataWarning, message=r".*rows, the comp")
     source = None
-    if "data_dir" in checked:
-        source = data.locate(checked["data_dir"] or None)  # logs which files it uses
+    if stages.DATA_DIR in checked:
+        source = data.locate(checked[stages.DATA_DIR] or None)  # logs which files it uses
     return Stage(stage, checked, source, paths.stage_dir(stage))

@@ -9,6 +9,7 @@ from .errors import DigitsError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 KAGGLE_WORKING = Path("/kaggle/working")
+RUN_LIST = "runs.json"  # how a stage hands its runs to the next, in its outputs folder
 
 
 def in_kaggle_kernel() -> bool:
@@ -79,9 +80,16 @@ def stage_dir(name: str) -> Path:
     return folder
 
 
-def runs_dir() -> Path:
-    """Training runs, one folder each."""
-    return outputs_dir() / "runs"
+def runs_dir(stage: str | None = None) -> Path:
+    """Where training runs live, one folder each. The one rule: a notebook's runs live in its
+    own outputs folder (``outputs/<stage>/runs/``); runs trained outside any notebook in
+    ``outputs/runs/``."""
+    return outputs_dir() / stage / "runs" if stage else outputs_dir() / "runs"
+
+
+def all_runs_dirs() -> list[Path]:
+    """Every folder :func:`runs_dir` can name that exists."""
+    return [p for p in [runs_dir(), *sorted(outputs_dir().glob("*/runs"))] if p.is_dir()]
 
 
 def upstream(relative: str) -> Path:

@@ -1,14 +1,14 @@
 """The papermill runner behind `digits pipeline`: run the numbered notebooks in order.
 
-Each notebook gets only the parameters its ``parameters`` cell declares. Values come from a
-profile (``params/<name>.yaml``) and ``-p key=value`` overrides; a top-level key named after a
-notebook stem (``03_train_cnn``) holds overrides for that notebook only. Precedence, low to high:
-notebook defaults < profile global < profile per-notebook < -p global < -p per-notebook.
-Every key is checked against the declarations before any notebook runs (papermill only warns).
+Each notebook gets only the parameters its ``parameters`` cell declares (routing and profiles:
+:mod:`profiles`). Every key, and for the pipeline's own stages every value's type, is checked
+before any notebook runs (papermill only warns).
 
 Executed notebooks go to ``outputs/notebooks/``, HTML to ``outputs/reports/`` and the run record
 to ``outputs/pipeline.json``, rewritten atomically after each notebook so that a crash leaves an
 accurate record.
+
+(Over 300 lines: running, recording and reporting a notebook are one story.)
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, paths
+from . import __version__, atomic, paths, stages
 from .errors import ConfigError, DigitsError
+from .profiles import load_profile, parse_overrides, route_parameters
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")  # 03_train_cnn: two-digit prefix, then a name
-SECTION = re.compile(r"^\d\d(_\w+)?$")  # a profile/-p key naming a notebook; never an identifier
-EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-3, 5E4, -2.5e+1
-DATA_DIR = "data_dir"  # the parameter the runner fills with the located data folder
+DATA_DIR = stages.DATA_DIR  # the parameter the runner fills with the located data folder
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
@@ -63,89 +62,6 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
         return papermill.inspect_notebook(str(path))
 
 
-def params_dir() -> Path:
-    return paths.project_root() / "params"
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in params_dir().glob("*.yaml"))
-
-
-def load_profile(name_or_path: str | Path | None) -> dict:
-    """A profile by name (``params/<name>.yaml``) or as a path to a YAML file; None gives {}."""
-    import yaml
-
-    if name_or_path is None:
-        return {}
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-            raise ConfigError(f"profile file {path} does not exist")
-        path = params_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = ", ".join(available_profiles()) or f"none in {params_dir()}"
-            raise ConfigError(f"unknown profile {str(name_or_path)!r}; available: {known}")
-    try:
-        profile = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if profile is None:
-        return {}
-    if not isinstance(profile, dict):
-        raise ConfigError(f"{path}: a profile must be a mapping of parameter names to values")
-    return _plain(profile)
-
-
-def _plain(value: Any) -> Any:
-    """YAML values as the user meant them: a date stays the text it was, and 1e-3 is a float
-    (YAML 1.1, which PyYAML reads, wants 1.0e-3 and otherwise gives the string '1e-3')."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, str) and EXPONENT.match(value):
-        return float(value)
-    return value
-
-
-def parse_overrides(items: Sequence[str]) -> dict:
-    """``["epochs=2", "03_train_cnn.lr=0.1"]`` → ``{"epochs": 2, "03_train_cnn": {"lr": 0.1}}``."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"-p {item!r}: expected key=value (or notebook.key=value)")
-        try:
-            value = _plain(yaml.safe_load(text))
-        except yaml.YAMLError:
-            value = text  # anything YAML cannot read is meant as text
-        stem, dot, name = key.rpartition(".")
-        if dot:
-            out.setdefault(stem, {})
-            if not isinstance(out[stem], dict):
-                raise ConfigError(f"-p {item!r}: {stem!r} is both a parameter and a notebook")
-            out[stem][name] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _match(notebooks: Sequence[str], selector: str, what: str = "notebook") -> str:
-    """The stem a selector (``03`` or ``03_train_cnn``) names; ConfigError when none or several."""
-    selector = selector.strip()
-    hits = [s for s in notebooks if s == selector or s.split("_", 1)[0] == selector]
-    if len(hits) != 1:
-        problem = "matches several notebooks" if hits else "names no notebook"
-        known = ", ".join(notebooks) or "none"
-        raise ConfigError(f"{what} {selector!r} {problem}; the notebooks are: {known}")
-    return hits[0]
-
-
 def select(
     notebooks: Sequence[Path], only: str | Sequence[str] | None = None, start: str | None = None
 ) -> list[Path]:
@@ -153,75 +69,14 @@ def select(
     stems = [p.stem for p in notebooks]
     chosen = list(notebooks)
     if start:
-        chosen = chosen[stems.index(_match(stems, start)) :]
+        chosen = chosen[stems.index(stages.match(stems, start)) :]
     if only:
         names = only.split(",") if isinstance(only, str) else list(only)
-        wanted = {_match(stems, n) for n in names if n.strip()}
+        wanted = {stages.match(stems, n) for n in names if n.strip()}
         chosen = [p for p in chosen if p.stem in wanted]
     if not chosen:
         raise ConfigError(f"the selection (only={only!r}, from={start!r}) leaves no notebook")
     return chosen
-
-
-def route_parameters(
-    notebooks: Mapping[str, Mapping[str, Any]],
-    profile: Mapping[str, Any],
-    overrides: Mapping[str, Any],
-    *,
-    unselected: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, dict]:
-    """``{stem: parameters to pass}`` for the selected notebooks; pure, raises ConfigError.
-
-    ``notebooks`` maps each selected stem to its declared parameters (``declared_parameters``).
-    ``unselected`` does the same for the pipeline's other notebooks: a profile is written for the
-    whole pipeline, so its keys (and sections) for those are skipped quietly, whereas a ``-p`` key
-    that no selected notebook declares is an error.
-    """
-    unselected = unselected or {}
-    every = {**unselected, **notebooks}
-    routed: dict[str, dict] = {stem: {} for stem in notebooks}
-    for origin, values in (("profile", profile), ("-p", overrides)):
-        sections: dict[str, Any] = {}
-        flat = {}
-        for key, value in values.items():
-            if key in every or SECTION.match(key):  # 03_train_cnn, or just 03
-                stem = _match(list(every), key, f"{origin} section")
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"{origin} section {key!r} must be a mapping of parameters")
-                sections[stem] = {**sections.get(stem, {}), **value}
-            else:
-                flat[key] = value
-        for key, value in flat.items():
-            takers = [s for s, declared in notebooks.items() if key in declared]
-            if not takers and not (origin == "profile" and _declared_by(key, unselected)):
-                raise ConfigError(_unknown(origin, key, notebooks, unselected))
-            for stem in takers:
-                routed[stem][key] = value
-        for stem, section in sections.items():
-            for key in section:
-                if key not in every[stem]:
-                    raise ConfigError(_unknown(origin, f"{stem}.{key}", {stem: every[stem]}))
-            if stem in notebooks:
-                # After the global keys: per-notebook values beat global ones of the same origin.
-                routed[stem].update(section)
-            elif origin == "-p":
-                raise ConfigError(f"-p targets {stem}, which is not among the selected notebooks")
-    return routed
-
-
-def _declared_by(key: str, notebooks: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return [stem for stem, declared in notebooks.items() if key in declared]
-
-
-def _unknown(origin, key, notebooks, unselected=None) -> str:
-    name = key.rpartition(".")[2]
-    elsewhere = _declared_by(name, unselected or {})
-    if elsewhere:
-        return (
-            f"{origin} parameter {key!r} is declared only by {', '.join(elsewhere)}, not selected"
-        )
-    listing = "; ".join(f"{s}: {', '.join(d) or '(none)'}" for s, d in notebooks.items())
-    return f"{origin} parameter {key!r} is unknown; the notebooks declare: {listing}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +238,9 @@ def run_pipeline(
     others = {s: d for s, d in declared.items() if s not in chosen}
     values = load_profile(profile)
     routed = route_parameters(chosen, values, overrides, unselected=others)
+    for stem, params in routed.items():
+        if stem in stages.STAGES:  # the same check the notebook makes, before any kernel starts
+            stages.check_values(stem, params)
 
     # Once, before any notebook: this may download, or write and announce the offline sample.
     # A data_dir the user gave globally is the one to locate (and to validate now).
@@ -498,38 +356,3 @@ def _run_one(
     else:
         print(f"[{nb.stem}] FAILED after {entry['seconds']:.1f} s")
     return error
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _cli(args) -> int:
-    run_pipeline(
-        profile=args.profile,
-        only=args.only,
-        start=args.start,
-        overrides=parse_overrides(args.param or []),
-        render_html=not args.no_html,
-    )
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "pipeline",
-        help="run the numbered notebooks with papermill",
-        description="Run notebooks/NN_*.ipynb in order; outputs/pipeline.json records the run.",
-    )
-    p.add_argument("--profile", default="quick", help="params/<name>.yaml or a YAML path")
-    p.add_argument("--only", help="comma-separated prefixes or stems, e.g. 03,05")
-    p.add_argument("--from", dest="start", help="start at this notebook (prefix or stem)")
-    p.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a parameter (YAML value); NOTEBOOK.KEY=VALUE targets one notebook",
-    )
-    p.add_argument("--no-html", action="store_true", help="skip the HTML reports")
-    p.set_defaults(func=_cli)

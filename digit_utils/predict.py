@@ -1,29 +1,20 @@
-"""Batched inference on the model's device, with test-time augmentation by small pixel shifts."""
+"""All inference: batched probabilities with shift-TTA, trained runs on new images, the
+out-of-fold probabilities of a set of runs, and inference timing."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataError
+from . import ensemble, runs
+from .devices import autocast, resolve_device
+from .errors import ConfigError, DataError
 from .models import NUM_CLASSES, normalize
-
-# (dy, dx) pixel shifts for TTA, identity first; tta=k uses the first k + 1. Never flips: a
-# mirrored 2 or 7 is not a digit.
-SHIFTS: tuple[tuple[int, int], ...] = (
-    (0, 0),
-    (0, 1),
-    (0, -1),
-    (1, 0),
-    (-1, 0),
-    (1, 1),
-    (-1, -1),
-    (1, -1),
-    (-1, 1),
-)
-MAX_TTA = len(SHIFTS) - 1
+from .policy import MAX_TTA, SHIFTS
 
 
 def tta_shifts(tta: int) -> tuple[tuple[int, int], ...]:
@@ -50,12 +41,6 @@ def as_image_tensor(images) -> torch.Tensor:
     if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise DataError(f"images must be uint8 [N,1,28,28], got {x.dtype} {tuple(x.shape)}")
     return x
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.no_grad()
@@ -88,10 +73,68 @@ def predict_proba(
                 inp = normalize(shift(batch, dy, dx))
                 if device.type == "cuda":
                     inp = inp.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
+                with autocast(device):
                     logits = model(inp)
                 probs += logits.float().softmax(dim=1)
             out[start : start + len(batch)] = (probs / len(shifts)).cpu()
     finally:
         model.train(was_training)
     return out.numpy()
+
+
+def predict_runs(run_dirs, images, *, tta: int = 0, device: str | None = None) -> np.ndarray:
+    """Each base model's probabilities on ``images`` (uint8 [N,1,28,28]): ``float32 [K,N,10]``.
+
+    A base model made of several fold runs averages its runs' probabilities. ``device`` None
+    (or "auto") means CUDA when available, else the CPU.
+    """
+    device = resolve_device(device)
+    out = []
+    for group in runs.as_groups(run_dirs).values():
+        fold_probas = []
+        for run in group:
+            model, _ = runs.load_run(run, which="last", device=device)
+            fold_probas.append(predict_proba(model, images, tta=tta, device=device))
+        out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
+    return np.stack(out).astype(np.float32)
+
+
+def load_oof(
+    run_dirs, *, images=None, tta: int | None = None, device: str | None = None
+) -> ensemble.OutOfFold:
+    """Out-of-fold probabilities of a set of runs on the rows that no base model trained on.
+
+    By default each run's saved ``val_proba.npy`` is used (made with the run's own TTA). With
+    ``tta`` given, the final checkpoints are re-run on ``images[val_indices]`` with that TTA.
+    See :func:`ensemble.out_of_fold` for how runs and rows are joined.
+    """
+    groups = runs.as_groups(run_dirs)
+    if tta is not None and images is None:
+        raise ConfigError("tta: re-predicting the validation rows needs the train images")
+    parts = {}
+    for name, group in groups.items():
+        parts[name] = []
+        for run in group:
+            idx, proba = runs.read_validation(run)
+            if tta is not None:
+                proba = predict_runs([run], images[idx], tta=tta, device=device)[0]
+            parts[name].append((idx, proba))
+    return ensemble.out_of_fold(parts, groups)
+
+
+def inference_ms(model: nn.Module, images: np.ndarray, device: str = "auto") -> float:
+    """Median milliseconds to predict 1,000 images in one batch (after a warm-up)."""
+    dev = resolve_device(device)
+    batch = images[:1000]
+    model = model.to(dev)
+    predict_proba(model, batch, device=dev)  # warm-up: kernels, caches, lazy init
+    times = []
+    for _ in range(3):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        predict_proba(model, batch, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000 * 1000 / len(batch))
+    return float(np.median(times))

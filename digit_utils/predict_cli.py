@@ -6,17 +6,6 @@ import json
 from pathlib import Path
 
 from . import paths
-from .errors import DigitsError
-
-
-def _latest_run() -> Path:
-    """The most recently finished run under outputs/runs (the one with the newest best.pt)."""
-    found = sorted(paths.runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise DigitsError(
-            f"no trained run in {paths.runs_dir()}; train one first or pass --run RUN_DIR"
-        )
-    return found[-1].parent
 
 
 def _table(predictions) -> str:
@@ -35,8 +24,9 @@ def _predict(args) -> int:
     import matplotlib.pyplot as plt
 
     from .predictor import Predictor, load_images, plot_prediction, to_predictions
+    from .runs import default_runs
 
-    runs = [Path(r) for r in args.run] if args.run else [_latest_run()]
+    runs = [Path(r) for r in args.run] if args.run else default_runs()
     predictor = Predictor.from_run(runs, which=args.which, tta=args.tta, device=args.device)
     images, names, _ = load_images(list(args.images))  # (N,1,28,28) as the model sees them
     predictions = to_predictions(predictor.predict_images(images), names)
@@ -68,7 +58,8 @@ def register_cli(sub) -> None:
         "--run",
         action="append",
         metavar="RUN_DIR",
-        help="a run folder (repeat for an ensemble; default: the newest run in outputs/runs)",
+        help="a run folder (repeat for an ensemble; default: the runs of the newest run list, "
+        "i.e. the ensemble's members, else the newest run)",
     )
     p.add_argument(
         "--which", choices=["best", "last"], default="last", help="checkpoint (last: final model)"

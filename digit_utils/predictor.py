@@ -228,12 +228,11 @@ class Predictor:
         cls, runs, *, which: str = "last", tta: int = 0, device: str | None = None
     ) -> Predictor:
         """Load one run folder, or several (an ensemble by soft averaging)."""
-        import torch
-
-        from .train import load_run
+        from .devices import resolve_device
+        from .runs import load_run
 
         runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(r) for r in runs]
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         models = [load_run(run, which=which, device=device)[0] for run in runs]
         return cls(models, tta=tta, device=device, runs=runs)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, atomic, paths
-from .data import SUBMISSION_HEADER, fingerprint
+from . import __version__, atomic, kaggle, paths
+from .data import EXPECTED_ROWS, SUBMISSION_HEADER, fingerprint
 from .errors import DataError
 
 HEADER_LINE = ",".join(SUBMISSION_HEADER)
@@ -178,3 +178,11 @@ def write_submission(
         if kaggle_copy.resolve() != path.resolve():
             atomic.write_csv(frame, kaggle_copy)
     return path
+
+
+def submit(path: str | Path, message: str, *, expected_rows: int | None = None) -> str:
+    """Validate a submission file (28,000 rows unless told otherwise), then submit it through
+    the Kaggle CLI; returns the CLI's report."""
+    rows = EXPECTED_ROWS["test"] if expected_rows is None else expected_rows
+    validate_submission(path, rows)
+    return kaggle.submit(path, message)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from digit_utils.augment import PRESETS, AugmentPolicy, augment_batch, augmentation_gallery
+from digit_utils.augment import augment_batch, augmentation_gallery
 from digit_utils.errors import ConfigError
+from digit_utils.policy import PRESETS, AugmentPolicy
 
 
 def _digit_batch(n: int = 16) -> torch.Tensor:
@@ -88,8 +89,8 @@ def test_erasing_removes_a_bounded_rectangle_from_every_image():
         ({"rotation": 10}, "unknown key"),
         ({"rotate": -1}, "augment.rotate"),
         ({"erase_p": 1.5}, "augment.erase_p"),
-        ({"scale": "0.1"}, "expected a number"),
-        ({"shear": True}, "expected a number"),
+        ({"scale": "0.1"}, "augment.scale: expected float"),
+        ({"shear": True}, "augment.shear: expected float"),
     ],
 )
 def test_policy_rejects_bad_dicts(bad, match):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import ensemble
+from digit_utils import ensemble, predict
 from digit_utils.errors import CheckpointError, ConfigError
 
 
@@ -190,7 +190,7 @@ def fake_run(folder, indices, proba):
 def test_load_oof_keeps_the_rows_every_base_model_held_out(tmp_path):
     a = fake_run(tmp_path / "a", [5, 1, 3], onehot([5, 1, 3]))
     b = fake_run(tmp_path / "b", [3, 9, 5], onehot([3, 9, 5]))
-    oof = ensemble.load_oof([a, b])
+    oof = predict.load_oof([a, b])
     assert oof.names == ["a", "b"]
     assert oof.indices.tolist() == [3, 5]
     assert oof.probas.shape == (2, 2, 10)
@@ -201,28 +201,28 @@ def test_load_oof_keeps_the_rows_every_base_model_held_out(tmp_path):
 def test_load_oof_joins_the_folds_of_one_base_model(tmp_path):
     folds = [fake_run(tmp_path / f"f{i}", [i, i + 3], onehot([i, i + 3])) for i in range(3)]
     other = fake_run(tmp_path / "other", [0, 1, 2, 3, 4, 5], onehot([0, 1, 2, 3, 4, 5], 0.5))
-    oof = ensemble.load_oof({"cnn_5fold": folds, "other": other})
+    oof = predict.load_oof({"cnn_5fold": folds, "other": other})
     assert oof.names == ["cnn_5fold", "other"]
     assert oof.indices.tolist() == [0, 1, 2, 3, 4, 5]
     assert oof.probas[0].argmax(1).tolist() == [0, 1, 2, 3, 4, 5]
     clash = fake_run(tmp_path / "clash", [0], onehot([0]))
     with pytest.raises(ConfigError, match="share validation rows"):
-        ensemble.load_oof({"x": [folds[0], clash]})
+        predict.load_oof({"x": [folds[0], clash]})
 
 
 def test_load_oof_refuses_disjoint_rows_and_missing_files(tmp_path):
     a = fake_run(tmp_path / "a", [0, 1], onehot([0, 1]))
     b = fake_run(tmp_path / "b", [2, 3], onehot([2, 3]))
     with pytest.raises(ConfigError, match="no validation row is shared"):
-        ensemble.load_oof([a, b])
+        predict.load_oof([a, b])
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="val_indices.npy: missing"):
-        ensemble.load_oof([tmp_path / "empty"])
+        predict.load_oof([tmp_path / "empty"])
     bad = fake_run(tmp_path / "bad", [0, 1, 2], onehot([0, 1]))
     with pytest.raises(CheckpointError, match="do not match"):
-        ensemble.load_oof([bad])
+        predict.load_oof([bad])
     with pytest.raises(ConfigError, match="train images"):
-        ensemble.load_oof([a], tta=2)
+        predict.load_oof([a], tta=2)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")

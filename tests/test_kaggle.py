@@ -142,9 +142,9 @@ def test_kernel_build_selects_notebooks_by_stem_or_prefix(isolated, capsys):
     assert code == 0 and out.count("built ") == 1 and "digit-recognizer-03-train-cnn" in out
     assert "reads dana/digit-recognizer-02-augmentation" in out and "(GPU;" in out
     code, _, err = digits("kaggle", "kernel", "build", "0", "--user", "dana", capsys=capsys)
-    assert code == 1 and "'0' matches more than one notebook" in err
+    assert code == 1 and "'0' names no notebook" in err
     code, _, err = digits("kaggle", "kernel", "build", "07", "--user", "dana", capsys=capsys)
-    assert code == 1 and "'07' matches no notebook" in err and "01_eda" in err
+    assert code == 1 and "'07' names no notebook" in err and "01_eda" in err
 
 
 def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
@@ -281,6 +281,5 @@ def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, caps
     assert_no_secret(out, err, tree=tmp_path)
     folder = isolated / "outputs/kernels" / kernels.kernel_slug("05_ensemble_submission")
     assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
-        "alice/digit-recognizer-03-train-cnn",
-        "alice/digit-recognizer-04-model-zoo",
+        "alice/digit-recognizer-03-train-cnn"  # 05 reads only 03's runs (stages.STAGES)
     ]

@@ -3,7 +3,7 @@
 Each kernel is built (package inlined), then executed by papermill in an empty working folder
 with KAGGLE_KERNEL_RUN_TYPE=Batch, mlxtend unimportable and an input tree laid out like Kaggle's:
 the competition files plus, mounted under their slugs, only the outputs of the kernels named in its
-``kernel_sources``. That checks both self-containment and the upstream map in kernels.STAGES.
+``kernel_sources``. That checks both self-containment and the upstream map in stages.STAGES.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import pytest
 from test_notebooks import STAGES, TINY
 
 from conftest import REPO
-from digit_utils import data, kernels
-from digit_utils import notebook as notebook_params
+from digit_utils import data, kernels, stages
 
 TINY_KERNEL = {**TINY, "03_train_cnn": {**TINY["03_train_cnn"], "n_folds": 2, "seeds": 1}}
 
@@ -42,7 +41,7 @@ def chain(tmp_path_factory, sample_dir):
             shutil.copytree(working[upstream], inputs / source.split("/")[1])
         working[stage] = root / "working" / stage
         params = dict(TINY_KERNEL[stage])
-        if "device" in notebook_params.SCHEMAS[stage]:
+        if "device" in stages.STAGES[stage].schema:
             params["device"] = "cpu"  # Kaggle's GPU is not here; the code path is the same
         kernels.run_kernel_locally(folder, inputs, working[stage], params)
     return working

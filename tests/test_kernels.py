@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import data, kernels, paths
+from digit_utils import data, kernels, paths, stages
 from digit_utils.errors import DigitsError, KaggleError
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-PIPELINE = list(kernels.STAGES)
+PIPELINE = list(stages.STAGES)
 GPU = {"02_augmentation", "03_train_cnn", "04_model_zoo", "05_ensemble_submission"}
 
 
@@ -91,10 +91,7 @@ def test_metadata_follows_the_rules(stem):
     expected_sources = {
         "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
         "04_model_zoo": ["alice/digit-recognizer-02-augmentation"],
-        "05_ensemble_submission": [
-            "alice/digit-recognizer-03-train-cnn",
-            "alice/digit-recognizer-04-model-zoo",
-        ],
+        "05_ensemble_submission": ["alice/digit-recognizer-03-train-cnn"],
     }
     assert meta["kernel_sources"] == expected_sources.get(stem, [])
 
@@ -109,8 +106,8 @@ def test_title_resolves_to_the_slug_kaggle_expects(stem):
 
 
 def test_upstream_kernels_come_earlier_in_the_pipeline():
-    for stem, (_, needs) in kernels.STAGES.items():
-        for up in needs:
+    for stem, spec in stages.STAGES.items():
+        for up in spec.upstream:
             assert PIPELINE.index(up) < PIPELINE.index(stem), (stem, up)
 
 
@@ -203,7 +200,7 @@ def test_every_real_notebook_builds_into_a_kernel(notebook, tmp_path):
     folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
     meta = json.loads((folder / "kernel-metadata.json").read_text())
     stem = notebook.stem
-    assert stem in kernels.STAGES, f"{stem} is not in kernels.STAGES (GPU? upstream kernels?)"
+    assert stem in stages.STAGES, f"{stem} is not in stages.STAGES (GPU? upstream kernels?)"
     assert meta == kernels.kernel_metadata(notebook, "alice")
     assert meta["enable_gpu"] is (stem in GPU) and meta["enable_internet"] is False
     built = folder / meta["code_file"]
@@ -213,18 +210,23 @@ def test_every_real_notebook_builds_into_a_kernel(notebook, tmp_path):
     assert nbformat.read(built, as_version=4).cells[-len(original.cells) :] == original.cells
 
 
-def test_real_notebooks_read_only_declared_upstream_stages():
-    """A code cell quoting another stage's name (``"03_train_cnn/runs.json"``) reads its outputs,
-    so on Kaggle that stage's kernel must be among this one's kernel_sources."""
+def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
+    """A notebook quoting another stage's name ("03_train_cnn/runs.json") would read outputs
+    that stages.py does not declare, so its Kaggle kernel would miss that upstream kernel."""
     for notebook in REAL_NOTEBOOKS:
         code = "\n".join(
             c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"
         )
-        _, needs = kernels.STAGES.get(notebook.stem, (False, ()))
-        for other in kernels.STAGES:
+        for other in stages.STAGES:
             quoted = f'"{other}' in code or f"'{other}" in code
-            if other != notebook.stem and quoted:
-                assert other in needs, f"{notebook.name} reads {other}'s outputs"
+            assert other == notebook.stem or not quoted, f"{notebook.name} quotes {other}"
+
+
+def test_kernel_sources_follow_the_declared_reads():
+    assert stages.STAGES["05_ensemble_submission"].upstream == ("03_train_cnn",)
+    assert stages.STAGES["03_train_cnn"].upstream == ("02_augmentation",)
+    meta = kernels.kernel_metadata("05_ensemble_submission.ipynb", "alice")
+    assert meta["kernel_sources"] == ["alice/digit-recognizer-03-train-cnn"]
 
 
 # --------------------------------------------------------------------------------------------

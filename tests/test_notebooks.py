@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from digit_utils import data, notebook, pipeline
+from digit_utils import data, notebook, pipeline, stages
 from digit_utils.errors import ConfigError
 from digit_utils.submit import validate_submission
 
@@ -31,7 +31,7 @@ TINY = {
 
 
 def test_the_five_notebooks_exist():
-    assert STAGES == list(notebook.SCHEMAS) == list(TINY)
+    assert STAGES == list(stages.STAGES) == list(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_committed_notebook_is_clean(path):
 @pytest.mark.parametrize("stage", STAGES)
 def test_declared_parameters_match_the_schema(stage):
     declared = pipeline.declared_parameters(REPO / "notebooks" / f"{stage}.ipynb")
-    assert set(declared) == set(notebook.SCHEMAS[stage])
+    assert set(declared) == set(stages.STAGES[stage].schema)
 
 
 def test_parameters_are_checked():
@@ -160,9 +160,9 @@ def test_parameters_are_checked():
     assert notebook.check_params("01_eda", good)["tsne_samples"] == 10
     with pytest.raises(ConfigError, match="unknown parameter.*'tsne'"):
         notebook.check_params("01_eda", {**good, "tsne": 5})
-    with pytest.raises(ConfigError, match="tsne_samples='many' should be int"):
+    with pytest.raises(ConfigError, match="tsne_samples: expected int, got 'many'"):
         notebook.check_params("01_eda", {**good, "tsne_samples": "many"})
-    with pytest.raises(ConfigError, match="seed=True should be int"):
+    with pytest.raises(ConfigError, match="seed: expected int, got True"):
         notebook.check_params("01_eda", {**good, "seed": True})
     with pytest.raises(ConfigError, match="missing parameter.*seed"):
         notebook.check_params("01_eda", {"data_dir": "", "tsne_samples": 1})

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from digit_utils import cli, pipeline
+from digit_utils import cli, pipeline, profiles
 from digit_utils.errors import ConfigError
 from digit_utils.pipeline import PipelineError
 
@@ -98,27 +98,27 @@ def test_discover_and_declared_parameters(toy):
 
 
 def test_load_profile_by_name_or_path_and_errors(toy, isolated, tmp_path):
-    assert pipeline.load_profile("quick")["02_beta"] == {"epochs": 3}
-    assert pipeline.load_profile(None) == {}
+    assert profiles.load_profile("quick")["02_beta"] == {"epochs": 3}
+    assert profiles.load_profile(None) == {}
     other = tmp_path / "mine.yaml"
     other.write_text("when: 2026-11-22\nscale: 3\n")
     # A YAML date would reach the notebook as `2026-11-22` (an int expression); it stays text.
-    assert pipeline.load_profile(other) == {"when": "2026-11-22", "scale": 3}
+    assert profiles.load_profile(other) == {"when": "2026-11-22", "scale": 3}
     with pytest.raises(ConfigError, match=r"unknown profile 'fast'; available: quick"):
-        pipeline.load_profile("fast")
+        profiles.load_profile("fast")
     with pytest.raises(ConfigError, match="does not exist"):
-        pipeline.load_profile(tmp_path / "missing.yaml")
+        profiles.load_profile(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("scale: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
-        pipeline.load_profile(bad)
+        profiles.load_profile(bad)
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: a profile must be a mapping"):
-        pipeline.load_profile(bad)
+        profiles.load_profile(bad)
 
 
 def test_parse_overrides_reads_yaml_values():
-    got = pipeline.parse_overrides(
+    got = profiles.parse_overrides(
         ["epochs=2", "lr=0.1", "fail=true", "name=resnet18", "03_gamma.label=7", "msg=a=b"]
         + ["wd=5e-4", "when=2026-11-22"]
     )
@@ -134,7 +134,7 @@ def test_parse_overrides_reads_yaml_values():
     }
     assert type(got["epochs"]) is int and type(got["lr"]) is float
     with pytest.raises(ConfigError, match="'epochs'.*key=value"):
-        pipeline.parse_overrides(["epochs"])
+        profiles.parse_overrides(["epochs"])
 
 
 DECLARED = {
@@ -145,7 +145,7 @@ DECLARED = {
 
 
 def test_route_gives_each_notebook_only_what_it_declares():
-    routed = pipeline.route_parameters(DECLARED, {"scale": 2, "epochs": 4}, {"label": "y"})
+    routed = profiles.route_parameters(DECLARED, {"scale": 2, "epochs": 4}, {"label": "y"})
     assert routed == {
         "01_alpha": {"scale": 2},
         "02_beta": {"epochs": 4},
@@ -160,7 +160,7 @@ def test_route_precedence_profile_global_section_then_p_global_section():
     stage = {"03_gamma": DECLARED["03_gamma"]}
 
     def label(profile, overrides):
-        return pipeline.route_parameters(stage, profile, overrides)["03_gamma"]["label"]
+        return profiles.route_parameters(stage, profile, overrides)["03_gamma"]["label"]
 
     assert label({"label": "pg"}, {}) == "pg"
     assert label({"label": "pg", "03_gamma": {"label": "pn"}}, {}) == "pn"
@@ -170,19 +170,19 @@ def test_route_precedence_profile_global_section_then_p_global_section():
     overrides = {"03_gamma": {"label": "cn"}, "label": "cg"}
     assert label({"label": "pg", "03_gamma": {"label": "pn"}}, overrides) == "cn"
     # A two-digit prefix names the notebook too (`-p 03.label=...`).
-    assert label({}, pipeline.parse_overrides(["03.label=z"])) == "z"
+    assert label({}, profiles.parse_overrides(["03.label=z"])) == "z"
 
 
 def test_route_rejects_unknown_keys_naming_them_and_listing_declared():
     with pytest.raises(ConfigError) as e:
-        pipeline.route_parameters(DECLARED, {}, {"epoch": 2})
+        profiles.route_parameters(DECLARED, {}, {"epoch": 2})
     assert "'epoch'" in str(e.value) and "02_beta: epochs, lr, fail, name" in str(e.value)
     with pytest.raises(ConfigError, match=r"profile parameter '02_beta.label' is unknown.*epochs"):
-        pipeline.route_parameters(DECLARED, {"02_beta": {"label": 1}}, {})
+        profiles.route_parameters(DECLARED, {"02_beta": {"label": 1}}, {})
     with pytest.raises(ConfigError, match=r"section '04_delta' names no notebook.*01_alpha"):
-        pipeline.route_parameters(DECLARED, {"04_delta": {"x": 1}}, {})
+        profiles.route_parameters(DECLARED, {"04_delta": {"x": 1}}, {})
     with pytest.raises(ConfigError, match="'02_beta' must be a mapping"):
-        pipeline.route_parameters(DECLARED, {"02_beta": 3}, {})
+        profiles.route_parameters(DECLARED, {"02_beta": 3}, {})
 
 
 def test_route_with_a_selection_skips_profile_keys_of_other_notebooks_only():
@@ -190,16 +190,16 @@ def test_route_with_a_selection_skips_profile_keys_of_other_notebooks_only():
     others = {k: v for k, v in DECLARED.items() if k != "03_gamma"}
     # A profile is written for the whole pipeline: its keys for 02 are fine when 02 is not run.
     profile = {"epochs": 9, "02_beta": {"lr": 0.1}, "scale": 2}
-    assert pipeline.route_parameters(chosen, profile, {}, unselected=others) == {
+    assert profiles.route_parameters(chosen, profile, {}, unselected=others) == {
         "03_gamma": {"scale": 2}
     }
     # ... but a -p key meant for a notebook that will not run is a mistake.
     with pytest.raises(ConfigError, match="'epochs' is declared only by 02_beta"):
-        pipeline.route_parameters(chosen, {}, {"epochs": 9}, unselected=others)
+        profiles.route_parameters(chosen, {}, {"epochs": 9}, unselected=others)
     with pytest.raises(ConfigError, match="targets 02_beta, which is not among the selected"):
-        pipeline.route_parameters(chosen, {}, {"02_beta": {"lr": 1}}, unselected=others)
+        profiles.route_parameters(chosen, {}, {"02_beta": {"lr": 1}}, unselected=others)
     with pytest.raises(ConfigError, match="'nope' is unknown"):
-        pipeline.route_parameters(chosen, {"nope": 1}, {}, unselected=others)
+        profiles.route_parameters(chosen, {"nope": 1}, {}, unselected=others)
 
 
 def test_select_by_prefix_or_stem(toy):

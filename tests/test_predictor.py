@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from digit_utils import cli, data, ensemble, submit, train
+from digit_utils import cli, data, ensemble, predict, submit, train
+from digit_utils.config import TrainConfig
 from digit_utils.errors import DataError
 from digit_utils.predictor import CENTRE, Predictor, is_mnist_style, preprocess
 
@@ -35,7 +36,7 @@ def world(tmp_path_factory, sample_dir):
     test_labels = data.load_test_labels(source)
     runs = []
     for seed, (name, recipe) in enumerate(RECIPES.items()):
-        cfg = train.TrainConfig.from_dict(
+        cfg = TrainConfig.from_dict(
             {**recipe, "seed": seed, "val_fraction": 0.2, "device": "cpu", "name": name}
         )
         train.train(cfg, images[:2000], labels[:2000], run_dir=root / name, quiet=True)
@@ -228,15 +229,15 @@ def test_cli_reports_a_bad_image_cleanly(world, tmp_path, capsys):
 def test_from_run_folders_to_a_valid_submission(world, tmp_path):
     """The ensemble notebook's path: runs -> OOF -> compare -> combine -> submission.csv."""
     images, labels = world["train"]
-    oof = ensemble.load_oof(world["runs"])
+    oof = predict.load_oof(world["runs"])
     assert oof.names == ["s0", "s1"] and oof.probas.shape == (2, len(oof.indices), 10)
     table = ensemble.compare_methods(oof.probas, labels[oof.indices], names=oof.names, folds=3)
     method, accuracy = ensemble.pick_best(table)
     assert accuracy > 0.85
     # Re-predicting the validation rows with TTA goes through the checkpoints themselves.
-    again = ensemble.load_oof(world["runs"], images=images, tta=0, device="cpu")
+    again = predict.load_oof(world["runs"], images=images, tta=0, device="cpu")
     np.testing.assert_allclose(again.probas, oof.probas, atol=1e-4)
-    test = ensemble.predict_runs(world["runs"], world["digits"], tta=1, device="cpu")
+    test = predict.predict_runs(world["runs"], world["digits"], tta=1, device="cpu")
     assert test.shape == (2, 4, 10)
     pred, _ = ensemble.combine(
         method, test, oof_probas=oof.probas, oof_labels=labels[oof.indices], names=oof.names

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from digit_utils import config as C
+from digit_utils import devices, runs, splits
 from digit_utils import train as T
 from digit_utils.errors import CheckpointError, ConfigError
 from digit_utils.predict import predict_proba
@@ -41,17 +43,17 @@ TINY = dict(model="simple_cnn", epochs=3, batch_size=32, lr=0.05, val_fraction=0
 
 
 def test_config_from_flat_dict_accepts_ints_for_floats_and_round_trips():
-    cfg = T.TrainConfig.from_dict({"lr": 1, "epochs": 3, "ema": True, "augment": {"rotate": 5}})
+    cfg = C.TrainConfig.from_dict({"lr": 1, "epochs": 3, "ema": True, "augment": {"rotate": 5}})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert cfg.ema == T.DEFAULT_EMA_DECAY
-    assert T.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.ema == C.DEFAULT_EMA_DECAY
+    assert C.TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
 
 
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"learning_rate": 0.1}, "unknown training parameter"),
+        ({"learning_rate": 0.1}, "training parameters: unknown key"),
         ({"epochs": "2"}, "epochs: expected int"),
         ({"epochs": 2.5}, "epochs: expected int"),
         ({"epochs": True}, "epochs: expected int"),
@@ -74,13 +76,13 @@ def test_config_from_flat_dict_accepts_ints_for_floats_and_round_trips():
 )
 def test_config_rejects(bad, match):
     with pytest.raises(ConfigError, match=match):
-        T.TrainConfig.from_dict(bad)
+        C.TrainConfig.from_dict(bad)
 
 
 def test_fp16_on_cpu_is_rejected():
     with pytest.raises(ConfigError, match="fp16"):
-        T.resolve_precision("fp16", torch.device("cpu"))
-    assert T.resolve_precision("auto", torch.device("cpu")) == "fp32"
+        devices.resolve_precision("fp16", torch.device("cpu"))
+    assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 # ------------------------------------------------------------------------------------------
@@ -89,32 +91,32 @@ def test_fp16_on_cpu_is_rejected():
 
 def test_holdout_is_stratified_seeded_and_disjoint():
     labels = np.repeat(np.arange(10), 50)
-    tr, va = T.holdout_split(labels, 0.2, seed=3)
+    tr, va = splits.holdout_split(labels, 0.2, seed=3)
     assert tr.dtype == va.dtype == np.int64
     assert len(va) == 100 and np.array_equal(np.sort(np.r_[tr, va]), np.arange(500))
     assert (np.bincount(labels[va]) == 10).all()  # stratified: exactly 10 of each class
-    assert np.array_equal(va, T.holdout_split(labels, 0.2, seed=3)[1])
-    assert not np.array_equal(va, T.holdout_split(labels, 0.2, seed=4)[1])
-    assert len(T.holdout_split(labels, 0.0, seed=0)[1]) == 0
+    assert np.array_equal(va, splits.holdout_split(labels, 0.2, seed=3)[1])
+    assert not np.array_equal(va, splits.holdout_split(labels, 0.2, seed=4)[1])
+    assert len(splits.holdout_split(labels, 0.0, seed=0)[1]) == 0
 
 
 def test_kfold_partitions_the_rows():
     labels = np.repeat(np.arange(10), 30)
-    folds = T.kfold_splits(labels, 5, seed=0)
+    folds = splits.kfold_splits(labels, 5, seed=0)
     vals = np.concatenate([va for _, va in folds])
     assert np.array_equal(np.sort(vals), np.arange(300))
     for tr, va in folds:
         assert not set(tr) & set(va) and (np.bincount(labels[va]) == 6).all()
-    cfg = T.TrainConfig(fold=2, n_folds=5)
-    assert np.array_equal(T.split_for(cfg, labels)[1], folds[2][1])
+    cfg = C.TrainConfig(fold=2, n_folds=5)
+    assert np.array_equal(splits.split_for(cfg, labels)[1], folds[2][1])
     # runs that will be ensembled differ in seed but share split_seed, hence the split
-    other = T.TrainConfig(fold=2, n_folds=5, seed=9, split_seed=0)
-    assert np.array_equal(T.split_for(other, labels)[1], folds[2][1])
+    other = C.TrainConfig(fold=2, n_folds=5, seed=9, split_seed=0)
+    assert np.array_equal(splits.split_for(other, labels)[1], folds[2][1])
 
 
 def test_kfold_that_cannot_stratify_is_a_config_error():
     with pytest.raises(ConfigError, match="n_folds"):
-        T.kfold_splits(np.arange(10) % 2, 20, seed=0)
+        splits.kfold_splits(np.arange(10) % 2, 20, seed=0)
 
 
 def test_learning_rate_is_a_pure_function_of_the_step():
@@ -133,7 +135,7 @@ def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
     images, labels = digits
     tiny = {**TINY, "model": "fast_cnn", "optimizer": "adamw", "lr": 0.003, "epochs": 1,
             "augment": "none", "tta": 2}  # fmt: skip
-    cfg = T.TrainConfig.from_dict(tiny)
+    cfg = C.TrainConfig.from_dict(tiny)
     result = T.train(cfg, images, labels, run_dir=tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     for name in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
@@ -147,14 +149,14 @@ def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
     val_idx = np.load(run / "val_indices.npy")
     val_proba = np.load(run / "val_proba.npy")
     assert val_idx.dtype == np.int64 and np.array_equal(
-        val_idx, T.holdout_split(labels, 0.2, 0)[1]
+        val_idx, splits.holdout_split(labels, 0.2, 0)[1]
     )
     assert val_proba.dtype == np.float32 and val_proba.shape == (120, 10)
     np.testing.assert_allclose(val_proba, predict_proba(result.model, images[val_idx], tta=2))
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
-    runs = pd.read_csv(tmp_path / "runs.csv")
-    assert len(runs) == 1 and runs["run_dir"][0] == str(run)
-    model, cfg2 = T.load_run(run)
+    table = pd.read_csv(tmp_path / "runs.csv")
+    assert len(table) == 1 and table["run_dir"][0] == str(run)
+    model, cfg2 = runs.load_run(run)
     assert cfg2 == cfg and not model.training
     np.testing.assert_allclose(
         predict_proba(model, images[:50]), predict_proba(result.model, images[:50]), atol=1e-5
@@ -163,20 +165,20 @@ def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
 
 def test_ema_without_validation_keeps_the_averaged_weights(digits, tmp_path):
     images, labels = digits
-    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "val_fraction": 0,
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "val_fraction": 0,
                                    "ema": 0.9})  # fmt: skip
     result = T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
     assert len(result.val_idx) == 0 and result.val_proba.shape == (0, 10)
     assert np.isnan(result.metrics["best_val_acc"]) and result.metrics["n_train"] == 200
-    last = T.load_checkpoint(tmp_path / "last.pt")
-    best = T.load_checkpoint(tmp_path / "best.pt")
+    last = runs.load_checkpoint(tmp_path / "last.pt")
+    best = runs.load_checkpoint(tmp_path / "best.pt")
     w = "conv1.weight"
     assert torch.equal(best["model"][w], last["ema"][w])  # evaluated/saved: the average
     assert not torch.equal(last["ema"][w], last["model"][w])  # which differs from the raw weights
 
 
 def _weights(run_dir: Path) -> dict:
-    return T.load_checkpoint(run_dir / "last.pt")["model"]
+    return runs.load_checkpoint(run_dir / "last.pt")["model"]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path):
@@ -184,7 +186,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path)
     images, labels = images[:400], labels[:400]  # 320 train rows: 10 batches an epoch
     data = tmp_path / "data.npz"
     np.savez(data, images=images, labels=labels)
-    cfg = T.TrainConfig.from_dict(TINY)
+    cfg = C.TrainConfig.from_dict(TINY)
     killed, marker = tmp_path / "killed", tmp_path / "stalled"
     args = [sys.executable, str(WORKER), str(data), str(killed), json.dumps(cfg.to_dict()),
             str(torch.get_num_threads()), "15", str(marker)]  # fmt: skip
@@ -202,7 +204,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert T.load_checkpoint(killed / "last.pt")["epoch"] == 1
+    assert runs.load_checkpoint(killed / "last.pt")["epoch"] == 1
 
     resumed = T.train(cfg, images, labels, run_dir=killed, resume=True, quiet=True)
     straight = T.train(cfg, images, labels, run_dir=tmp_path / "straight", quiet=True)
@@ -217,9 +219,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path)
 
 def test_resume_refuses_a_different_config_or_data(digits, tmp_path):
     images, labels = digits
-    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
     T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
-    other = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "lr": 0.1})
+    other = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none", "lr": 0.1})
     with pytest.raises(CheckpointError, match=r"config differs .*'lr'"):
         T.train(other, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
     with pytest.raises(CheckpointError, match="different data"):
@@ -229,7 +231,7 @@ def test_resume_refuses_a_different_config_or_data(digits, tmp_path):
 def test_resume_needs_a_name_or_folder():
     with pytest.raises(ConfigError, match="resume"):
         T.train(
-            T.TrainConfig(), np.zeros((20, 1, 28, 28), np.uint8), np.arange(20) % 10, resume=True
+            C.TrainConfig(), np.zeros((20, 1, 28, 28), np.uint8), np.arange(20) % 10, resume=True
         )
 
 
@@ -241,7 +243,7 @@ def test_resume_needs_a_name_or_folder():
 def finished_run(digits, tmp_path_factory):
     images, labels = digits
     run = tmp_path_factory.mktemp("run")
-    cfg = T.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
     T.train(cfg, images[:200], labels[:200], run_dir=run, quiet=True)
     return run
 
@@ -250,7 +252,7 @@ def test_truncated_checkpoint_is_a_checkpoint_error(finished_run, tmp_path):
     data = (finished_run / "best.pt").read_bytes()
     (tmp_path / "best.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        T.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
@@ -258,21 +260,21 @@ def test_foreign_or_missing_checkpoint_is_a_checkpoint_error(tmp_path, content):
     if content is not None:
         (tmp_path / "best.pt").write_bytes(content)
     with pytest.raises(CheckpointError, match="best.pt"):
-        T.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 def test_someone_elses_torch_file_is_a_checkpoint_error(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="not a digit_utils checkpoint"):
-        T.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 def test_weights_for_another_architecture_are_a_checkpoint_error(finished_run, tmp_path):
-    payload = T.load_checkpoint(finished_run / "best.pt")
+    payload = runs.load_checkpoint(finished_run / "best.pt")
     payload["config"]["model"] = "fast_cnn"  # simple_cnn weights claiming to be fast_cnn
     torch.save(payload, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
-        T.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
@@ -286,9 +288,9 @@ def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
         fh.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", dies_half_way)
+    monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
-        T.save_checkpoint({"format": T.CHECKPOINT_FORMAT}, path)
+        runs.save_checkpoint({"format": runs.CHECKPOINT_FORMAT}, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".last.pt*"))  # no temp file left behind
-    assert T.load_checkpoint(path)["epoch"] == 1
+    assert runs.load_checkpoint(path)["epoch"] == 1

@@ -1,0 +1,116 @@
+"""TrainConfig: the one declaration of every training setting.
+
+A notebook's parameters cell shows the fields it uses as literals, the pipeline's profiles set
+them by name, and the config travels into every checkpoint and run folder. Adding a
+hyperparameter means a field here, its use in the loop, and (if a notebook exposes it) a line in
+that notebook's parameters cell plus its name in ``stages.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from . import typed
+from .errors import ConfigError
+from .policy import MAX_TTA, AugmentPolicy
+
+DEFAULT_EMA_DECAY = 0.999
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Config fields that may differ between a run and its resumption without changing the maths.
+RESUME_MAY_CHANGE = {"name", "device", "compile"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a run; the flat dict form is a notebook's papermill parameters."""
+
+    model: str = "fast_cnn"
+    epochs: int = 2
+    batch_size: int = 128
+    optimizer: str = "adamw"  # "adamw" | "sgd" (Nesterov, momentum 0.9)
+    lr: float = 0.003  # peak learning rate
+    schedule: str = "onecycle"  # "onecycle" (linear up, linear down) | "cosine"
+    warmup_epochs: float = 0.3  # epochs of linear warm-up to the peak
+    weight_decay: float = 5e-4  # on conv/linear weights only, not on BatchNorm or biases
+    label_smoothing: float = 0.1
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    augment: str | dict = "none"  # a preset name of augment.PRESETS or an AugmentPolicy dict
+    val_fraction: float = 0.1  # stratified holdout; 0 trains on everything (no validation)
+    fold: int | None = None  # when set, validate on this fold of an n_folds stratified k-fold
+    n_folds: int = 5
+    seed: int = 0
+    split_seed: int = 0  # seed of the holdout/k-fold split: runs that are ensembled share it
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    compile: bool = False  # torch.compile the training forward pass
+    tta: int = 0  # shifts averaged for the saved validation probabilities (augment.SHIFTS)
+    name: str | None = None  # run folder name; default <model>-seed<seed>-<timestamp>
+
+    def __post_init__(self):
+        if isinstance(self.ema, bool):  # ema=True means the default decay
+            object.__setattr__(self, "ema", DEFAULT_EMA_DECAY if self.ema else 0.0)
+        typed.check_dataclass(self)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        def bad(field, why):
+            raise ConfigError(f"{field}: {getattr(self, field)!r} {why}")
+
+        from .models import list_models  # the registry imports torch; a bare config need not
+
+        if self.model not in list_models():
+            bad("model", f"is not a known model ({', '.join(list_models())})")
+        for field in ("epochs", "batch_size", "n_folds"):
+            if getattr(self, field) < (2 if field == "n_folds" else 1):
+                bad(field, "is too small")
+        if self.optimizer not in ("sgd", "adamw"):
+            bad("optimizer", "must be 'sgd' or 'adamw'")
+        if self.schedule not in ("onecycle", "cosine"):
+            bad("schedule", "must be 'onecycle' or 'cosine'")
+        if not self.lr > 0:
+            bad("lr", "must be positive")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            bad("warmup_epochs", f"must be within [0, epochs={self.epochs}]")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be ≥ 0")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "must be in [0, 1)")
+        if not 0 <= self.ema < 1:
+            bad("ema", "must be a decay in [0, 1) (or True/False)")
+        if not 0 <= self.val_fraction < 1:
+            bad("val_fraction", "must be in [0, 1)")
+        if self.fold is not None and not 0 <= self.fold < self.n_folds:
+            bad("fold", f"must be in [0, n_folds={self.n_folds})")
+        if self.precision not in PRECISIONS:
+            bad("precision", "must be 'auto', 'fp32', 'bf16' or 'fp16'")
+        if not 0 <= self.tta <= MAX_TTA:
+            bad("tta", f"must be in [0, {MAX_TTA}]")
+        if not DEVICE_NAME.match(self.device):
+            bad("device", "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')")
+        if self.name is not None and (not self.name or set(self.name) & set("/\\:")):
+            bad("name", "must be a non-empty folder name")
+        self.policy  # noqa: B018  (validates the augmentation spec)
+
+    @property
+    def policy(self) -> AugmentPolicy:
+        return AugmentPolicy.parse(self.augment)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a flat dict; unknown keys, wrong types and bad values raise ConfigError."""
+        return typed.from_dict(cls, d, where="training parameters: ")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with some fields changed, checked like a new config."""
+        if unknown := sorted(set(changes) - set(self.to_dict())):
+            raise ConfigError(f"unknown training parameter(s) {unknown}")
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS: dict[str, object] = typed.field_types(TrainConfig)

@@ -1,0 +1,37 @@
+"""`digits pipeline`: run the numbered notebooks headless (see :mod:`pipeline`)."""
+
+from __future__ import annotations
+
+from .pipeline import run_pipeline
+from .profiles import parse_overrides
+
+
+def _cli(args) -> int:
+    run_pipeline(
+        profile=args.profile,
+        only=args.only,
+        start=args.start,
+        overrides=parse_overrides(args.param or []),
+        render_html=not args.no_html,
+    )
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="run the numbered notebooks with papermill",
+        description="Run notebooks/NN_*.ipynb in order; outputs/pipeline.json records the run.",
+    )
+    p.add_argument("--profile", default="quick", help="params/<name>.yaml or a YAML path")
+    p.add_argument("--only", help="comma-separated prefixes or stems, e.g. 03,05")
+    p.add_argument("--from", dest="start", help="start at this notebook (prefix or stem)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a parameter (YAML value); NOTEBOOK.KEY=VALUE targets one notebook",
+    )
+    p.add_argument("--no-html", action="store_true", help="skip the HTML reports")
+    p.set_defaults(func=_cli)

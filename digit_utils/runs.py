@@ -1,0 +1,253 @@
+"""The run folder: the one module that writes and reads it.
+
+A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
+
+    config.json      the TrainConfig, written before the first epoch
+    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here)
+    best.pt          the weights of the epoch with the best validation accuracy (inspection only)
+    history.csv      one row per epoch
+    val_indices.npy  int64 [n_val]: rows of the train set this run held out
+    val_proba.npy    float32 [n_val, 10]: the final model's probabilities on them
+    metrics.json     headline figures and provenance, written last
+
+and a row in ``runs.csv`` beside the folders. A stage hands its runs to the next as a run list
+(``{base model: [run folders]}``), also written and read here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__, atomic, paths
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError, DigitsError
+from .models import build_model
+
+CHECKPOINT_FORMAT = "digit_utils.checkpoint/1"
+CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
+BEST, LAST = "best.pt", "last.pt"
+VAL_INDICES, VAL_PROBA = "val_indices.npy", "val_proba.npy"
+RUNS_TABLE = "runs.csv"
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+    "eval_seconds",
+)  # fmt: skip
+
+
+def default_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
+    """``outputs/runs/<name>``; without a name ``<model>-seed<seed>[-fold<k>]-<timestamp>``."""
+    if cfg.name is not None:
+        return paths.runs_dir() / cfg.name
+    if resume:
+        raise ConfigError("resume=True needs a run name (config 'name') or run_dir")
+    fold = f"-fold{cfg.fold}" if cfg.fold is not None else ""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return paths.runs_dir() / f"{cfg.model}-seed{cfg.seed}{fold}-{stamp}"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(payload: dict, path: Path) -> Path:
+    """torch.save atomically (a kill or error mid-write leaves the previous file intact)."""
+    return atomic.atomic_write(path, lambda fh: torch.save(payload, fh), mode="wb")
+
+
+def checkpoint_header(cfg: TrainConfig, fingerprint: str) -> dict:
+    """The provenance every checkpoint of a run carries."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "data_fingerprint": fingerprint,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's payload (tensors on CPU); CheckpointError if missing, truncated, foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged zip/pickle
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a digit_utils checkpoint (no {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Every RNG the loop draws from, for an exact resume."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+        "generator": gen.get_state(),  # the per-epoch permutation and augmentation draws
+    }
+
+
+def set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    gen.set_state(state["generator"])
+
+
+def load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the model ({str(e)[:300]})") from None
+
+
+def load_run(
+    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """The model of a run folder's ``best.pt`` or ``last.pt`` in eval mode, and its config."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"which: expected 'best' or 'last', got {which!r}")
+    path = Path(run_dir) / (BEST if which == "best" else LAST)
+    payload = load_checkpoint(path)
+    try:
+        cfg = TrainConfig.from_dict(payload["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: stored config is invalid ({e})") from None
+    model = build_model(cfg.model)
+    # last.pt also holds the raw weights; the EMA weights are the ones that were evaluated
+    load_weights(model, payload.get("ema") or payload["model"], path)
+    return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The other files of a run
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> Path:
+    return atomic.write_json(cfg.to_dict(), run_dir / CONFIG)
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> Path:
+    return atomic.write_csv(pd.DataFrame(rows), run_dir / HISTORY)
+
+
+def write_validation(run_dir: Path, val_idx: np.ndarray, val_proba: np.ndarray) -> None:
+    """The held-out rows and the final model's probabilities on them (out-of-fold data)."""
+    idx, proba = val_idx.astype(np.int64), val_proba.astype(np.float32)
+    atomic.atomic_write(run_dir / VAL_INDICES, lambda fh: np.save(fh, idx), mode="wb")
+    atomic.atomic_write(run_dir / VAL_PROBA, lambda fh: np.save(fh, proba), mode="wb")
+
+
+def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(val_indices int64 [M], val_proba float32 [M,10])`` of a finished run."""
+    run = Path(run)
+    files = [run / VAL_INDICES, run / VAL_PROBA]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing; is {run} a finished training run?")
+    idx, proba = np.load(files[0]), np.load(files[1])
+    if idx.ndim != 1 or proba.shape != (len(idx), 10):
+        raise CheckpointError(
+            f"{run}: val_indices {idx.shape} and val_proba {proba.shape} do not match"
+        )
+    return idx.astype(np.int64), proba.astype(np.float32)
+
+
+def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
+    """metrics.json, then the run's row in runs.csv beside the run folders."""
+    atomic.write_json(metrics, run_dir / METRICS)
+    row = {
+        **{k: metrics[k] for k in ("name", "model", "best_val_acc", "final_val_acc")},
+        "seed": cfg.seed,
+        "fold": cfg.fold,
+        "epochs": cfg.epochs,
+        "train_seconds": metrics["train_seconds"],
+        "device": metrics["device"],
+        "run_dir": str(run_dir),
+        "finished": metrics["finished"],
+    }
+    table = run_dir.parent / RUNS_TABLE
+    frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
+    return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+
+
+def default_runs() -> list[Path]:
+    """What to predict with when no run is named: the runs of the newest run list a stage
+    recorded (the ensemble's members), else the newest finished run folder."""
+    lists = sorted(
+        paths.outputs_dir().glob(f"*/{paths.RUN_LIST}"), key=lambda p: p.stat().st_mtime
+    )
+    if lists:
+        rel = lists[-1].relative_to(paths.outputs_dir()).as_posix()
+        return [run for group in load_run_list(rel).values() for run in group]
+    found = [p for root in paths.all_runs_dirs() for p in root.glob(f"*/{BEST}")]
+    if not found:
+        raise DigitsError(
+            f"no trained run in {paths.outputs_dir()}; train one first (make pipeline, or "
+            "notebooks/03_train_cnn.ipynb) or pass --run RUN_DIR"
+        )
+    return [max(found, key=lambda p: p.stat().st_mtime).parent]
+
+
+# --------------------------------------------------------------------------------------------
+# Run lists: how a stage hands its runs to the next
+
+
+def save_run_list(groups: dict[str, list[str | Path]], path: Path) -> Path:
+    """Record ``{base model: [run folders]}`` (folds of one recipe form one base model).
+
+    Paths are relative to the outputs folder so that an upstream Kaggle kernel's mounted copy
+    resolves them too (see :func:`paths.upstream`).
+    """
+    outputs = paths.outputs_dir()
+    listing = {
+        name: [str(Path(r).resolve().relative_to(outputs)) for r in runs]
+        for name, runs in groups.items()
+    }
+    return atomic.write_json({"models": listing}, path)
+
+
+def load_run_list(relative: str) -> dict[str, list[Path]]:
+    """The ``{base model: [run folders]}`` a stage recorded, resolved locally or on Kaggle."""
+    listing = json.loads(paths.upstream(relative).read_text())
+    return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
+
+
+def as_groups(runs) -> dict[str, list[Path]]:
+    """``{base model: [run folders]}`` from a run folder, a list of them (one base model each),
+    or such a mapping already (several fold runs of one recipe form one base model)."""
+    if isinstance(runs, str | Path):
+        runs = [runs]
+    if isinstance(runs, Mapping):
+        groups = {
+            str(k): [Path(p) for p in (v if isinstance(v, list | tuple) else [v])]
+            for k, v in runs.items()
+        }
+    else:
+        groups = {}
+        for p in map(Path, runs):
+            if p.name in groups:
+                raise ConfigError(f"runs: two runs are named {p.name!r}; pass {{name: path}}")
+            groups[p.name] = [p]
+    if not groups or not all(groups.values()):
+        raise ConfigError("runs: no run folders given")
+    return groups

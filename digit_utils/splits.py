@@ -1,0 +1,49 @@
+"""Which rows validate a run: a stratified holdout or one fold of a stratified k-fold.
+
+Runs that are ensembled share ``split_seed``, hence their validation rows (the out-of-fold rows
+the ensemble is scored on)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+
+def holdout_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train_idx, val_idx), both sorted int64; val_fraction=0 -> no val."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels), dtype=np.int64)
+    if val_fraction == 0:
+        return idx, np.empty(0, np.int64)
+    try:
+        tr, va = train_test_split(
+            idx, test_size=val_fraction, stratify=np.asarray(labels), random_state=seed
+        )
+    except ValueError as e:
+        raise ConfigError(
+            f"val_fraction={val_fraction}: cannot split these labels ({e})"
+        ) from None
+    return np.sort(tr), np.sort(va)
+
+
+def kfold_splits(labels, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, seeded k-fold (train_idx, val_idx) pairs; each val_idx sorted int64."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels), dtype=np.int64)
+    try:
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(idx, labels)
+        return [(np.sort(tr).astype(np.int64), np.sort(va).astype(np.int64)) for tr, va in folds]
+    except ValueError as e:
+        raise ConfigError(f"n_folds={n_folds}: cannot split these labels ({e})") from None
+
+
+def split_for(cfg: TrainConfig, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The config's split: fold ``cfg.fold`` of a k-fold when set, else the holdout."""
+    if cfg.fold is not None:
+        return kfold_splits(labels, cfg.n_folds, cfg.split_seed)[cfg.fold]
+    return holdout_split(labels, cfg.val_fraction, cfg.split_seed)

@@ -1,0 +1,168 @@
+"""The stage graph: each numbered notebook's parameters, what it reads and writes, whether it
+wants a GPU. The pipeline, the Kaggle kernels and the notebooks' own set-up all read it here.
+
+A notebook's parameters are the TrainConfig fields it shows (their types come from the config)
+plus a few of its own. Hand-off files (one stage writes, a later one reads) are declared as
+``reads``; the upstream stages of a notebook (its Kaggle ``kernel_sources``) follow from them.
+The writer and reader of each hand-off file sit together: the augmentation policy here, run
+lists in :mod:`runs`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import atomic, paths, typed
+from .config import FIELDS
+from .errors import ConfigError, DigitsError
+from .policy import AugmentPolicy
+
+DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
+POLICY = "02_augmentation/policy.json"  # 02's chosen augmentation, read by 03 and 04
+TRAINED_RUNS = f"03_train_cnn/{paths.RUN_LIST}"  # 03's runs, the ensemble's members in 05
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One notebook of the pipeline."""
+
+    name: str  # the notebook's stem, NN_name
+    gpu: bool  # its Kaggle kernel asks for a GPU
+    train_fields: tuple[str, ...] = ()  # TrainConfig fields its parameters cell shows
+    extras: Mapping[str, Any] = field(default_factory=dict)  # its own parameters and types
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # training settings it does not show
+    reads: tuple[str, ...] = ()  # hand-off files of earlier stages (paths under outputs/)
+    writes: tuple[str, ...] = ()  # its own hand-off files, under outputs/<name>/
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The stages whose outputs this one reads, in pipeline order."""
+        return tuple(dict.fromkeys(r.split("/", 1)[0] for r in self.reads))
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """``{parameter: type}`` of the notebook's parameters cell."""
+        return {DATA_DIR: str, **{f: FIELDS[f] for f in self.train_fields}, **self.extras}
+
+
+_TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device")
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec("01_eda", gpu=False, extras={"tsne_samples": int, "seed": int}),
+        StageSpec(
+            "02_augmentation",
+            gpu=True,
+            train_fields=("model", *_TRAINING),
+            extras={"policies": str, "seeds": int},
+            fixed={"optimizer": "adamw"},
+            writes=("policy.json",),
+        ),
+        StageSpec(
+            "03_train_cnn",
+            gpu=True,
+            train_fields=(
+                "model",
+                "epochs",
+                "batch_size",
+                "optimizer",
+                "lr",
+                "schedule",
+                "weight_decay",
+                "label_smoothing",
+                "ema",
+                "augment",
+                "val_fraction",
+                "tta",
+                "device",
+                "precision",
+                "compile",
+            ),  # fmt: skip
+            # n_folds here is the grid's: 0 means one holdout shared by all seeds
+            extras={"n_folds": int, "seeds": int},
+            reads=(POLICY,),
+            writes=(paths.RUN_LIST,),
+        ),
+        StageSpec(
+            "04_model_zoo",
+            gpu=True,
+            train_fields=("augment", *_TRAINING),
+            extras={"models": str, "seed": int},
+            fixed={"optimizer": "adamw"},
+            reads=(POLICY,),
+            writes=("leaderboard.json",),
+        ),
+        StageSpec(
+            "05_ensemble_submission",
+            gpu=True,  # inference with TTA over several models is faster on a GPU as well
+            extras={
+                "runs": str,
+                "tta": int,
+                "cv_folds": int,
+                "device": str,
+                "submit": bool,
+                "message": str,
+            },  # fmt: skip
+            reads=(TRAINED_RUNS,),
+        ),
+    )
+}
+
+
+def spec(name: str) -> StageSpec:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; the stages are: {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def match(stems: Sequence[str], selector: str, what: str = "notebook") -> str:
+    """The stem a selector (``03`` or ``03_train_cnn``) names; ConfigError when none or several.
+
+    The one notebook selector: the pipeline, the kernel commands and the CLI all use it.
+    """
+    selector = Path(selector.strip()).stem
+    hits = [s for s in stems if s == selector or s.split("_", 1)[0] == selector]
+    if len(hits) != 1:
+        problem = "matches several notebooks" if hits else "names no notebook"
+        known = ", ".join(stems) or "none"
+        raise ConfigError(f"{what} {selector!r} {problem}; the notebooks are: {known}")
+    return hits[0]
+
+
+def check_values(name: str, values: Mapping[str, Any]) -> dict:
+    """Check some of a stage's parameters (names and types) as its notebook will; the pipeline
+    calls this before the first notebook starts."""
+    schema = spec(name).schema
+    if unknown := sorted(set(values) - set(schema)):
+        raise ConfigError(f"{name}: unknown parameter(s) {unknown}; known: {sorted(schema)}")
+    return typed.check(values, {k: schema[k] for k in values}, where=f"{name}: ", quote=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The augmentation policy: 02 writes it, 03 and 04 read it
+
+
+def save_policy(folder: Path, policy: str, **facts) -> dict:
+    """Record the policy 02_augmentation chose (with the figures that chose it)."""
+    choice = {"policy": policy, "augment": AugmentPolicy.parse(policy).to_dict(), **facts}
+    atomic.write_json(choice, Path(folder) / Path(POLICY).name)
+    return choice
+
+
+def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
+    """Resolve a training notebook's ``augment`` parameter: ``(spec, where it came from)``.
+
+    "auto" takes the policy that 02_augmentation chose, or the "affine" preset (with a message)
+    when that notebook has not run; anything else is a preset name used as given.
+    """
+    if augment != "auto":
+        return augment, "parameter"
+    try:
+        choice = json.loads(paths.upstream(POLICY).read_text())
+    except DigitsError:
+        return "affine", "default (02_augmentation has not run)"
+    return choice["augment"], f"02_augmentation chose {choice['policy']!r}"

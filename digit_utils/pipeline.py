@@ -19,18 +19,20 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, paths, stages
+from . import __version__, atomic, paths, pipeline_status, stages
 from .errors import ConfigError, DigitsError
 from .profiles import load_profile, parse_overrides, route_parameters
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")  # 03_train_cnn: two-digit prefix, then a name
+RECORD = "pipeline.json"  # the run record, in the outputs folder
 DATA_DIR = stages.DATA_DIR  # the parameter the runner fills with the located data folder
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
@@ -254,12 +256,17 @@ def run_pipeline(
             sources[stem] = source.to_dict() if given == source.path.resolve() else own
 
     out = Path(outputs).resolve() if outputs is not None else paths.outputs_dir()
-    record_path = out / "pipeline.json"
+    record_path = out / RECORD
+    earlier = pipeline_status.read(record_path)
+    if earlier and earlier["status"] == "interrupted":
+        print(pipeline_status.describe(earlier, record_path), flush=True)
     record: dict[str, Any] = {
         "status": "running",
         "profile": str(profile) if profile is not None else None,
         "overrides": dict(overrides),
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
         "version": __version__,
         "seconds": 0.0,
         "data": source.to_dict(),

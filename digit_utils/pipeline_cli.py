@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from .pipeline import run_pipeline
+from . import paths, pipeline_status
+from .pipeline import RECORD, run_pipeline
 from .profiles import parse_overrides
 
 
 def _cli(args) -> int:
+    if args.status:
+        path = paths.outputs_dir() / RECORD
+        print(pipeline_status.describe(pipeline_status.read(path), path))
+        return 0
     run_pipeline(
         profile=args.profile,
         only=args.only,
@@ -34,4 +39,7 @@ def register_cli(sub) -> None:
         help="override a parameter (YAML value); NOTEBOOK.KEY=VALUE targets one notebook",
     )
     p.add_argument("--no-html", action="store_true", help="skip the HTML reports")
+    p.add_argument(
+        "--status", action="store_true", help="report the last run (finished, failed, interrupted)"
+    )
     p.set_defaults(func=_cli)

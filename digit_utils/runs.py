@@ -1,5 +1,7 @@
 """The run folder: the one module that writes and reads it.
 
+(Over 300 lines: everything that knows the run folder's layout lives here.)
+
 A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
 
     config.json      the TrainConfig, written before the first epoch
@@ -8,14 +10,20 @@ A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for 
     history.csv      one row per epoch
     val_indices.npy  int64 [n_val]: rows of the train set this run held out
     val_proba.npy    float32 [n_val, 10]: the final model's probabilities on them
-    metrics.json     headline figures and provenance, written last
+    metrics.json     headline figures and provenance
+    complete.json    written last, atomically: the run's files and their hashes
 
-and a row in ``runs.csv`` beside the folders. A stage hands its runs to the next as a run list
-(``{base model: [run folders]}``), also written and read here.
+and a row in ``runs.csv`` beside the folders (one row per run name). A folder without
+``complete.json``, or whose files no longer match it, is unfinished or mixed (a rerun killed
+half-way beside an older run's results): every reader refuses it, saying to resume or rerun.
+
+A stage hands its runs to the next as a run list (``{base model: [run folders]}``), also written
+and read here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Mapping
@@ -36,6 +44,9 @@ CHECKPOINT_FORMAT = "digit_utils.checkpoint/1"
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 BEST, LAST = "best.pt", "last.pt"
 VAL_INDICES, VAL_PROBA = "val_indices.npy", "val_proba.npy"
+COMPLETE = "complete.json"
+RESULTS = (METRICS, VAL_INDICES, VAL_PROBA)  # what a finished run adds to its checkpoints
+RUN_FILES = (CONFIG, HISTORY, BEST, LAST, *RESULTS)
 RUNS_TABLE = "runs.csv"
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
@@ -52,6 +63,52 @@ def default_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
     fold = f"-fold{cfg.fold}" if cfg.fold is not None else ""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return paths.runs_dir() / f"{cfg.model}-seed{cfg.seed}{fold}-{stamp}"
+
+
+# --------------------------------------------------------------------------------------------
+# Complete or unfinished
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def start_fresh(run_dir: Path, *, keep_checkpoints: bool) -> None:
+    """Before a run's first checkpoint: mark the folder unfinished and remove an earlier run's
+    results (and, unless resuming, its checkpoints), so nothing old passes for this run's."""
+    (run_dir / COMPLETE).unlink(missing_ok=True)  # first: from here on the folder is unfinished
+    for name in RESULTS if keep_checkpoints else RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def mark_complete(run_dir: Path) -> Path:
+    """Write ``complete.json`` last: the names and hashes of the run's files."""
+    files = {n: _hash(run_dir / n) for n in RUN_FILES if (run_dir / n).is_file()}
+    record = {"files": files, "finished": datetime.now().isoformat(timespec="seconds")}
+    return atomic.write_json(record, run_dir / COMPLETE)
+
+
+def check_complete(run_dir: str | Path, names=RUN_FILES) -> None:
+    """CheckpointError unless the run finished and ``names`` are the files it finished with."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{run_dir}: unfinished run (no valid {COMPLETE}): it was interrupted or is still "
+            "training; resume it (train(..., resume=True)) or rerun it"
+        ) from None
+    for name in names:
+        path = run_dir / name
+        if name in recorded and (not path.is_file() or _hash(path) != recorded[name]):
+            raise CheckpointError(
+                f"{run_dir}: mixed run folder: {name} is not the file this run finished with "
+                "(changed or left from another run); rerun it"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,9 +178,16 @@ def load_weights(model: nn.Module, state: dict, path: Path) -> None:
 
 
 def load_run(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    *,
+    require_complete: bool = True,
 ) -> tuple[nn.Module, TrainConfig]:
-    """The model of a run folder's ``best.pt`` or ``last.pt`` in eval mode, and its config."""
+    """The model of a run folder's ``best.pt`` or ``last.pt`` in eval mode, and its config.
+
+    A checkpoint of an unfinished or mixed run folder is refused unless ``require_complete``
+    is off (training itself, reloading its final weights before the folder is complete)."""
     if which not in ("best", "last"):
         raise ConfigError(f"which: expected 'best' or 'last', got {which!r}")
     path = Path(run_dir) / (BEST if which == "best" else LAST)
@@ -135,6 +199,8 @@ def load_run(
     model = build_model(cfg.model)
     # last.pt also holds the raw weights; the EMA weights are the ones that were evaluated
     load_weights(model, payload.get("ema") or payload["model"], path)
+    if require_complete:
+        check_complete(run_dir, [path.name])
     return model.to(device).eval(), cfg
 
 
@@ -160,6 +226,8 @@ def write_validation(run_dir: Path, val_idx: np.ndarray, val_proba: np.ndarray) 
 def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(val_indices int64 [M], val_proba float32 [M,10])`` of a finished run."""
     run = Path(run)
+    if any((run / n).is_file() for n in RUN_FILES):
+        check_complete(run, [VAL_INDICES, VAL_PROBA])  # a run folder, but is it finished?
     files = [run / VAL_INDICES, run / VAL_PROBA]
     for f in files:
         if not f.is_file():
@@ -187,6 +255,8 @@ def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
     }
     table = run_dir.parent / RUNS_TABLE
     frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
+    if "name" in frame:  # one row per run name: a rerun replaces its row
+        frame = frame[frame["name"] != row["name"]]
     return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
 
 

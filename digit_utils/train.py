@@ -307,10 +307,12 @@ def train(
     """Train ``cfg.model`` on the full train set (the config picks the validation rows).
 
     ``images`` uint8 [N,1,28,28] and ``labels`` int64 [N]. Writes the run folder (default
-    ``outputs/runs/<name>``) and appends a row to ``runs.csv`` in the folder holding it.
-    ``resume=True`` continues from ``last.pt`` when there is one.
+    ``outputs/runs/<name>``; layout in :mod:`runs`) and its row in ``runs.csv`` beside it, and
+    marks the folder complete last. ``resume=True`` continues from ``last.pt`` when there is
+    one; otherwise an earlier run in the same folder is cleared before the first checkpoint.
     """
     run = _set_up(cfg, images, labels, run_dir, resume)
+    runs.start_fresh(run.run_dir, keep_checkpoints=resume)
     if resume:
         _resume(run)
     runs.write_config(run.run_dir, cfg)
@@ -339,7 +341,7 @@ def _finish(run: _Run, wall: float) -> TrainResult:
     # The run's model is the final one, not the best epoch: picking an epoch by its accuracy on
     # the validation rows would make those rows' probabilities (the out-of-fold predictions the
     # ensemble is chosen on) look better than they are. best.pt stays for inspection.
-    final_model, _ = runs.load_run(run.run_dir, "last", device=run.device)
+    final_model, _ = runs.load_run(run.run_dir, "last", device=run.device, require_complete=False)
     final_model.to(memory_format=torch.channels_last)
     val_proba = predict_proba(final_model, run.x_val, tta=cfg.tta)
     runs.write_validation(run.run_dir, run.val_idx, val_proba)
@@ -367,4 +369,5 @@ def _finish(run: _Run, wall: float) -> TrainResult:
         "finished": datetime.now().isoformat(timespec="seconds"),
     }
     runs.write_metrics(run.run_dir, metrics, cfg)
+    runs.mark_complete(run.run_dir)  # last: from here on the folder is a finished run
     return TrainResult(final_model, history, metrics, run.run_dir, run.val_idx, val_proba, cfg)

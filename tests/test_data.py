@@ -161,9 +161,24 @@ def test_bad_cells_name_row_and_column(tmp_path, cell, column, message):
     assert (err.row, err.column) == (3, column)
 
 
-def test_test_csv_with_a_label_column(tmp_path):
-    path = write_rows(tmp_path / "test.csv", TRAIN_HEADER, [_row()])
-    _expect(path, "must not carry a 'label' column")
+def test_test_csv_with_a_label_column(tiny):
+    write_rows(tiny / "test.csv", TRAIN_HEADER, [_row()])
+    with (
+        pytest.raises(DataError, match="must not carry a 'label' column"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", DataWarning)
+        data.validate(tiny)
+
+
+def test_a_single_csv_is_typed_by_its_header_not_its_name(tmp_path):
+    # Named like a test file but laid out as train.csv: the header decides (issue #14, item 9).
+    path = write_rows(tmp_path / "my_test_rows.csv", TRAIN_HEADER, [_row(), _row(label=9)])
+    with pytest.warns(DataWarning, match="competition's train.csv"):
+        assert data.validate(path) == {"my_test_rows.csv": 2}
+    path = write_rows(tmp_path / "train_subset.csv", TEST_HEADER, [_row(None)])
+    with pytest.warns(DataWarning, match="competition's test.csv"):
+        assert data.validate(path) == {"train_subset.csv": 1}
 
 
 def test_corrupt_zip(tmp_path):
@@ -282,10 +297,24 @@ def test_locate_falls_back_to_the_sample_loudly_once(isolated, monkeypatch):
         assert data.locate().is_sample  # said once is enough
 
 
-def test_explicit_zip_is_extracted_into_data_raw(isolated, competition_zip):
-    source = data.locate(competition_zip)
-    assert source.path == isolated / "data" / "raw" and source.origin == "explicit"
-    assert (source.path / "train.csv").is_file()
+def test_explicit_zip_never_touches_data_raw(isolated, competition_zip, tiny, monkeypatch):
+    # Issue #14 item 1: the zip used to be extracted over data/raw and became the default.
+    raw = isolated / "data" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train.csv", "test.csv"):
+        (raw / name).write_bytes((tiny / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    for given in ("path", "env"):
+        if given == "env":
+            monkeypatch.setenv("DIGITS_DATA_DIR", str(competition_zip))
+        source = data.locate(competition_zip if given == "path" else None)
+        assert source.path.parent == isolated / "data" / "cache"
+        assert source.path.name == f"zip-{data.fingerprint(competition_zip)}"
+        assert (source.path / "sample_submission.csv").is_file()
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+    monkeypatch.delenv("DIGITS_DATA_DIR")
+    with pytest.warns(DataWarning, match="5 rows"):
+        assert data.locate().origin == "repo" and len(data.load_train()[1]) == 5
 
 
 def test_bad_explicit_paths(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import kaggle, kernels
+from . import kaggle, kernels, paths
 from .errors import KaggleError
 
 
@@ -61,9 +61,23 @@ def _push(args) -> int:
     return 0
 
 
+def _kernel(name: str) -> str:
+    """A notebook prefix such as ``03`` as its stem, the way build and push read it.
+
+    Owner/slug refs, our slugs and names no local notebook matches are passed on as given.
+    """
+    if "/" in name or name.startswith(kernels.SLUG_PREFIX):
+        return name
+    known = [p.stem for p in sorted(paths.notebooks_dir().glob("*.ipynb"))]
+    if name in known or not any(stem.startswith(name) for stem in known):
+        return name
+    return kernels.find_notebooks([name])[0].stem  # raises when the prefix is ambiguous
+
+
 def _status(args) -> int:
-    state, failure = kernels.status(args.slug)
-    ref = kernels.kernel_ref(args.slug, kaggle.username())
+    name = _kernel(args.slug)
+    state, failure = kernels.status(name)
+    ref = kernels.kernel_ref(name, kaggle.username())
     print(f"{ref}: {state}")
     if state in ("error", "cancel_requested", "cancel_acknowledged"):
         print(
@@ -76,7 +90,7 @@ def _status(args) -> int:
 
 
 def _output(args) -> int:
-    dest = kernels.output(args.slug, args.path)
+    dest = kernels.output(_kernel(args.slug), args.path)
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     print(f"{len(files)} output file(s) in {dest}: {', '.join(files[:10])}")
     return 0

@@ -246,9 +246,15 @@ def _read_bytes(path: Path) -> bytes:
     raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
     if not raw.strip():
         raise DataError("file is empty", file=path)
+    check_text(path, raw)
+    return raw
+
+
+def check_text(path: Path, raw: bytes, error: type[DataError] = DataError) -> None:
+    """Raise ``error`` naming the row and column of the first byte that is not UTF-8 text."""
     for magic, what in MAGIC.items():
         if raw.startswith(magic):
-            raise DataError(f"is {what}, not CSV text", file=path)
+            raise error(f"is {what}, not CSV text", file=path)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -258,10 +264,9 @@ def _read_bytes(path: Path) -> bytes:
         header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
         what = f"byte 0x{raw[e.start]:02x} is not UTF-8 text (is this really a CSV?)"
         if line == 0:
-            raise DataError(f"header: {what}", file=path) from None
+            raise error(f"header: {what}", file=path) from None
         column = header[cell] if cell < len(header) else f"#{cell + 1}"
-        raise DataError(what, file=path, row=line, column=column) from None
-    return raw
+        raise error(what, file=path, row=line, column=column) from None
 
 
 def _read_header(raw: bytes) -> list[str]:

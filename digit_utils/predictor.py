@@ -92,11 +92,15 @@ def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     half of the paper counts as ink. A grey opening wider than any stroke removes the strokes and
     keeps the lighting, so ``image - opening`` is the ink alone, whatever the lighting.
     """
-    if np.median(_border(gray)) > 127:  # dark ink on light paper -> MNIST's light on black
+    paper = np.median(_border(gray)) > 127
+    if paper:  # dark ink on light paper -> MNIST's light on black
         gray = 255.0 - gray
     window = max(3, min(gray.shape) // 3)  # strokes are far thinner than a third of the image
     background = ndimage.uniform_filter(ndimage.grey_opening(gray, size=window), window)
     ink = np.clip(gray - background, 0, None)
+    if paper:  # ink absorbs a share of the light falling on it: measure that share, not the
+        # difference, or strokes in the shade come out fainter than those in the light
+        ink = ink * (255.0 / np.maximum(255.0 - background, MIN_CONTRAST))
     if ndimage.median_filter(ink, 3).max() < MIN_CONTRAST:  # the 3×3 median ignores lone pixels
         raise DataError(f"{where}: blank image (no ink stands out from the background)")
     mask = ink > max(_otsu(ink), MIN_CONTRAST / 2)

@@ -6,6 +6,7 @@ fingerprint, so that it never touches ``data/raw/`` and a second run reuses the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import zipfile
@@ -98,8 +99,20 @@ def extract_cached(
     dest = cache_root / key
     if dest.is_dir():
         return dest
+    created = [p for p in (cache_root.parent, cache_root) if not p.exists()]
     cache_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_root, prefix=f".{key}.") as tmp:
+    try:
+        _extract_into(archive, cache_root, dest, required, wanted)
+    except BaseException:
+        for folder in reversed(created):  # a failed extraction leaves no trace behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return dest
+
+
+def _extract_into(archive, cache_root: Path, dest: Path, required, wanted) -> None:
+    with tempfile.TemporaryDirectory(dir=cache_root, prefix=f".{dest.name}.") as tmp:
         extract(archive, Path(tmp) / "files", required, wanted)
         os.chmod(Path(tmp) / "files", 0o755)  # TemporaryDirectory makes 0700
         try:
@@ -107,4 +120,3 @@ def extract_cached(
         except OSError:  # another process finished the same extraction first
             if not dest.is_dir():
                 raise
-    return dest

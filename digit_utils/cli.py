@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 import warnings
+from pathlib import Path
 
-from . import __version__
+from . import __version__, atomic
 from .errors import DigitsError
 
 # Modules that contribute subcommands; each defines register_cli(subparsers). Keep their
@@ -33,6 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one ``warning:`` line: the user needs the message, not our source line."""
+    return f"warning: {message}\n"
+
+
+def _save_traceback() -> Path | None:
+    """Write the current exception's traceback to a temp file (atomically); None if we cannot."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"digits-traceback-{stamp}-{os.getpid()}.txt"
+    try:
+        return atomic.write_text(traceback.format_exc(), path)
+    except OSError:
+        return None
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError with a file name is the environment's doing (permissions, a full disk, a
+    folder where a file should be), not a bug: name the path and the reason."""
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or e.__class__.__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,14 +67,30 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
     warnings.simplefilter("default")
+    warnings.formatwarning = _warning_line
     try:
         return int(args.func(args) or 0)
     except DigitsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.filename is None:
+            return _bug(e)
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else is our bug: one line here, the traceback in a file
+        return _bug(e)
+
+
+def _bug(e: BaseException) -> int:
+    saved = _save_traceback()
+    where = f"full traceback in {saved}" if saved else "the traceback could not be saved"
+    text = f"{e.__class__.__name__}: {e}".splitlines()[0]
+    print(f"error: {text} (this is a bug in digit-utils; {where})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

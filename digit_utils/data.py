@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 import tempfile
 import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import archive as archive_
 from . import atomic, kaggle, paths
 from .errors import DataError, DataWarning
 
@@ -103,16 +103,26 @@ def find_in_kaggle_input(root: Path | None = None) -> Path | None:
     return found[0] if found else None
 
 
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot serve as the competition files, or None when it can."""
+    missing = [f for f in FILES[:2] if not (folder / f).exists()]
+    not_files = [f for f in FILES[:2] if (folder / f).exists() and not (folder / f).is_file()]
+    problems = [f"folder lacks {', '.join(missing)}"] if missing else []
+    problems += [f"{f} is a folder, not a file" for f in not_files]
+    return "; ".join(problems) or None
+
+
 def _from_user_path(path: Path, origin: str) -> DataSource:
     """A user-given folder holding the files, or a zip like the one Kaggle downloads."""
     path = Path(path).expanduser()
-    if path.is_file() and path.suffix == ".zip":
-        return DataSource(extract_zip(path, paths.raw_dir()), origin)
+    if path.suffix.lower() == ".zip" and not path.is_dir():
+        return DataSource(extract_cached(path), origin)
     if not path.exists():
         raise DataError(f"{origin} data path does not exist", file=path)
-    if not _holds_competition_files(path):
-        missing = [f for f in FILES[:2] if not (path / f).is_file()]
-        raise DataError(f"folder lacks {', '.join(missing)}", file=path)
+    if not path.is_dir():
+        raise DataError(f"{origin} data path is a file, not a folder or a zip", file=path)
+    if problem := _folder_problem(path):
+        raise DataError(problem, file=path)
     return DataSource(path.resolve(), origin)
 
 
@@ -160,36 +170,15 @@ def locate(path: str | Path | None = None, *, download: bool = True) -> DataSour
 
 
 def extract_zip(archive: Path, dest: Path) -> Path:
-    """Unzip the competition archive into ``dest`` (all or nothing) and return ``dest``."""
+    """Unzip the competition archive into ``dest`` (all or nothing, never over a user's files)."""
+    return archive_.extract(archive, Path(dest), FILES[:2], FILES)
+
+
+def extract_cached(archive: Path) -> Path:
+    """Unzip a user-given archive into ``data/cache/zip-<fingerprint>/``, not into data/raw."""
     archive = Path(archive)
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = set(zf.namelist())
-            missing = [f for f in FILES[:2] if f not in names]
-            if missing:
-                raise DataError(f"archive lacks {', '.join(missing)}", file=archive)
-            if bad := zf.testzip():
-                raise DataError(f"archive member {bad} is corrupt (CRC mismatch)", file=archive)
-            dest.mkdir(parents=True, exist_ok=True)
-            members = [f for f in FILES if f in names and not _same_file(zf.getinfo(f), dest / f)]
-            with tempfile.TemporaryDirectory(dir=dest) as tmp:
-                zf.extractall(tmp, members=members)
-                for f in members:
-                    os.replace(Path(tmp) / f, dest / f)
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"not a valid zip archive ({e})", file=archive) from None
-    return dest
-
-
-def _same_file(info: zipfile.ZipInfo, path: Path) -> bool:
-    """True when ``path`` already holds this archive member (same size and CRC-32)."""
-    if not path.is_file() or path.stat().st_size != info.file_size:
-        return False
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc == info.CRC
+    key = fingerprint(archive) if archive.is_file() else "missing"
+    return archive_.extract_cached(archive, paths.cache_dir(), f"zip-{key}", FILES[:2], FILES)
 
 
 def download_competition(dest: Path | None = None) -> Path:
@@ -241,23 +230,52 @@ def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
 # Validation
 
 
-def _kind(path: Path) -> str:
-    """'train' or 'test', from the header when the file name does not say."""
-    name = path.name.lower()
-    for kind in ("train", "test"):
-        if kind in name:
-            return kind
-    return "train"
+BOM = b"\xef\xbb\xbf"  # Excel writes one at the start of "CSV UTF-8"; pandas skips it, so do we
+# Files that are not CSV text, by their first bytes, to say what they are instead.
+MAGIC = {b"\x1f\x8b": "a gzip file", b"PK\x03\x04": "a zip archive", b"\x89PNG": "a PNG image"}
 
 
-def _read_header(path: Path) -> list[str]:
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes without a BOM; raises for a missing, empty or non-UTF-8 file."""
+    if path.is_dir():
+        raise DataError("is a folder, not a CSV file", file=path)
     if not path.is_file():
         raise DataError("file not found", file=path)
-    if path.stat().st_size == 0:
+    raw = path.read_bytes()
+    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
+    if not raw.strip():
         raise DataError("file is empty", file=path)
-    with open(path, newline="") as fh:
-        header = next(csv.reader(fh), [])
-    return [h.strip() for h in header]
+    check_text(path, raw)
+    return raw
+
+
+def check_text(path: Path, raw: bytes, error: type[DataError] = DataError) -> None:
+    """Raise ``error`` naming the row and column of the first byte that is not UTF-8 text."""
+    for magic, what in MAGIC.items():
+        if raw.startswith(magic):
+            raise error(f"is {what}, not CSV text", file=path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start)  # 0 is the header
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        cell = raw.count(b",", start, e.start)
+        header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+        what = f"byte 0x{raw[e.start]:02x} is not UTF-8 text (is this really a CSV?)"
+        if line == 0:
+            raise error(f"header: {what}", file=path) from None
+        column = header[cell] if cell < len(header) else f"#{cell + 1}"
+        raise error(what, file=path, row=line, column=column) from None
+
+
+def _read_header(raw: bytes) -> list[str]:
+    first = raw.split(b"\n", 1)[0].decode("utf-8")
+    return [h.strip() for h in next(csv.reader([first]), [])]
+
+
+def _kind(header: list[str]) -> str:
+    """'train' or 'test', from the header: only train.csv starts with a label column."""
+    return "train" if header[:1] == ["label"] or len(header) == len(TRAIN_HEADER) else "test"
 
 
 def _check_header(path: Path, header: list[str], kind: str) -> None:
@@ -283,48 +301,49 @@ def _check_header(path: Path, header: list[str], kind: str) -> None:
             )
 
 
-def _diagnose(path: Path, header: list[str], kind: str) -> DataError | None:
+def _diagnose(path: Path, raw: bytes, header: list[str]) -> DataError | None:
     """Scan row by row for the first bad cell; slow, so only run once the fast parse balked."""
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row_no, row in enumerate(reader, start=1):
-            if len(row) != len(header):
+    reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
+    next(reader)
+    for row_no, row in enumerate(reader, start=1):
+        if len(row) != len(header):
+            return DataError(
+                f"has {len(row)} columns, expected {len(header)}", file=path, row=row_no
+            )
+        for col, cell in zip(header, row, strict=True):
+            text = cell.strip()
+            if text == "":
+                return DataError("empty cell", file=path, row=row_no, column=col)
+            try:
+                value = int(text)  # one rule for every integer we read: "3.0" is not one
+            except ValueError:
                 return DataError(
-                    f"has {len(row)} columns, expected {len(header)}", file=path, row=row_no
+                    f"value {cell!r} is not an integer", file=path, row=row_no, column=col
                 )
-            for col, cell in zip(header, row, strict=True):
-                text = cell.strip()
-                if text == "":
-                    return DataError("empty cell", file=path, row=row_no, column=col)
-                try:
-                    value = int(text)
-                except ValueError:
-                    return DataError(
-                        f"value {cell!r} is not an integer", file=path, row=row_no, column=col
-                    )
-                low, high = (0, 9) if col == "label" else (0, 255)
-                if not low <= value <= high:
-                    what = "label" if col == "label" else "pixel"
-                    return DataError(
-                        f"{what} value {value} is outside {low}–{high}",
-                        file=path,
-                        row=row_no,
-                        column=col,
-                    )
+            low, high = (0, 9) if col == "label" else (0, 255)
+            if not low <= value <= high:
+                what = "label" if col == "label" else "pixel"
+                return DataError(
+                    f"{what} value {value} is outside {low}–{high}",
+                    file=path,
+                    row=row_no,
+                    column=col,
+                )
     return None
 
 
-def _parse(path: Path, kind: str) -> np.ndarray:
-    """Parse and fully validate a train/test CSV into an int array [N, columns]."""
-    header = _read_header(path)
+def _parse(path: Path, kind: str | None) -> tuple[np.ndarray, str]:
+    """Parse and fully validate a train/test CSV into an int array [N, columns] and its kind."""
+    raw = _read_bytes(path)
+    header = _read_header(raw)
+    kind = kind or _kind(header)
     _check_header(path, header, kind)
+    if b"." in raw:  # pandas would read 3.0 as 3; a valid file has no decimal point at all
+        raise _diagnose(path, raw, header) or DataError("holds a decimal point", file=path)
     try:
-        values = pd.read_csv(path, dtype=np.int32, engine="c").to_numpy()
+        values = pd.read_csv(io.BytesIO(raw), dtype=np.int32, engine="c").to_numpy()
     except (ValueError, pd.errors.ParserError) as e:
-        raise _diagnose(path, header, kind) or DataError(
-            f"cannot parse ({e})", file=path
-        ) from None
+        raise _diagnose(path, raw, header) or DataError(f"cannot parse ({e})", file=path) from None
     if values.shape[0] == 0:
         raise DataError("has a header but no data rows", file=path)
     pixels = values[:, 1:] if kind == "train" else values
@@ -333,7 +352,7 @@ def _parse(path: Path, kind: str) -> np.ndarray:
         or pixels.max() > 255
         or (kind == "train" and (values[:, 0].min() < 0 or values[:, 0].max() > 9))
     ):
-        raise _diagnose(path, header, kind) or DataError("value out of range", file=path)
+        raise _diagnose(path, raw, header) or DataError("value out of range", file=path)
     if values.shape[0] != EXPECTED_ROWS[kind]:
         warnings.warn(
             f"{path}: {values.shape[0]:,} rows, the competition's {kind}.csv has "
@@ -341,13 +360,24 @@ def _parse(path: Path, kind: str) -> np.ndarray:
             DataWarning,
             stacklevel=3,
         )
-    return values
+    return values, kind
 
 
 def validate_csv(path: str | Path, kind: str | None = None) -> int:
-    """Validate one train/test CSV; returns its row count or raises DataError."""
-    path = Path(path)
-    return len(_parse(path, kind or _kind(path)))
+    """Validate one train/test CSV (``kind`` read from its header when not given); returns rows."""
+    return len(_parse(Path(path), kind)[0])
+
+
+def _validate_sample_submission(path: Path) -> int:
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as e:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"cannot parse ({e.__class__.__name__}: {e})", file=path) from None
+    if list(frame.columns) != SUBMISSION_HEADER:
+        raise DataError(
+            f"header is {list(frame.columns)}, expected {SUBMISSION_HEADER}", file=path
+        )
+    return len(frame)
 
 
 def validate(path: str | Path) -> dict[str, int]:
@@ -356,23 +386,19 @@ def validate(path: str | Path) -> dict[str, int]:
     Returns ``{file name: rows}`` for what was checked.
     """
     path = Path(path)
-    if path.suffix == ".zip":
+    if path.suffix.lower() == ".zip" and not path.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
             return validate(extract_zip(path, Path(tmp)))
     if path.is_dir():
-        if not _holds_competition_files(path):
-            raise DataError("folder lacks train.csv and test.csv", file=path)
-        report = {name: validate_csv(path / name) for name in FILES[:2]}
+        if problem := _folder_problem(path):
+            raise DataError(problem, file=path)
+        report = {name: validate_csv(path / name, name[:-4]) for name in FILES[:2]}
         if (path / "sample_submission.csv").is_file():
-            frame = pd.read_csv(path / "sample_submission.csv")
-            if list(frame.columns) != SUBMISSION_HEADER:
-                raise DataError(
-                    f"header is {list(frame.columns)}, expected {SUBMISSION_HEADER}",
-                    file=path / "sample_submission.csv",
-                )
-            report["sample_submission.csv"] = len(frame)
+            report["sample_submission.csv"] = _validate_sample_submission(
+                path / "sample_submission.csv"
+            )
         return report
-    if path.suffix == ".csv" or path.is_file():
+    if path.exists():
         return {path.name: validate_csv(path)}
     raise DataError("no such file or folder", file=path)
 
@@ -412,7 +438,7 @@ def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
                 return z["images"], (z["labels"] if "labels" in z.files else None)
         except (OSError, ValueError, KeyError):
             cache.unlink(missing_ok=True)  # a broken cache is just parsed again
-    values = _parse(path, kind)
+    values, _ = _parse(path, kind)
     if kind == "train":
         labels = values[:, 0].astype(np.int64)
         images = values[:, 1:].astype(np.uint8).reshape(-1, 1, 28, 28)

@@ -24,8 +24,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             raise ConfigError(
                 f"device: {name!r} is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', …)"
             ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {str(name)!r} requested but CUDA is not available here")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device: {str(name)!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device: {str(name)!r} requested but there are {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {str(name)!r} requested but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device: {str(name)!r} is not supported here (cpu, cuda, mps)")
     return device
 
 

@@ -78,6 +78,13 @@ def redact(text: str) -> str:
 def explain_failure(output: str) -> str:
     """One sentence on what went wrong and what to do, from the CLI's output."""
     low = output.lower()
+    # A proxy that refuses the CONNECT tunnel also says "403 Forbidden", but Kaggle never saw
+    # the request: that is not about the competition rules.
+    if any(word in low for word in ("proxyerror", "tunnel connection failed", "proxy")):
+        return (
+            "a proxy refused the connection to kaggle.com (" + _last_line(output) + "): check "
+            "HTTPS_PROXY / HTTP_PROXY and whether the proxy lets kaggle.com through, then retry."
+        )
     if "403" in low or "forbidden" in low:
         return (
             "Kaggle refused access (HTTP 403): accept the competition rules at "
@@ -98,8 +105,12 @@ def explain_failure(output: str) -> str:
     )
     if any(word in low for word in network):
         return "cannot reach kaggle.com: check the network connection (or a proxy) and retry."
-    last = [line for line in output.strip().splitlines() if line.strip()]
-    return "the Kaggle CLI failed: " + (last[-1] if last else "no output")
+    return "the Kaggle CLI failed: " + _last_line(output)
+
+
+def _last_line(output: str) -> str:
+    last = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    return last[-1] if last else "no output"
 
 
 def command(args: list[str]) -> list[str]:

@@ -166,7 +166,8 @@ def kernel_ref(ref: str, username: str | None) -> str:
         )
     if ref.startswith(SLUG_PREFIX):
         return f"{username}/{ref}"
-    return f"{username}/{kernel_slug(stages.match(list(stages.STAGES), ref))}"
+    stems = sorted({*stages.STAGES, *(p.stem for p in paths.notebooks_dir().glob("*.ipynb"))})
+    return f"{username}/{kernel_slug(stages.match(stems, ref))}"
 
 
 # --------------------------------------------------------------------------------------------

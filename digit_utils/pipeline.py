@@ -345,6 +345,9 @@ def _run_one(
                 kernel_name=_kernel_name(nb),
                 cwd=str(cwd),
                 progress_bar=True,
+                # The kernel writes its log to our stderr; on Ctrl-C it logs a ZMQ traceback
+                # while it dies. Failures reach us through papermill, so it may stay quiet.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
     except (Exception, KeyboardInterrupt) as e:  # the record must say failed, whatever it was
         error = e

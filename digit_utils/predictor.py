@@ -1,29 +1,33 @@
 """Classify your own digit images with one trained run or an ensemble of runs.
 
 ``preprocess`` makes a photo or scan look like an MNIST digit: grayscale; invert when the
-background is light; crop to the ink's bounding box; scale the longest side to 20 px keeping the
-aspect ratio; paste into 28×28 so that the centre of mass sits at the centre, as MNIST was made.
+background is light; subtract the background estimated per pixel (uneven light); keep the ink
+that Otsu's threshold separates, without specks; crop to its bounding box; scale the longest side
+to 20 px keeping the aspect ratio; paste into 28×28 so that the centre of mass sits at the centre,
+as MNIST was made.
 Images that already are 28×28 with a black background pass through untouched.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+from scipy import ndimage
 
 from .errors import ConfigError, DataError
+from .images import split
 
 SIZE = 28
 BOX = 20  # MNIST scaled each digit's longest side to 20 px
 CENTRE = 14.0  # MNIST's mean centre of mass in (row, column) pixel indices, measured
 MIN_CONTRAST = 32  # grey levels between ink and background below which an image counts as blank
 NOISE_FLOOR = 0.2  # after stretching the ink to 255, fainter pixels are paper texture -> 0
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L" mode
+SPECK = 0.05  # an ink blob under 5% of the largest one's area is dust or noise, not the digit
+WORK_SIDE = 512  # larger photos are shrunk to this longest side first; the digit ends at 20 px
 
 
 @dataclass(frozen=True)
@@ -45,112 +49,11 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------------------------
-# Turning any input into grayscale arrays
-
-
-def _from_pil(img: Image.Image) -> np.ndarray:
-    """Grayscale float32 [H,W] in 0..255; transparency is laid on white, like paper."""
-    img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("L"), dtype=np.float32)
-
-
-def _from_file(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError("file not found", file=path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return _from_pil(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"not an image PIL can read ({e.__class__.__name__})", file=path) from None
-
-
-def _to_gray(a: np.ndarray, where: str) -> np.ndarray:
-    """One image array ([H,W], [H,W,1|3|4]) as grayscale float32 [H,W] in 0..255."""
-    a = np.asarray(a)
-    if a.dtype == bool:
-        a = a * 255.0
-    elif a.dtype.kind == "f" and a.size and np.nanmax(a) <= 1.0:
-        a = a * 255.0  # a float image in [0, 1], e.g. from torchvision's ToTensor
-    a = a.astype(np.float32)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    elif a.ndim == 3 and a.shape[2] in (3, 4):
-        rgb = a[..., :3]
-        if a.shape[2] == 4:  # lay transparent pixels on white
-            alpha = a[..., 3:] / 255.0
-            rgb = rgb * alpha + 255.0 * (1 - alpha)
-        a = rgb @ LUMA
-    if a.ndim != 2 or min(a.shape) == 0:
-        raise DataError(f"{where}: expected an image [H,W] or [H,W,C], got shape {a.shape}")
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
-        raise DataError(f"{where}: pixel values must lie in 0..255 (or 0..1 for floats)")
-    return a
-
-
-def _split(x) -> tuple[list[tuple[str, np.ndarray]], bool]:
-    """Inputs -> ([(name, gray [H,W])], was_single).
-
-    Arrays follow numpy's layout: [H,W], [H,W,C] or [1,H,W] is one image; [N,H,W], [N,1,H,W]
-    or [N,H,W,C] a batch. Tensors follow torch's: [C,H,W] (C = 1 or 3) is one image, [N,C,H,W]
-    a batch.
-    """
-    torch = sys.modules.get("torch")  # a tensor can only exist if torch was imported
-    if torch is not None and isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-        if x.ndim == 3 and x.shape[0] not in (1, 3):  # [4,H,W]: RGBA or 4 digits? refuse
-            raise DataError(
-                f"image: a 3-D tensor is one [C,H,W] image, got shape {tuple(x.shape)}; "
-                "pass a batch as [N,1,H,W]"
-            )
-        if x.ndim in (3, 4):
-            x = np.moveaxis(x, -3, -1)  # channels last, like every other input
-    if isinstance(x, str | Path):
-        return [(str(x), _from_file(Path(x)))], True
-    if isinstance(x, Image.Image):
-        return [("#0", _from_pil(x))], True
-    if isinstance(x, list | tuple):
-        if not x:
-            raise DataError("images: got an empty list")
-        items = []
-        for i, item in enumerate(x):
-            sub, single = _split(item)
-            if not single:
-                raise DataError(f"images[{i}]: a list must hold single images, got a batch")
-            name, gray = sub[0]
-            items.append((name if name != "#0" else f"#{i}", gray))
-        return items, False
-    if not isinstance(x, np.ndarray):
-        raise DataError(
-            f"images: expected a path, PIL image, numpy array or tensor, got {type(x).__name__}"
-        )
-    shape, channels = x.shape, (1, 3, 4)
-    if x.ndim == 2 or (x.ndim == 3 and shape[-1] in channels):
-        return [("#0", _to_gray(x, "image"))], True
-    if x.ndim == 3 and shape[0] == 1:
-        return [("#0", _to_gray(x[0], "image"))], True
-    if x.ndim == 3 or (x.ndim == 4 and shape[1] == 1):
-        return [
-            (f"#{i}", _to_gray(a.reshape(a.shape[-2:]), f"images[{i}]")) for i, a in enumerate(x)
-        ], False
-    if x.ndim == 4 and shape[-1] in channels:
-        return [(f"#{i}", _to_gray(a, f"images[{i}]")) for i, a in enumerate(x)], False
-    raise DataError(
-        f"images: cannot read an array of shape {shape} as images; use [H,W], [H,W,C], "
-        "[N,H,W] or [N,1,H,W]"
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Making a grayscale image MNIST-like
 
 
 def _border(a: np.ndarray) -> np.ndarray:
-    """The outer frame, about 5% of the side thick: the best guess at the background."""
+    """The outer frame, about 5% of the side thick: the best guess at the paper's colour."""
     t = max(1, round(0.05 * min(a.shape)))
     return np.concatenate([a[:t].ravel(), a[-t:].ravel(), a[:, :t].ravel(), a[:, -t:].ravel()])
 
@@ -160,18 +63,64 @@ def is_mnist_style(gray: np.ndarray) -> bool:
     return gray.shape == (SIZE, SIZE) and float(np.median(_border(gray))) == 0.0
 
 
+def _working_size(gray: np.ndarray) -> np.ndarray:
+    """Shrink a large photo (area-averaging) so that its longest side is WORK_SIDE pixels."""
+    scale = WORK_SIDE / max(gray.shape)
+    if scale >= 1:
+        return gray
+    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return np.asarray(Image.fromarray(gray.astype(np.float32)).resize(size, Image.Resampling.BOX))
+
+
+def _otsu(values: np.ndarray) -> float:
+    """The threshold that best splits ``values`` (0..255) into two classes (Otsu, 1979)."""
+    hist = np.bincount(np.clip(values, 0, 255).astype(np.int64).ravel(), minlength=256)
+    weight = np.cumsum(hist).astype(np.float64)
+    mass = np.cumsum(hist * np.arange(256)).astype(np.float64)
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_low = mass / weight
+        mean_high = (total_mass - mass) / (total - weight)
+        between = weight * (total - weight) * (mean_low - mean_high) ** 2
+    return float(np.nanargmax(between[:-1]))
+
+
+def _ink(gray: np.ndarray, where: str) -> np.ndarray:
+    """Light-on-black ink [H,W], with the background removed pixel by pixel and specks dropped.
+
+    One background level from the border fails on a phone photo lit from one side: the darker
+    half of the paper counts as ink. A grey opening wider than any stroke removes the strokes and
+    keeps the lighting, so ``image - opening`` is the ink alone, whatever the lighting.
+    """
+    paper = np.median(_border(gray)) > 127
+    if paper:  # dark ink on light paper -> MNIST's light on black
+        gray = 255.0 - gray
+    window = max(3, min(gray.shape) // 3)  # strokes are far thinner than a third of the image
+    background = ndimage.uniform_filter(ndimage.grey_opening(gray, size=window), window)
+    ink = np.clip(gray - background, 0, None)
+    if paper:  # ink absorbs a share of the light falling on it: measure that share, not the
+        # difference, or strokes in the shade come out fainter than those in the light
+        ink = ink * (255.0 / np.maximum(255.0 - background, MIN_CONTRAST))
+    if ndimage.median_filter(ink, 3).max() < MIN_CONTRAST:  # the 3×3 median ignores lone pixels
+        raise DataError(f"{where}: blank image (no ink stands out from the background)")
+    mask = ink > max(_otsu(ink), MIN_CONTRAST / 2)
+    labels, n = ndimage.label(mask)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    kept = np.isin(labels, 1 + np.nonzero(sizes >= SPECK * sizes.max())[0])
+    if not kept.any():
+        raise DataError(f"{where}: blank image (no ink stands out from the background)")
+    ink = np.where(ndimage.binary_dilation(kept, iterations=2), ink, 0)  # keep soft stroke edges
+    ink = np.clip(ink * (255.0 / np.percentile(ink[kept], 99)), 0, 255)
+    ink[ink < NOISE_FLOOR * 255] = 0
+    return ink
+
+
 def _mnist_like(gray: np.ndarray, where: str) -> np.ndarray:
     if is_mnist_style(gray):
         if gray.max() < MIN_CONTRAST:
             raise DataError(f"{where}: blank image (no ink on the black background)")
         return gray.round().astype(np.uint8)[None]
-    if np.median(_border(gray)) > 127:  # dark ink on light paper -> MNIST's light on black
-        gray = 255.0 - gray
-    ink = np.clip(gray - np.median(_border(gray)), 0, None)
-    if ink.max() < MIN_CONTRAST:
-        raise DataError(f"{where}: blank image (no ink stands out from the background)")
-    ink = ink * (255.0 / ink.max())
-    ink[ink < NOISE_FLOOR * 255] = 0
+    ink = _ink(_working_size(gray), where)
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape
@@ -197,7 +146,7 @@ def _mnist_like(gray: np.ndarray, where: str) -> np.ndarray:
 
 def preprocess(image) -> np.ndarray:
     """One image (path, PIL, array or tensor) as an MNIST-like ``uint8 [1,28,28]``."""
-    items, single = _split(image)
+    items, single = split(image)
     if not single:
         raise DataError(f"image: expected one image, got a batch of {len(items)}")
     name, gray = items[0]
@@ -206,7 +155,7 @@ def preprocess(image) -> np.ndarray:
 
 def load_images(x) -> tuple[np.ndarray, list[str], bool]:
     """Any accepted input as MNIST-like ``uint8 [N,1,28,28]``, names, and whether it was single."""
-    items, single = _split(x)
+    items, single = split(x)
     images = np.stack([_mnist_like(gray, name) for name, gray in items])
     return images, [name for name, _ in items], single
 

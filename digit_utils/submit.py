@@ -2,7 +2,8 @@
 
 One validator serves both the submission writer and ``digits kaggle submit``: header exactly
 ``ImageId,Label``; the expected row count when given (28,000 for the competition); ImageId 1…N,
-unique and in order; integer labels 0–9; no blank lines and no empty cells.
+unique and in order; integer labels 0–9; no blank lines and no empty cells. Every number is a
+plain integer: ``3.0`` is refused here exactly as it is in train.csv (one rule for both).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, atomic, kaggle, paths
-from .data import EXPECTED_ROWS, SUBMISSION_HEADER, fingerprint
+from .data import BOM, EXPECTED_ROWS, SUBMISSION_HEADER, check_text, fingerprint
 from .errors import DataError
 
 HEADER_LINE = ",".join(SUBMISSION_HEADER)
@@ -104,10 +105,11 @@ def _read_file(path: Path) -> pd.DataFrame:
     text = path.read_bytes()
     if not text.strip():
         raise SubmissionError("file is empty", file=path)
-    if text.startswith(b"\xef\xbb\xbf"):
+    if text.startswith(BOM):
         raise SubmissionError("starts with a byte-order mark; save it as plain UTF-8", file=path)
+    check_text(path, text, SubmissionError)
     ids, labels = [], []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         if header != SUBMISSION_HEADER:

@@ -3,7 +3,8 @@
 
 Installed by the `fake_kaggle` fixture as an executable named `kaggle` first on PATH. It appends
 its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI would:
-- $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | network: print what the real CLI prints then and exit 1;
+- $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | proxy-403 | network: print what the real CLI prints
+  then and exit 1 (proxy-403: an HTTPS proxy refusing the CONNECT tunnel);
   leak: fail with the key's value in the output (our code must redact it);
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
@@ -25,6 +26,13 @@ FAILURES = {
     "403": "403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/data",
     "401": "401 Client Error: Unauthorized for url: https://www.kaggle.com/api/v1/competitions",
     "404": "404 Client Error: Not Found for url: https://www.kaggle.com/api/v1/kernels/status",
+    # What requests prints when an HTTPS proxy answers CONNECT with 403 (Kaggle is never reached).
+    "proxy-403": (
+        "requests.exceptions.ProxyError: HTTPSConnectionPool(host='www.kaggle.com', port=443): "
+        "Max retries exceeded with url: /api/v1/competitions/data/download-all/digit-recognizer "
+        "(Caused by ProxyError('Unable to connect to proxy', "
+        "OSError('Tunnel connection failed: 403 Forbidden')))"
+    ),
     "network": (
         "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='www.kaggle.com', "
         "port=443): Max retries exceeded (Failed to establish a new connection: "

@@ -161,9 +161,113 @@ def test_bad_cells_name_row_and_column(tmp_path, cell, column, message):
     assert (err.row, err.column) == (3, column)
 
 
-def test_test_csv_with_a_label_column(tmp_path):
-    path = write_rows(tmp_path / "test.csv", TRAIN_HEADER, [_row()])
-    _expect(path, "must not carry a 'label' column")
+def test_test_csv_with_a_label_column(tiny):
+    write_rows(tiny / "test.csv", TRAIN_HEADER, [_row()])
+    with (
+        pytest.raises(DataError, match="must not carry a 'label' column"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", DataWarning)
+        data.validate(tiny)
+
+
+def test_a_single_csv_is_typed_by_its_header_not_its_name(tmp_path):
+    # Named like a test file but laid out as train.csv: the header decides (issue #14, item 9).
+    path = write_rows(tmp_path / "my_test_rows.csv", TRAIN_HEADER, [_row(), _row(label=9)])
+    with pytest.warns(DataWarning, match="competition's train.csv"):
+        assert data.validate(path) == {"my_test_rows.csv": 2}
+    path = write_rows(tmp_path / "train_subset.csv", TEST_HEADER, [_row(None)])
+    with pytest.warns(DataWarning, match="competition's test.csv"):
+        assert data.validate(path) == {"train_subset.csv": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x1f\x8b\x08\x00\x00\x00", "is a gzip file, not CSV text"),
+        (b"PK\x03\x04junk", "is a zip archive, not CSV text"),
+        (b"\xe9", "header: byte 0xe9 is not UTF-8 text"),
+        ("{h}\n3," + "0," * 40 + "\xe9" + ",0" * 743 + "\n", "row 1 (line 2), column 'pixel40'"),
+    ],
+)
+def test_non_utf8_files_are_named(tmp_path, raw, message):
+    # Issue #14 item 6: a gzip renamed .csv or one latin-1 byte raised UnicodeDecodeError.
+    path = tmp_path / "train.csv"
+    if isinstance(raw, str):
+        raw = raw.format(h=TRAIN_HEADER).encode("latin-1")
+    path.write_bytes(raw)
+    _expect(path, message)
+
+
+def test_byte_order_mark_is_accepted_and_never_shown(tiny):
+    # Excel's "CSV UTF-8" starts with a BOM; the header used to read '\ufefflabel' (item 11).
+    path = tiny / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with pytest.warns(DataWarning):
+        assert data.validate_csv(path) == 5
+        assert data.load_train(path)[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_one_integer_rule_for_train_and_submission(tiny):
+    # Item 11: label 3.0 passed in train.csv but not in a submission; now neither takes it.
+    rows = [["3.0", *["0"] * 784]]
+    err = _expect(write_rows(tiny / "train.csv", TRAIN_HEADER, rows), "'3.0' is not an integer")
+    assert (err.row, err.column) == (1, "label")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: (d / "test.csv").unlink(), "folder lacks test.csv"),
+        (
+            lambda d: ((d / "train.csv").unlink(), (d / "train.csv").mkdir()),
+            "train.csv is a folder",
+        ),
+    ],
+)
+def test_folder_problems_are_named_exactly(tiny, make, message):
+    # Item 11: both used to be "folder lacks train.csv and test.csv".
+    make(tiny)
+    for call in (data.validate, data.locate):
+        with pytest.raises(DataError) as info:
+            call(tiny)
+        assert message in str(info.value) and "lacks train.csv" not in str(info.value)
+
+
+def test_zip_with_a_bad_crc(tmp_path, sample_dir):
+    archive = tmp_path / "digit-recognizer.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for name in ("train.csv", "test.csv"):
+            zf.write(sample_dir / name, name)
+    raw = bytearray(archive.read_bytes())
+    at = raw.index(b"pixel0,") + 100  # inside train.csv's stored bytes
+    raw[at] = raw[at] ^ 0x01
+    archive.write_bytes(bytes(raw))
+    for call in (data.validate, data.locate):
+        with pytest.raises(DataError, match="train.csv is corrupt .CRC mismatch"):
+            call(archive)
+
+
+def test_zip_that_is_missing_or_nests_its_files(tmp_path, sample_dir):
+    with pytest.raises(DataError, match="zip archive not found"):
+        data.validate(tmp_path / "nowhere.zip")  # item 6: a FileNotFoundError traceback
+    archive = tmp_path / "nested.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("train.csv", "test.csv"):
+            zf.write(sample_dir / name, f"digit-recognizer/{name}")
+    with pytest.raises(DataError, match="under digit-recognizer/, unzip it"):
+        data.validate(archive)
+
+
+def test_download_never_overwrites_a_different_file(fake_kaggle, isolated, tiny):
+    fake_kaggle.login()
+    raw = isolated / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train.csv").write_bytes((tiny / "train.csv").read_bytes())
+    with pytest.raises(DataError, match="will not overwrite train.csv"):
+        data.download_competition()
+    assert (raw / "train.csv").read_bytes() == (tiny / "train.csv").read_bytes()
+    assert not (raw / "test.csv").exists()
 
 
 def test_corrupt_zip(tmp_path):
@@ -282,10 +386,24 @@ def test_locate_falls_back_to_the_sample_loudly_once(isolated, monkeypatch):
         assert data.locate().is_sample  # said once is enough
 
 
-def test_explicit_zip_is_extracted_into_data_raw(isolated, competition_zip):
-    source = data.locate(competition_zip)
-    assert source.path == isolated / "data" / "raw" and source.origin == "explicit"
-    assert (source.path / "train.csv").is_file()
+def test_explicit_zip_never_touches_data_raw(isolated, competition_zip, tiny, monkeypatch):
+    # Issue #14 item 1: the zip used to be extracted over data/raw and became the default.
+    raw = isolated / "data" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train.csv", "test.csv"):
+        (raw / name).write_bytes((tiny / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    for given in ("path", "env"):
+        if given == "env":
+            monkeypatch.setenv("DIGITS_DATA_DIR", str(competition_zip))
+        source = data.locate(competition_zip if given == "path" else None)
+        assert source.path.parent == isolated / "data" / "cache"
+        assert source.path.name == f"zip-{data.fingerprint(competition_zip)}"
+        assert (source.path / "sample_submission.csv").is_file()
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+    monkeypatch.delenv("DIGITS_DATA_DIR")
+    with pytest.warns(DataWarning, match="5 rows"):
+        assert data.locate().origin == "repo" and len(data.load_train()[1]) == 5
 
 
 def test_bad_explicit_paths(tmp_path):

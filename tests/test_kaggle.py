@@ -204,6 +204,18 @@ def test_kernel_status(fake_kaggle, capsys, monkeypatch):
     assert "did not complete: CUDA out of memory" in err and err.count("\n") == 1
 
 
+def test_kernel_status_and_output_read_a_prefix_as_build_does(fake_kaggle, isolated, capsys):
+    # Issue #14 item 10: `status 03` asked for alice/digit-recognizer-03.
+    fake_kaggle.login()
+    notebooks(isolated, "01_eda", "03_train_cnn")
+    code, out, _ = digits("kaggle", "kernel", "status", "03", capsys=capsys)
+    assert code == 0 and out == "alice/digit-recognizer-03-train-cnn: complete\n"
+    assert digits("kaggle", "kernel", "output", "03", capsys=capsys)[0] == 0
+    assert [c[2] for c in fake_kaggle.calls] == ["alice/digit-recognizer-03-train-cnn"] * 2
+    code, _, err = digits("kaggle", "kernel", "status", "0", capsys=capsys)
+    assert code == 1 and "'0' names no notebook" in err and "03_train_cnn" in err
+
+
 def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     code, out, _ = digits("kaggle", "kernel", "output", "05_ensemble_submission", capsys=capsys)
@@ -234,6 +246,7 @@ EXPECTED = {
     "401": "rejected the credentials",
     "404": "does not know that resource",
     "network": "cannot reach kaggle.com",
+    "proxy-403": "a proxy refused the connection",  # not "accept the rules" (#14 item 7)
     "leak": "the Kaggle CLI failed: Error: bad request with key ***",  # echoed, redacted
 }
 

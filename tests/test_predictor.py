@@ -3,6 +3,7 @@ and the ensemble path from run folders to a submission."""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from digit_utils import cli, data, ensemble, predict, submit, train
 from digit_utils.config import TrainConfig
-from digit_utils.errors import DataError
+from digit_utils.errors import ConfigError, DataError, DataWarning
 from digit_utils.predictor import CENTRE, Predictor, is_mnist_style, preprocess
 
 # Recipes that reach ~95% (fast_cnn) and ~80% (simple_cnn) on 1,600 sample rows in a few CPU
@@ -250,3 +252,106 @@ def test_from_run_folders_to_a_valid_submission(world, tmp_path):
     )
     assert submit.validate_submission(path, 4)["Label"].tolist() == world["labels"].tolist()
     assert json.loads(path.with_suffix(".json").read_text())["method"] == method
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #14: odd images, and photos that look like photos
+
+
+def phone_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST digit as a phone photo: dark ink on paper lit from one side, off-centre, blurred,
+    noisy and JPEG-compressed. uint8 [H,W]."""
+    h, w = rng.integers(180, 260), rng.integers(200, 300)
+    side = int(rng.integers(80, min(h, w) - 20))
+    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), float)
+    ink = np.zeros((h, w))
+    top, left = rng.integers(0, h - side), rng.integers(0, w - side)
+    ink[top : top + side, left : left + side] = big / 255.0
+    angle = rng.uniform(0, 2 * np.pi)  # light falls off from 235 to ~110 across the page
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h) + 1
+    light = 235 - 125 * ramp / ramp.max()
+    photo = light * (1 - 0.75 * ink)  # ink reflects a quarter of the light on it
+    photo = ndimage.gaussian_filter(photo, 1.2)
+    photo = np.clip(photo + rng.normal(0, 4, photo.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=70)
+    return np.asarray(Image.open(buf))
+
+
+def test_photos_with_uneven_light_score_like_the_arrays(world, sample_dir):
+    """The photo-like set against the same digits as 28×28 arrays (the issue's figure of merit)."""
+    source = data.DataSource(sample_dir, "sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        digits = data.load_test(source)[:N_PHOTOS, 0]
+    labels = data.load_test_labels(source)[:N_PHOTOS]
+    rng = np.random.default_rng(14)
+    photos = [phone_photo(d, rng) for d in digits]
+    predictor = world["predictor"]
+    from_arrays = np.array([p.digit for p in predictor.predict(digits[:, None])])
+    from_photos = np.array([p.digit for p in predictor.predict(photos)])
+    acc_arrays, acc_photos = (from_arrays == labels).mean(), (from_photos == labels).mean()
+    print(f"\nN={N_PHOTOS}: arrays {acc_arrays:.2%}, photos {acc_photos:.2%}")
+    assert acc_arrays - acc_photos <= 0.01, (acc_arrays, acc_photos)
+    assert (from_arrays == from_photos).mean() >= 0.97
+
+
+N_PHOTOS = 400
+
+
+def test_a_sixteen_bit_png_keeps_its_dark_grey_ink(world, tmp_path):
+    # Item 8: I;16 -> L clipped every value above 255 to white, so grey ink looked blank.
+    digit, label = world["digits"][0, 0], world["labels"][0]
+    paper = np.full((60, 60), 60000, np.uint16)
+    big = np.asarray(Image.fromarray(digit).resize((44, 44), Image.Resampling.BICUBIC), float)
+    paper[8:52, 8:52] = (60000 - big / 255 * 40000).astype(np.uint16)  # ink at 20000 of 65535
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(paper).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I;16")
+    assert world["predictor"].predict(path).digit == label
+
+
+def test_white_ink_on_a_transparent_background(world, tmp_path):
+    # Item 11: laid on white, white strokes vanished and the image was called blank.
+    digit, label = world["digits"][1, 0], world["labels"][1]
+    rgba = np.full((28, 28, 4), 255, np.uint8)
+    rgba[..., 3] = digit
+    path = tmp_path / "white.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    assert world["predictor"].predict(path).digit == label
+    assert world["predictor"].predict(rgba).digit == label
+
+
+def test_an_animated_gif_says_it_uses_the_first_frame(world, tmp_path):
+    frames = [Image.fromarray(world["digits"][i, 0]) for i in range(2)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.warns(DataWarning, match="animated image of 2 frames; using the first"):
+        assert world["predictor"].predict(path).digit == world["labels"][0]
+
+
+def test_folders_huge_images_and_unknown_devices_are_named(world, tmp_path):
+    with pytest.raises(DataError, match="is a folder, not an image file"):
+        preprocess(tmp_path)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (12_000, 12_000), 255).save(huge)  # 144 MP: refused before decoding
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and without PIL's DecompressionBombWarning
+        with pytest.raises(DataError, match="144 megapixels, over the 64-megapixel limit"):
+            preprocess(huge)
+    for device, message in (("banana", "not a device name"), ("cuda:7", "CUDA is not available")):
+        with pytest.raises(ConfigError, match=message):
+            Predictor.from_run(world["runs"][0], device=device)
+
+
+def test_cli_goes_on_past_a_blank_image(world, tmp_path, capsys):
+    # Item 11: one blank image stopped the whole batch.
+    good, blank = tmp_path / "good.png", tmp_path / "blank.png"
+    Image.fromarray(world["digits"][0, 0]).save(good)
+    Image.new("L", (40, 40), 230).save(blank)
+    code = cli.main(["predict", str(good), str(blank), "--run", str(world["runs"][0])])
+    out, err = capsys.readouterr()
+    assert code == 1 and "good.png" in out and f"{world['labels'][0]:>5}" in out
+    assert err.count("error:") == 1 and "1 of 2 image(s)" in err and "blank.png" in err

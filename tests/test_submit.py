@@ -85,6 +85,26 @@ def test_each_malformed_file_is_named(tmp_path, text, expected_rows, message):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b"ImageId,Label\n1,3\n2,\xe9\n",
+            "row 2 (line 3), column 'Label': byte 0xe9 is not UTF-8",
+        ),
+        (b"Image\xffId,Label\n1,3\n", "header: byte 0xff is not UTF-8"),
+        (b"\x1f\x8b\x08\x00gzip", "is a gzip file, not CSV text"),
+    ],
+)
+def test_non_utf8_files_are_named_not_a_traceback(tmp_path, raw, message):
+    # Issue #14 item 6: these raised UnicodeDecodeError out of `digits kaggle submit`.
+    path = tmp_path / "sub.csv"
+    path.write_bytes(raw)
+    with pytest.raises(SubmissionError) as info:
+        validate_submission(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
 def test_byte_order_mark_and_missing_file(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())

@@ -1,0 +1,348 @@
+"""Fault injection: the `digits` command, in a fresh process, over a table of bad inputs.
+
+Each case must end with a non-zero exit, exactly one ``error:`` line that names the thing at
+fault, no traceback, and no file changed outside the command's outputs folder (issue #14).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from digit_utils import data
+
+TRAIN_HEADER = ",".join(data.TRAIN_HEADER)
+TEST_HEADER = ",".join(data.TEST_HEADER)
+ROW = ",".join(["0"] * 784)
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root ignores permission bits
+
+
+def train(t: Path, body: str = f"3,{ROW}\n", name: str = "train.csv") -> Path:
+    (t / name).write_text(TRAIN_HEADER + "\n" + body)
+    return t / name
+
+
+def folder(t: Path, *, train_body: str = f"3,{ROW}\n", test: bool = True) -> Path:
+    d = t / "competition"
+    d.mkdir(exist_ok=True)
+    train(d, train_body)
+    if test:
+        (d / "test.csv").write_text(TEST_HEADER + "\n" + ROW + "\n")
+    return d
+
+
+def write(t: Path, name: str, raw: bytes) -> Path:
+    (t / name).write_bytes(raw)
+    return t / name
+
+
+def zip_of(t: Path, name: str = "digit-recognizer.zip", prefix: str = "", stored=False) -> Path:
+    d = folder(t)
+    method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(t / name, "w", method) as zf:
+        for f in ("train.csv", "test.csv"):
+            zf.write(d / f, prefix + f)
+    return t / name
+
+
+def bad_crc_zip(t: Path) -> Path:
+    path = zip_of(t, stored=True)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"\n3,0,0") + 3
+    raw[at] ^= 0x01  # one flipped bit inside train.csv's data
+    path.write_bytes(bytes(raw))
+    return path
+
+
+FULL = "ImageId,Label\n" + "".join(f"{i},{i % 10}\n" for i in range(1, 28_001))
+
+
+def submission(t: Path, text: str | bytes = FULL) -> Path:
+    path = t / "submission.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def notebooks(t: Path) -> None:
+    for stem in ("01_eda", "02_augmentation"):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        params = nbformat.v4.new_code_cell("data_dir = ''  # folder")
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell("print(data_dir)")]
+        (t / "project" / "notebooks").mkdir(exist_ok=True)
+        nbformat.write(nb, t / "project" / "notebooks" / f"{stem}.ipynb")
+    (t / "empty.yaml").write_text("{}\n")  # a profile that sets nothing
+
+
+def image(t: Path, name: str, colour: int = 230) -> Path:
+    Image.new("L", (40, 40), colour).save(t / name, format="PNG")
+    return t / name
+
+
+def outputs_file(t: Path) -> dict:
+    (t / "outputs-file").write_text("not a folder")
+    return {"DIGITS_OUTPUTS": str(t / "outputs-file")}
+
+
+KAGGLE = {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "s3cr3t-key-value"}
+PREDICT = ["predict", "--run", "{t}/no-run"]
+
+# id: (setup(t) -> argv (strings with {t}) and extra env, what the error line must name)
+CASES = {
+    # ---- data validate: files that are not what they claim
+    "gzip-as-csv": (
+        lambda t: ["data", "validate", write(t, "train.csv", b"\x1f\x8b\x08\x00")],
+        "is a gzip file",
+    ),
+    "latin1-byte": (lambda t: ["data", "validate", write(t, "train.csv", b"\xe9")], "not UTF-8"),
+    "latin1-in-row": (
+        lambda t: [
+            "data",
+            "validate",
+            write(t, "t.csv", f"{TRAIN_HEADER}\n3,{ROW[:-1]}\xe9\n".encode("latin-1")),
+        ],
+        "row 1 (line 2), column 'pixel783'",
+    ),
+    "png-as-csv": (lambda t: ["data", "validate", image(t, "train.csv")], "is a PNG image"),
+    "missing-csv": (lambda t: ["data", "validate", t / "nope.csv"], "nope.csv"),
+    "empty-csv": (lambda t: ["data", "validate", write(t, "train.csv", b"")], "file is empty"),
+    "only-header": (lambda t: ["data", "validate", train(t, "")], "no data rows"),
+    "wrong-header": (
+        lambda t: ["data", "validate", write(t, "x.csv", b"a,b\n1,2\n")],
+        "header has 2 columns",
+    ),
+    "label-3.0": (
+        lambda t: ["data", "validate", train(t, f"3.0,{ROW}\n")],
+        "column 'label': value '3.0'",
+    ),
+    "label-10": (lambda t: ["data", "validate", train(t, f"10,{ROW}\n")], "label value 10"),
+    "pixel-256": (
+        lambda t: ["data", "validate", train(t, f"3,256{ROW[1:]}\n")],
+        "pixel value 256",
+    ),
+    "pixel-text": (
+        lambda t: ["data", "validate", train(t, f"3,x{ROW[1:]}\n")],
+        "column 'pixel0': value 'x'",
+    ),
+    "empty-cell": (lambda t: ["data", "validate", train(t, f"3,{ROW[:-1]}\n")], "empty cell"),
+    "short-row": (lambda t: ["data", "validate", train(t, f"3,{ROW[:-2]}\n")], "has 784 columns"),
+    "folder-no-test": (
+        lambda t: ["data", "validate", folder(t, test=False)],
+        "folder lacks test.csv",
+    ),
+    "folder-train-is-dir": (
+        lambda t: [
+            "data",
+            "validate",
+            (folder(t) / "train.csv").unlink()
+            or (t / "competition/train.csv").mkdir()
+            or t / "competition",
+        ],
+        "train.csv is a folder",
+    ),
+    "test-with-label": (
+        lambda t: ["data", "validate", (folder(t), train(t / "competition", name="test.csv"))[0]],
+        "must not carry a 'label'",
+    ),
+    "sample-sub-latin1": (
+        lambda t: [
+            "data",
+            "validate",
+            (
+                folder(t),
+                write(t / "competition", "sample_submission.csv", b"ImageId,Label\n1,\xe9\n"),
+            )[0],
+        ],
+        "sample_submission.csv",
+    ),
+    "nowhere": (lambda t: ["data", "validate", t / "nowhere"], "no such file or folder"),
+    # ---- zips
+    "zip-missing": (lambda t: ["data", "validate", t / "gone.zip"], "zip archive not found"),
+    "zip-bad-crc": (lambda t: ["data", "validate", bad_crc_zip(t)], "train.csv is corrupt"),
+    "zip-not-zip": (
+        lambda t: ["data", "validate", write(t, "d.zip", b"PK\x03\x04 nope")],
+        "not a valid zip",
+    ),
+    "zip-nested": (lambda t: ["data", "validate", zip_of(t, prefix="inner/")], "under inner/"),
+    "zip-empty-file": (lambda t: ["data", "validate", write(t, "d.zip", b"")], "d.zip"),
+    "locate-bad-crc": (
+        lambda t: ["data", "locate", "--no-download", bad_crc_zip(t)],
+        "CRC mismatch",
+    ),
+    "locate-missing": (
+        lambda t: ["data", "locate", "--no-download", t / "nowhere"],
+        "does not exist",
+    ),
+    "locate-a-file": (
+        lambda t: ["data", "locate", "--no-download", train(t)],
+        "is a file, not a folder",
+    ),
+    "locate-env-missing-zip": (
+        lambda t: (["data", "locate", "--no-download"], {"DIGITS_DATA_DIR": f"{t}/gone.zip"}),
+        "zip archive not found",
+    ),
+    # ---- kaggle
+    "submit-latin1": (
+        lambda t: (
+            ["kaggle", "submit", submission(t, b"ImageId,Label\n1,\xe9\n"), "-m", "x"],
+            KAGGLE,
+        ),
+        "byte 0xe9 is not UTF-8",
+    ),
+    "submit-gzip": (
+        lambda t: (["kaggle", "submit", submission(t, b"\x1f\x8b\x08"), "-m", "x"], KAGGLE),
+        "is a gzip file",
+    ),
+    "submit-label-3.0": (
+        lambda t: (
+            ["kaggle", "submit", submission(t, "ImageId,Label\n1,3.0\n"), "-m", "x"],
+            KAGGLE,
+        ),
+        "value '3.0'",
+    ),
+    "submit-missing": (
+        lambda t: (["kaggle", "submit", t / "nope.csv", "-m", "x"], KAGGLE),
+        "nope.csv",
+    ),
+    "submit-no-credentials": (
+        lambda t: ["kaggle", "submit", submission(t), "-m", "x"],
+        "no Kaggle credentials",
+    ),
+    "proxy-403": (
+        lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "proxy-403"}),
+        "a proxy refused",
+    ),
+    "kaggle-403": (
+        lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "403"}),
+        "accept the competition rules",
+    ),
+    "kaggle-network": (
+        lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "network"}),
+        "cannot reach kaggle.com",
+    ),
+    "kernel-status-ambiguous": (
+        lambda t: (notebooks(t), ["kaggle", "kernel", "status", "0"], KAGGLE)[1:],
+        "'0' matches more than one",
+    ),
+    "kernel-build-outputs-is-file": (
+        lambda t: (notebooks(t), ["kaggle", "kernel", "build", "--user", "a"], outputs_file(t))[
+            1:
+        ],
+        "outputs-file",
+    ),
+    # ---- pipeline
+    "pipeline-outputs-is-file": (
+        lambda t: (
+            notebooks(t),
+            ["pipeline", "--no-html", "--profile", "{t}/empty.yaml"],
+            {**outputs_file(t), "DIGITS_DATA_DIR": str(folder(t))},
+        )[1:],
+        "outputs-file",
+    ),
+    "pipeline-data-zip-missing": (
+        lambda t: (
+            notebooks(t),
+            ["pipeline", "-p", f"data_dir={t}/gone.zip", "--profile", "{t}/empty.yaml"],
+        )[1],
+        "zip archive not found",
+    ),
+    "pipeline-unknown-param": (
+        lambda t: (
+            notebooks(t),
+            ["pipeline", "-p", "epocs=2", "--profile", str(write(t, "p.yaml", b"{}\n"))],
+        )[1],
+        "epocs",
+    ),
+    # ---- predict
+    "predict-figures-is-file": (
+        lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],
+        "figures folder",
+    ),
+    "predict-device-banana": (
+        lambda t: [*PREDICT, "--device", "banana", image(t, "a.png")],
+        "'banana' is not a device name",
+    ),
+    "predict-device-cuda": (
+        lambda t: [*PREDICT, "--device", "cuda", image(t, "a.png")],
+        "CUDA is not available here",
+    ),
+    "predict-no-run": (lambda t: ["predict", image(t, "a.png")], "no trained run"),
+}
+if not IS_ROOT:  # as root every folder is writable, so this fault cannot be staged
+    CASES["predict-figures-unwritable"] = (
+        lambda t: [
+            *PREDICT,
+            "--show",
+            "--figures",
+            (t / "ro").mkdir(0o555) or t / "ro",
+            image(t, "a.png"),
+        ],
+        "not writable",
+    )
+
+
+def snapshot(root: Path, skip: set[Path]) -> dict[str, str]:
+    """Every file and folder under ``root`` (outside ``skip``) with a hash of its bytes."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        out[str(p.relative_to(root))] = (
+            hashlib.blake2b(p.read_bytes(), digest_size=8).hexdigest() if p.is_file() else "dir"
+        )
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_input_ends_in_one_error_line(case, tmp_path, isolated, fake_kaggle):
+    setup, names = CASES[case]
+    got = setup(tmp_path)
+    argv, env = got if isinstance(got, tuple) else (got, {})
+    argv = [str(a).format(t=tmp_path) for a in argv]
+    env = {**os.environ, **env}
+    outputs = Path(env.get("DIGITS_OUTPUTS", isolated / "outputs"))
+    # The fake CLI's call log, and matplotlib's font cache in $HOME, are not ours to judge.
+    skip = {outputs, fake_kaggle.log, tmp_path / "home" / ".cache", tmp_path / "home" / ".config"}
+    before = snapshot(tmp_path, skip)
+    done = subprocess.run(
+        [sys.executable, "-m", "digit_utils.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode not in (0, 130), done.stderr
+    assert len(errors) == 1, done.stderr
+    assert names in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "this is a bug" not in done.stderr, done.stderr
+    assert snapshot(tmp_path, skip) == before
+
+
+def test_an_unexpected_exception_is_reported_as_a_bug(tmp_path):
+    """The last resort: one line that says bug, and the traceback saved to a file."""
+    code = (
+        "import sys; from digit_utils import cli, data_cli;"
+        "data_cli._validate = lambda a: 1 / 0;"
+        "sys.exit(cli.main(['data', 'validate', 'x']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ZeroDivisionError: division by zero (this is a bug")
+    saved = Path(line.split("full traceback in ")[1].rstrip(")"))
+    assert "Traceback" in saved.read_text() and "ZeroDivisionError" in saved.read_text()
+    saved.unlink()

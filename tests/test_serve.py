@@ -1,0 +1,452 @@
+"""`digits serve`: the API through FastAPI's TestClient, every bad input, the run selection, a
+clean stop on SIGTERM/SIGINT, and the drawing page driven by a real headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from conftest import REPO
+from digit_utils import cli, data, paths, train
+from digit_utils.errors import DigitsError
+from digit_utils.predictor import Predictor, preprocess
+from digit_utils.serve import Limits, create_app
+from digit_utils.serve_cli import default_runs, describe
+
+# fast_cnn for 3 epochs on 1,800 sample rows: ~96% in a few CPU seconds. No label smoothing, so
+# that the digits it knows come out with confidence near 1.
+RECIPE = {"model": "fast_cnn", "epochs": 3, "batch_size": 64, "lr": 3e-3, "label_smoothing": 0.0}
+SMALL = Limits(max_images=8, max_bytes=300_000, max_pixels=1_000_000)  # cheap to exceed
+CANVAS, PEN = 280, 20  # the page's drawing buffer and pen width (static/serve.js)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, sample_dir):
+    """A tiny trained run, its Predictor, and sample test digits it gets right with confidence."""
+    run = tmp_path_factory.mktemp("serve") / "fast"
+    source = data.DataSource(sample_dir, "sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sample's "not 42,000 rows" notice
+        images, labels = data.load_train(source)
+        test_images = data.load_test(source)
+    test_labels = data.load_test_labels(source)
+    cfg = train.TrainConfig.from_dict(
+        {**RECIPE, "seed": 0, "val_fraction": 0.1, "device": "cpu", "name": "fast"}
+    )
+    train.train(cfg, images[:2000], labels[:2000], run_dir=run, quiet=True)
+    predictor = Predictor.from_run(run, device="cpu")
+    proba = predictor.predict_images(test_images[:300])
+    sure = np.nonzero((proba.argmax(1) == test_labels[:300]) & (proba.max(1) > 0.95))[0]
+    assert len(sure) >= 20, "the tiny run should be sure of many test digits"
+    return {
+        "run": run,
+        "predictor": predictor,
+        "digits": test_images[sure],
+        "labels": test_labels[sure],
+    }
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    return TestClient(create_app(world["predictor"], info={"runs": []}, limits=SMALL))
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def photo(digit: np.ndarray) -> np.ndarray:
+    """A 28×28 MNIST digit as dark ink on light paper, 8× larger and off-centre."""
+    big = np.asarray(Image.fromarray(digit).resize((224, 224), Image.Resampling.BICUBIC))
+    paper = np.full((300, 400), 230, np.uint8)
+    paper[40:264, 150:374] = np.minimum(230, 255 - big)
+    return paper
+
+
+def uploads(arrays, names=None) -> list:
+    names = names or [f"d{i}.png" for i in range(len(arrays))]
+    return [("files", (n, png(a), "image/png")) for n, a in zip(names, arrays, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------
+# The API
+
+
+def test_health_info_docs_and_page(client):
+    assert client.get("/health").json() == {"status": "ready", "device": "cpu", "models": 1}
+    info = client.get("/info").json()
+    assert info["version"] and info["limits"]["max_images"] == 8
+    assert "swagger" in client.get("/docs").text.lower()
+    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    assert set(body["content"]) == {"multipart/form-data", "application/json"}
+    page = client.get("/")
+    assert page.status_code == 200 and '<canvas id="pad"' in page.text
+    for name in ("serve.js", "serve.css"):  # everything the page needs comes from us
+        assert client.get(f"/static/{name}").status_code == 200
+    assert "http" not in page.text.replace("http-equiv", "")
+
+
+def test_a_batch_keeps_its_order_and_matches_the_predictor(world, client, tmp_path):
+    digits, labels = world["digits"][:6, 0], world["labels"][:6]
+    files = [tmp_path / f"{i}.png" for i in range(len(digits))]
+    for f, d in zip(files, digits, strict=True):
+        f.write_bytes(png(d))
+    got = client.post("/predict", files=uploads(digits, [f.name for f in files])).json()
+    preds = got["predictions"]
+    assert [p["digit"] for p in preds] == labels.tolist()
+    assert [p["source"] for p in preds] == [f.name for f in files]
+    expected = world["predictor"].predict(files)
+    for p, e, d in zip(preds, expected, digits, strict=True):
+        assert p["digit"] == e.digit and len(p["probabilities"]) == 10
+        np.testing.assert_allclose(p["probabilities"], e.probabilities, atol=1e-5)
+        assert p["confidence"] == pytest.approx(max(p["probabilities"]))
+        np.testing.assert_array_equal(p["image"], d)  # MNIST-style input is left untouched
+    as_json = client.post("/predict", json=digits.tolist()).json()["predictions"]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in as_json], [p["probabilities"] for p in preds], atol=1e-6
+    )
+    one = client.post("/predict", json=digits[0].tolist()).json()["predictions"]
+    assert len(one) == 1 and one[0]["digit"] == labels[0] and one[0]["source"] == "images[0]"
+
+
+def test_a_photo_goes_through_the_predictors_preprocessing(world, client):
+    paper = photo(world["digits"][1, 0])
+    jpeg = io.BytesIO()
+    Image.fromarray(paper).convert("RGB").save(jpeg, format="JPEG", quality=92)
+    files = [("files", ("photo.jpg", jpeg.getvalue(), "image/jpeg"))]
+    (pred,) = client.post("/predict", files=files).json()["predictions"]
+    with Image.open(io.BytesIO(jpeg.getvalue())) as img:
+        img.load()
+        seen = preprocess(img)
+    np.testing.assert_array_equal(pred["image"], seen[0])
+    assert pred["digit"] == world["labels"][1]
+
+
+def huge_header_png(side: int) -> bytes:
+    """A PNG whose header claims side × side pixels (its data would not fill them)."""
+    raw = bytearray(png(np.zeros((8, 8), np.uint8)))
+    ihdr = raw[12:29]  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", side, side)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(raw)
+
+
+def one_file(name: str, body: bytes, kind: str = "image/png") -> dict:
+    return {"files": [("files", (name, body, kind))]}
+
+
+def raw(body: bytes, kind: str = "application/json") -> dict:
+    return {"content": body, "headers": {"content-type": kind}}
+
+
+def bad_requests(world) -> list:
+    """(request, status, part of the message) for each kind of bad input."""
+    digit = world["digits"][0, 0]
+    grid = "28×28 array of grey values"
+    return [
+        (one_file("notes.txt", b"hello", "text/plain"), 415, "notes.txt: not an image"),
+        (one_file("empty.png", b""), 422, "empty.png: empty file"),
+        ({"files": uploads([np.full((60, 40), 250, np.uint8)])}, 422, "d0.png: blank image"),
+        (one_file("cut.png", png(digit)[:60]), 415, "cut.png: truncated or corrupt"),
+        (one_file("big.png", huge_header_png(2000)), 413, "big.png: 2000×2000 image over the"),
+        (one_file("bomb.png", huge_header_png(50_000)), 413, "bomb.png: image over the limit"),
+        ({"files": uploads([np.zeros((1200, 1000), np.uint8)])}, 413, "of 1,000,000 pixels"),
+        (
+            {"files": uploads([digit] * 9)},
+            413,
+            "too many images: 9 in one request, the limit is 8",
+        ),
+        ({"data": {"files": "x"}, "files": uploads([digit])}, 422, "'files' is not a file upload"),
+        ({"json": [[1, 2], [3, 4]]}, 422, "got shape [2, 2]"),
+        ({"json": [[0] * 28] * 27 + [[0] * 5]}, 422, grid),
+        ({"json": [["a"] * 28] * 28}, 422, grid),
+        ({"json": {"image": digit.tolist()}}, 422, grid),
+        ({"json": (digit.astype(int) + 100).tolist()}, 422, "must be numbers in 0..255"),
+        ({"json": [[0] * 28] * 28}, 422, "images[0]: blank image"),
+        ({"json": [digit.tolist()] * 9}, 413, "too many images: 9"),
+        (raw(b"{not json"), 400, "not valid JSON"),
+        (raw(b"hello", "text/plain"), 415, "multipart/form-data"),
+        (raw(b"x" * 400_000), 413, "request body over the limit of 300,000 bytes"),
+    ]
+
+
+def test_every_bad_input_is_a_4xx_naming_the_problem(world, client):
+    for kwargs, status, message in bad_requests(world):
+        response = client.post("/predict", **kwargs)
+        assert response.status_code == status, (kwargs.keys(), response.text)
+        assert message in response.json()["detail"], response.text
+
+
+def test_a_streamed_body_is_cut_off_at_the_limit(client):
+    """No Content-Length: the server counts the bytes as they arrive and stops at the limit."""
+    reads, sent = [], []
+
+    async def receive():  # an endless body in 10 kB chunks
+        reads.append(1)
+        return {"type": "http.request", "body": b"[" * 10_000, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
+        "query_string": b"", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert b"over the limit of 300,000 bytes" in sent[1]["body"]
+    assert len(reads) == 31  # 300,000 bytes are 30 chunks; the 31st is one too many
+
+
+# --------------------------------------------------------------------------------------------
+# Which runs `digits serve` loads
+
+
+def test_no_trained_run_says_how_to_train_one(capsys):
+    with pytest.raises(DigitsError, match="digits pipeline"):
+        default_runs()
+    assert cli.main(["serve"]) == 1
+    assert capsys.readouterr().err.startswith("error: no trained run to serve")
+
+
+def test_default_runs_are_the_pipelines_else_the_newest(world):
+    outputs = paths.outputs_dir()
+    (outputs / "runs").mkdir(parents=True)
+    shutil.copytree(world["run"], outputs / "runs" / "a")
+    runs, source = default_runs()
+    assert runs == [outputs / "runs" / "a"] and "newest run" in source
+    shutil.copytree(world["run"], outputs / "runs" / "b")
+    (outputs / "03_train_cnn").mkdir()
+    (outputs / "03_train_cnn" / "runs.json").write_text(
+        json.dumps({"models": {"fast-s0": ["runs/a"], "fast-s1": ["runs/b"]}})
+    )
+    (outputs / "submission.json").write_text(json.dumps({"method": "stack", "cv_accuracy": 0.9}))
+    runs, source = default_runs()
+    assert runs == [outputs / "runs" / "a", outputs / "runs" / "b"]
+    info = describe(runs, source, tta=0)
+    assert info["ensemble"] == "soft average" and info["pipeline"]["method"] == "stack"
+    accuracy = json.loads((world["run"] / "metrics.json").read_text())["final_val_acc"]
+    assert [r["cv_accuracy"] for r in info["runs"]] == [accuracy, accuracy]
+    assert info["runs"][0]["model"] == "fast_cnn"
+
+
+# --------------------------------------------------------------------------------------------
+# A real server process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_server_stops_cleanly_on_a_signal(world, sig):
+    port = free_port()
+    cmd = [sys.executable, "-m", "digit_utils.cli", "serve", "--run", str(world["run"])]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in out + err
+    assert "serving 1 run(s) from --run: fast" in err
+    assert "Finished server process" in err and err.rstrip().endswith("stopped")
+
+
+# --------------------------------------------------------------------------------------------
+# The drawing page in a real browser
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def find_chromium() -> str | None:
+    candidates = [
+        os.environ.get("DIGITS_CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ]
+    return next((shutil.which(c) for c in candidates if c and shutil.which(c)), None)
+
+
+@pytest.fixture(scope="module")
+def page_url(world):
+    """A real uvicorn server in a thread on a free loopback port."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(
+        world["predictor"], info={"runs": [{"name": "fast"}], "ensemble": "single model"}
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip(
+            "no Chromium found: `apt-get install -y chromium chromium-driver` (as root; .ci/run "
+            "does this) or set DIGITS_CHROMIUM=/path/to/chrome"
+        )
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def row_strokes(digit: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """The ink of a 28×28 digit as horizontal strokes, one per run of dark pixels in each row,
+    in canvas pixels: ``(x0, y, x1, y)``."""
+    scale = CANVAS / 28
+    strokes = []
+    for row, values in enumerate(digit > 127):
+        cols = np.flatnonzero(values)
+        for run in np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if len(cols) else []:
+            y = (row + 0.5) * scale
+            strokes.append(((run[0] + 0.5) * scale, y, (run[-1] + 0.5) * scale, y))
+    return strokes
+
+
+def drawn(strokes) -> np.ndarray:
+    """What the page's canvas holds after those strokes: black round-capped lines on white."""
+    img = Image.new("L", (CANVAS, CANVAS), 255)
+    pen = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in strokes:
+        pen.line([(x0, y0), (x1, y1)], fill=0, width=PEN)
+        for x, y in ((x0, y0), (x1, y1)):
+            pen.ellipse([x - PEN / 2, y - PEN / 2, x + PEN / 2, y + PEN / 2], fill=0)
+    return np.asarray(img)
+
+
+def digit_to_draw(world) -> tuple[list, int]:
+    """A real MNIST digit whose row-stroke drawing the model still reads right, with confidence."""
+    for digit, label in zip(world["digits"][:, 0], world["labels"], strict=True):
+        strokes = row_strokes(digit)
+        pred = world["predictor"].predict(drawn(strokes))
+        if pred.digit == label and pred.confidence > 0.9:
+            return strokes, int(label)
+    raise AssertionError("no sample digit survives being drawn as row strokes")
+
+
+def answered_after(page, before: int) -> None:
+    """Wait until the page shows the answer to a request it sent after request number `before`."""
+    page.wait_for_function(
+        "b => { const r = document.getElementById('result');"
+        " return r.dataset.state === 'done' && +r.dataset.answered > b; }",
+        arg=before,
+        timeout=15_000,
+    )
+
+
+def request_count(page) -> int:
+    return int(page.get_attribute("#result", "data-request") or 0)
+
+
+def test_drawing_a_digit_shows_the_right_answer(world, browser, page_url, tmp_path):
+    strokes, label = digit_to_draw(world)
+    page = browser.new_page(viewport={"width": 900, "height": 640})
+    page.goto(page_url)
+    page.wait_for_function("document.getElementById('models').textContent.includes('fast')")
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / CANVAS  # CSS pixels per canvas pixel
+    for x0, y0, x1, y1 in strokes:
+        page.mouse.move(box["x"] + x0 * scale, box["y"] + y0 * scale)
+        page.mouse.down()
+        page.mouse.move(box["x"] + x1 * scale, box["y"] + y1 * scale, steps=3)
+        page.mouse.up()
+    answered_after(page, 0)  # lifting the pen alone asks for a prediction
+    before = request_count(page)  # every request from here on sees the whole drawing
+    page.click("#predict")
+    answered_after(page, before)
+    assert page.inner_text("#digit") == str(label)
+    assert page.inner_text("#confidence").endswith("%")
+    assert page.locator("#bars .bar").count() == 10
+    assert page.locator("#bars .bar.top span").inner_text() == str(label)
+    ink = page.evaluate(
+        "Array.from(document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 127).length"
+    )
+    assert 20 < ink < 400  # the 28×28 image the model saw is shown, with a digit's worth of ink
+    shot = tmp_path / "serve_page.png"
+    page.screenshot(path=shot, full_page=True)
+    assert Image.open(shot).size[0] >= 900
+    if os.environ.get("DIGITS_UPDATE_FIGURES"):  # regenerate the README's screenshot
+        shutil.copy(shot, REPO / "docs" / "figures" / "serve_page.png")
+    page.click("#clear")
+    assert page.get_attribute("#result", "data-state") == "empty"
+    page.close()
+
+
+def test_uploading_a_photo_and_phone_width(world, browser, page_url, tmp_path):
+    path = tmp_path / "my digit.jpg"
+    Image.fromarray(photo(world["digits"][2, 0])).save(path, quality=90)
+    page = browser.new_page(viewport={"width": 360, "height": 740})  # a phone
+    page.goto(page_url)
+    page.set_input_files("#upload", str(path))
+    answered_after(page, 0)
+    assert page.inner_text("#digit") == str(world["labels"][2])
+    assert "my digit.jpg" in page.inner_text("#status")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    box = page.locator("#pad").bounding_box()
+    assert 250 <= box["width"] <= 360 - box["x"]  # big enough to draw on, inside the screen
+    page.set_input_files(
+        "#upload", {"name": "notes.png", "mimeType": "image/png", "buffer": b"hi"}
+    )
+    page.wait_for_function("document.getElementById('result').dataset.state === 'error'")
+    assert "not an image" in page.inner_text("#status")
+    page.close()

@@ -195,7 +195,7 @@ def create_app(predictor: Predictor, *, info: dict | None = None, limits: Limits
     app = FastAPI(title="digit-recognizer", version=__version__, summary="Predict digits.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    forward = threading.Lock()  # one forward pass at a time: torch already uses every core
+    forward = threading.Lock()  # one forward pass at a time; concurrent ones fight for cores
     predictor.predict_images(np.zeros((1, 1, SIZE, SIZE), np.uint8))  # warm-up, off the clock
     info = {**(info or {}), "version": __version__, "limits": asdict(limits)}
 
@@ -206,6 +206,15 @@ def create_app(predictor: Predictor, *, info: dict | None = None, limits: Limits
         for pred, image in zip(to_predictions(probas, names), images, strict=True):
             predictions.append({**pred.to_dict(), "image": image[0].tolist()})
         return {"predictions": predictions}
+
+    # Decoding, preprocessing and the forward pass run in one worker thread per request, off
+    # the event loop.
+    def answer_uploads(files: list[tuple[str, bytes]]) -> dict:
+        return infer(mnist_from_uploads(files, limits.max_pixels), [name for name, _ in files])
+
+    def answer_json(body) -> dict:
+        images = mnist_from_json(body, limits.max_images)
+        return infer(images, [f"images[{i}]" for i in range(len(images))])
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -233,19 +242,15 @@ def create_app(predictor: Predictor, *, info: dict | None = None, limits: Limits
             files = await _read_uploads(request, limits)
             if not files:
                 raise BadInput(422, "no image in the request: send one or more files")
-            images = await run_in_threadpool(mnist_from_uploads, files, limits.max_pixels)
-            names = [name for name, _ in files]
-        elif kind == "application/json":
+            return await run_in_threadpool(answer_uploads, files)
+        if kind == "application/json":
             try:
                 body = json.loads(await request.body())
             except (ValueError, UnicodeDecodeError):
                 raise BadInput(400, "the body is not valid JSON") from None
-            images = await run_in_threadpool(mnist_from_json, body, limits.max_images)
-            names = [f"images[{i}]" for i in range(len(images))]
-        else:
-            raise BadInput(
-                415, "send image files as multipart/form-data, or grey values as application/json"
-            )
-        return await run_in_threadpool(infer, images, names)
+            return await run_in_threadpool(answer_json, body)
+        raise BadInput(
+            415, "send image files as multipart/form-data, or grey values as application/json"
+        )
 
     return app

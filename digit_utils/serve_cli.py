@@ -78,6 +78,7 @@ def _positive(text: str) -> int:
 
 
 def _serve(args) -> int:
+    import torch
     import uvicorn
 
     from .predictor import Predictor
@@ -85,6 +86,7 @@ def _serve(args) -> int:
 
     runs, source = ([Path(r) for r in args.run], "--run") if args.run else default_runs()
     device = None if args.device == "auto" else args.device
+    torch.set_num_threads(args.threads)
     predictor = Predictor.from_run(runs, tta=args.tta, device=device)  # once, before serving
     given = {k: getattr(args, k) for k in ("max_images", "max_bytes", "max_pixels")}
     limits = Limits(**{k: v for k, v in given.items() if v is not None})  # None: the default
@@ -115,6 +117,12 @@ def register_cli(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="CPU threads per forward pass (default 1: concurrent requests use the other cores)",
+    )
     p.add_argument("--tta", type=int, default=0, help="shift-TTA: average over 1 + N shifts")
     # Defaults live in serve.Limits (GET /info shows the ones in force).
     p.add_argument("--max-images", type=_positive, help="images in one request")

@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from digit_utils import atomic, data, paths
-from digit_utils.train import TrainConfig, train
+from digit_utils.config import TrainConfig
+from digit_utils.train import train
 
 MODELS = ("fast_cnn", "deep_cnn")
 

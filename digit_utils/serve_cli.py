@@ -9,33 +9,13 @@ import signal
 from pathlib import Path
 
 from . import paths
-from .errors import DigitsError
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-HOW_TO_TRAIN = (
-    "train one with `digits pipeline` (notebook 03_train_cnn writes outputs/runs/<name>/), "
-    "or pass --run RUN_DIR"
+DEFAULT_SOURCE = (
+    "default: the newest run list's runs (the ensemble's members), else the newest run"
 )
-
-
-def default_runs() -> tuple[list[Path], str]:
-    """The runs the latest pipeline's ensemble used, else the newest run; and which it was."""
-    from .experiments import load_run_list
-    from .predict_cli import _latest_run
-
-    try:
-        groups = load_run_list()  # what 03_train_cnn recorded and 05_ensemble_submission used
-        return [run for group in groups.values() for run in group], "03_train_cnn/runs.json"
-    except DigitsError as e:
-        reason = str(e)
-    try:
-        return [_latest_run()], f"the newest run in {paths.runs_dir()} ({reason})"
-    except DigitsError:
-        raise DigitsError(
-            f"no trained run to serve in {paths.runs_dir()}: {HOW_TO_TRAIN}"
-        ) from None
 
 
 def _read_json(path: Path) -> dict:
@@ -65,8 +45,8 @@ def describe(runs: list[Path], source: str, tta: int) -> dict:
         "ensemble": "soft average" if len(runs) > 1 else "single model",
         "tta": tta,
     }
-    if source.endswith("runs.json"):  # the pipeline's own choice of combination, for comparison
-        submission = _read_json(paths.outputs_dir() / "submission.json")
+    submission = _read_json(paths.outputs_dir() / "submission.json")
+    if source == DEFAULT_SOURCE and submission:  # how the latest pipeline combined them
         record["pipeline"] = {k: submission.get(k) for k in ("method", "cv_accuracy", "tta")}
     return record
 
@@ -82,17 +62,21 @@ def _serve(args) -> int:
     import uvicorn
 
     from .predictor import Predictor
+    from .runs import default_runs
     from .serve import Limits, create_app
 
-    runs, source = ([Path(r) for r in args.run], "--run") if args.run else default_runs()
+    if args.run:
+        runs, source = [Path(r) for r in args.run], "--run"
+    else:
+        runs, source = default_runs(), DEFAULT_SOURCE
     device = None if args.device == "auto" else args.device
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_run(runs, tta=args.tta, device=device)  # once, before serving
     given = {k: getattr(args, k) for k in ("max_images", "max_bytes", "max_pixels")}
     limits = Limits(**{k: v for k, v in given.items() if v is not None})  # None: the default
     app = create_app(predictor, info=describe(runs, source, args.tta), limits=limits)
-    names = ", ".join(r.name for r in runs)
-    log.info(f"serving {len(runs)} run(s) from {source}: {names} on {predictor.device}")
+    names = ", ".join(str(r) for r in runs)
+    log.info(f"serving {len(runs)} run(s) ({source}): {names} on {predictor.device}")
     if args.host not in LOOPBACK:
         log.warning(f"listening on {args.host}: other machines can reach this server")
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for whatever

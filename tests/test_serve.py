@@ -26,10 +26,10 @@ from PIL import Image, ImageDraw
 
 from conftest import REPO
 from digit_utils import cli, data, paths, train
-from digit_utils.errors import DigitsError
+from digit_utils.config import TrainConfig
 from digit_utils.predictor import Predictor, preprocess
 from digit_utils.serve import Limits, create_app
-from digit_utils.serve_cli import default_runs, describe
+from digit_utils.serve_cli import DEFAULT_SOURCE, describe
 
 # fast_cnn for 3 epochs on 1,800 sample rows: ~96% in a few CPU seconds. No label smoothing, so
 # that the digits it knows come out with confidence near 1.
@@ -48,7 +48,7 @@ def world(tmp_path_factory, sample_dir):
         images, labels = data.load_train(source)
         test_images = data.load_test(source)
     test_labels = data.load_test_labels(source)
-    cfg = train.TrainConfig.from_dict(
+    cfg = TrainConfig.from_dict(
         {**RECIPE, "seed": 0, "val_fraction": 0.1, "device": "cpu", "name": "fast"}
     )
     train.train(cfg, images[:2000], labels[:2000], run_dir=run, quiet=True)
@@ -226,31 +226,23 @@ def test_a_streamed_body_is_cut_off_at_the_limit(client):
 
 
 def test_no_trained_run_says_how_to_train_one(capsys):
-    with pytest.raises(DigitsError, match="digits pipeline"):
-        default_runs()
     assert cli.main(["serve"]) == 1
-    assert capsys.readouterr().err.startswith("error: no trained run to serve")
+    err = capsys.readouterr().err
+    assert err.startswith("error: no trained run") and "make pipeline" in err
 
 
-def test_default_runs_are_the_pipelines_else_the_newest(world):
-    outputs = paths.outputs_dir()
-    (outputs / "runs").mkdir(parents=True)
-    shutil.copytree(world["run"], outputs / "runs" / "a")
-    runs, source = default_runs()
-    assert runs == [outputs / "runs" / "a"] and "newest run" in source
-    shutil.copytree(world["run"], outputs / "runs" / "b")
-    (outputs / "03_train_cnn").mkdir()
-    (outputs / "03_train_cnn" / "runs.json").write_text(
-        json.dumps({"models": {"fast-s0": ["runs/a"], "fast-s1": ["runs/b"]}})
-    )
-    (outputs / "submission.json").write_text(json.dumps({"method": "stack", "cv_accuracy": 0.9}))
-    runs, source = default_runs()
-    assert runs == [outputs / "runs" / "a", outputs / "runs" / "b"]
-    info = describe(runs, source, tta=0)
-    assert info["ensemble"] == "soft average" and info["pipeline"]["method"] == "stack"
+def test_info_describes_the_runs_and_the_pipelines_choice(world):
     accuracy = json.loads((world["run"] / "metrics.json").read_text())["final_val_acc"]
-    assert [r["cv_accuracy"] for r in info["runs"]] == [accuracy, accuracy]
-    assert info["runs"][0]["model"] == "fast_cnn"
+    info = describe([world["run"]], "--run", tta=2)
+    assert info["ensemble"] == "single model" and info["tta"] == 2 and "pipeline" not in info
+    assert info["runs"] == [
+        {"name": "fast", "path": str(world["run"]), "model": "fast_cnn", "cv_accuracy": accuracy}
+    ]
+    submission = {"method": "stack", "cv_accuracy": 0.9, "tta": 4}
+    (paths.outputs_dir() / "submission.json").parent.mkdir(parents=True)
+    (paths.outputs_dir() / "submission.json").write_text(json.dumps(submission))
+    info = describe([world["run"], world["run"]], DEFAULT_SOURCE, tta=0)
+    assert info["ensemble"] == "soft average" and info["pipeline"] == submission
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,12 +255,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_the_server_stops_cleanly_on_a_signal(world, sig):
+@pytest.mark.parametrize("sig, named", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_the_server_stops_cleanly_on_a_signal(world, sig, named):
+    """A real `digits serve` process: with --run, or with the run list a pipeline recorded."""
+    run = world["run"]
+    if not named:  # outputs/ as 03_train_cnn leaves it (the test's own project root)
+        run = paths.outputs_dir() / "runs" / "fast"
+        shutil.copytree(world["run"], run)
+        (paths.outputs_dir() / "03_train_cnn").mkdir()
+        listing = {"models": {"fast-s0": ["runs/fast"]}}
+        (paths.outputs_dir() / "03_train_cnn" / paths.RUN_LIST).write_text(json.dumps(listing))
     port = free_port()
-    cmd = [sys.executable, "-m", "digit_utils.cli", "serve", "--run", str(world["run"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "digit_utils.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--device", "cpu"],
+        [*cmd, *(["--run", str(run)] if named else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -290,7 +299,8 @@ def test_the_server_stops_cleanly_on_a_signal(world, sig):
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in out + err
-    assert "serving 1 run(s) from --run: fast" in err
+    source = "--run" if named else DEFAULT_SOURCE
+    assert f"serving 1 run(s) ({source}): {run} on cpu" in err
     assert "Finished server process" in err and err.rstrip().endswith("stopped")
 
 

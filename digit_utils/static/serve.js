@@ -96,24 +96,25 @@ function show(state, message) {
   statusLine.textContent = message;
 }
 
+function percent(p) {
+  return `${(100 * p).toFixed(1)}%`;
+}
+
 function render(prediction) {
   document.getElementById("digit").textContent = prediction.digit;
-  document.getElementById("confidence").textContent =
-    `${(100 * prediction.confidence).toFixed(1)}%`;
+  document.getElementById("confidence").textContent = percent(prediction.confidence);
   drawSeen(prediction.image);
-  const bars = document.getElementById("bars");
-  bars.replaceChildren(
-    ...prediction.probabilities.map((p, digit) => {
-      const bar = document.createElement("div");
-      bar.className = digit === prediction.digit ? "bar top" : "bar";
-      bar.title = `${digit}: ${(100 * p).toFixed(1)}%`;
-      bar.innerHTML =
-        `<div class="track"><div class="fill" style="height:${(100 * p).toFixed(1)}%"></div></div>` +
-        `<span>${digit}</span>`;
-      return bar;
-    }),
-  );
-  show("done", `${prediction.source}: ${prediction.digit} at ${bars.children[prediction.digit].title.slice(3)}`);
+  const bars = prediction.probabilities.map((p, digit) => {
+    const bar = document.createElement("div");
+    bar.className = digit === prediction.digit ? "bar top" : "bar";
+    bar.title = `${digit}: ${percent(p)}`;
+    bar.innerHTML =
+      `<div class="track"><div class="fill" style="height:${percent(p)}"></div></div>` +
+      `<span>${digit}</span>`;
+    return bar;
+  });
+  document.getElementById("bars").replaceChildren(...bars);
+  show("done", `${prediction.source}: ${prediction.digit} at ${percent(prediction.confidence)}`);
 }
 
 function drawSeen(rows) {

@@ -233,9 +233,9 @@ CASES = {
         lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "network"}),
         "cannot reach kaggle.com",
     ),
-    "kernel-status-ambiguous": (
+    "kernel-status-unknown-prefix": (
         lambda t: (notebooks(t), ["kaggle", "kernel", "status", "0"], KAGGLE)[1:],
-        "'0' matches more than one",
+        "'0' names no notebook",
     ),
     "kernel-build-outputs-is-file": (
         lambda t: (notebooks(t), ["kaggle", "kernel", "build", "--user", "a"], outputs_file(t))[

@@ -28,7 +28,7 @@ from conftest import REPO
 from digit_utils import cli, data, paths, train
 from digit_utils.config import TrainConfig
 from digit_utils.predictor import Predictor, preprocess
-from digit_utils.serve import Limits, create_app
+from digit_utils.serve import Batcher, Limits, create_app
 from digit_utils.serve_cli import DEFAULT_SOURCE, describe
 
 # fast_cnn for 3 epochs on 1,800 sample rows: ~96% in a few CPU seconds. No label smoothing, so
@@ -127,6 +127,49 @@ def test_a_batch_keeps_its_order_and_matches_the_predictor(world, client, tmp_pa
     )
     one = client.post("/predict", json=digits[0].tolist()).json()["predictions"]
     assert len(one) == 1 and one[0]["digit"] == labels[0] and one[0]["source"] == "images[0]"
+
+
+def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_rows():
+    """While one pass runs, waiting requests queue; the next pass takes them all at once."""
+    started, release, sizes = threading.Event(), threading.Event(), []
+
+    def forward(images):
+        sizes.append(len(images))
+        if len(sizes) == 1:
+            started.set()
+            assert release.wait(10)  # hold the first pass until the others are queued
+        return images.reshape(len(images), -1)[:, :10].astype(np.float32)
+
+    batcher = Batcher(forward, max_batch=64)
+    inputs = [np.full((n, 1, 28, 28), i, np.uint8) for i, n in enumerate([1, 2, 3, 1])]
+    results = [None] * len(inputs)
+
+    def call(i):
+        results[i] = batcher(inputs[i])
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(batcher.queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert sizes == [1, 6]  # two passes for four requests
+    for i, got in enumerate(results):
+        assert got.shape == (len(inputs[i]), 10) and (got == i).all()
+
+
+def test_a_failed_pass_fails_every_request_in_it():
+    def forward(images):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        Batcher(forward, max_batch=8)(np.zeros((1, 1, 28, 28), np.uint8))
 
 
 def test_a_photo_goes_through_the_predictors_preprocessing(world, client):

@@ -336,10 +336,14 @@ def output(ref: str, dest: str | Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _kaggle_environment(input_root: Path, working_dir: Path, missing: tuple[str, ...]):
+def _kaggle_environment(
+    input_root: Path, working_dir: Path, temp_dir: Path | None, missing: tuple[str, ...]
+):
     """os.environ as a batch kernel sees it, for the kernel process papermill starts."""
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="kaggle-missing-") as stubs:
+        temp_dir = temp_dir or Path(stubs) / "kaggle-temp"  # stands in for /kaggle/temp
+        temp_dir.mkdir(parents=True, exist_ok=True)
         for module in missing:  # packages Kaggle's image does not promise: importing them fails
             (Path(stubs) / module).mkdir()
             (Path(stubs) / module / "__init__.py").write_text(
@@ -353,6 +357,7 @@ def _kaggle_environment(input_root: Path, working_dir: Path, missing: tuple[str,
             KAGGLE_KERNEL_RUN_TYPE="Batch",
             DIGITS_KAGGLE_INPUT=str(input_root),
             DIGITS_KAGGLE_WORKING=str(working_dir),
+            DIGITS_KAGGLE_TEMP=str(temp_dir),
             KAGGLE_CONFIG_DIR=str(Path(stubs) / "no-kaggle-config"),
             PYTHONPATH=os.pathsep.join([stubs, *filter(None, [saved.get("PYTHONPATH")])]),
         )
@@ -371,12 +376,14 @@ def run_kernel_locally(
     *,
     missing_modules: tuple[str, ...] = ("mlxtend",),
     timeout: float | None = None,
+    temp_dir: str | Path | None = None,
 ) -> Path:
     """Execute a built kernel with papermill as Kaggle would run it; returns the executed notebook.
 
     The kernel runs in ``working_dir`` (standing in for /kaggle/working) with
-    KAGGLE_KERNEL_RUN_TYPE=Batch, ``input_root`` standing in for /kaggle/input, no Kaggle
-    credentials, and ``missing_modules`` made unimportable.
+    KAGGLE_KERNEL_RUN_TYPE=Batch, ``input_root`` standing in for /kaggle/input, ``temp_dir``
+    for /kaggle/temp (default: a folder removed afterwards), no Kaggle credentials, and
+    ``missing_modules`` made unimportable.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -385,7 +392,8 @@ def run_kernel_locally(
     code = kernel_dir / read_metadata(kernel_dir)["code_file"]
     working_dir.mkdir(parents=True, exist_ok=True)
     executed = working_dir / "__notebook__.ipynb"
-    with _kaggle_environment(Path(input_root).resolve(), working_dir, missing_modules):
+    temp_dir = Path(temp_dir).resolve() if temp_dir else None
+    with _kaggle_environment(Path(input_root).resolve(), working_dir, temp_dir, missing_modules):
         try:
             papermill.execute_notebook(
                 str(code),

@@ -161,13 +161,8 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
     assert on_disk <= set(sources) and "digit_utils/kernels.py" in sources
     # written under the kernel's scratch folder, found at run time (not /kaggle/working)
     prefix = '%%writefile "{_INLINE}/'
-    writes = {
-        c.source.split("\n", 1)[0].removeprefix(prefix).removesuffix('"'): c.source.split("\n", 1)[
-            1
-        ]
-        for c in built.cells
-        if c.source.startswith(prefix)
-    }
+    heads = [c.source.split("\n", 1) for c in built.cells if c.source.startswith(prefix)]
+    writes = {head.removeprefix(prefix).removesuffix('"'): body for head, body in heads}
     assert writes == sources
     assert writes["digit_utils/paths.py"] == (paths.PACKAGE_DIR / "paths.py").read_text()
 

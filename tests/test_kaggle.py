@@ -484,3 +484,22 @@ def test_token_and_oauth_values_are_redacted(tmp_path):
     )
     text = "token KGAT_0123456789abcdef and rt-0123456789abc"
     assert kaggle.redact(text) == "token *** and ***"
+
+
+def test_submit_true_inside_a_kernel_says_why_instead_of_calling(
+    fake_kaggle, tmp_path, monkeypatch
+):
+    """The 05 notebook's last step; a kernel has the internet off (and no credentials)."""
+    from digit_utils import submit
+
+    fake_kaggle.login()
+    path = write_submission(tmp_path / "submission.csv")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    said = submit.submit_if_asked(path, "x", True)
+    assert said.startswith("not submitted: a Kaggle kernel runs with the internet off")
+    assert "Output tab" in said and "digits kaggle submit" in said
+    assert fake_kaggle.calls == []
+    assert submit.submit_if_asked(path, "x", False) == f"not submitted (submit=False): {path}"
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert "Successfully submitted" in submit.submit_if_asked(path, "x", True)
+    assert len(fake_kaggle.calls) == 1

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ensemble, runs
-from .devices import autocast, resolve_device
+from .devices import autocast, resolve_device, synchronize
 from .errors import ConfigError, DataError
 from .models import NUM_CLASSES, normalize
 from .policy import MAX_TTA, SHIFTS
@@ -134,11 +134,9 @@ def inference_ms(model: nn.Module, images: np.ndarray, device: str = "auto") -> 
     predict_proba(model, batch, device=dev)  # warm-up: kernels, caches, lazy init
     times = []
     for _ in range(3):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)  # that device's queue, which need not be the current device's
         start = time.perf_counter()
         predict_proba(model, batch, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)
         times.append((time.perf_counter() - start) * 1000 * 1000 / len(batch))
     return float(np.median(times))

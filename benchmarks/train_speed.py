@@ -8,6 +8,7 @@ outputs/benchmarks/. Not a test: run it by hand, e.g.
     python benchmarks/train_speed.py --models fast_cnn --seeds 0 1 2
     python benchmarks/train_speed.py --models deep_cnn --seeds 0 --set epochs=15 augment=affine
     python benchmarks/train_speed.py --models fast_cnn se_vgg --device cuda
+    python benchmarks/train_speed.py --models deep_cnn --set precision=fp16 compile=true
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 spent += float(h["seconds"].sum())
                 row = {
                     "model": model, "device": result.metrics["device"], "seed": seed,
+                    "precision": result.metrics["precision"], "compile": cfg.compile,
                     "epochs": cfg.epochs, "images_per_s": float(h["images_per_s"].median()),
                     "s_per_epoch": float(h["seconds"].median()),
                     **{f"s_to_{t * 100:g}": seconds_to(h, t) for t in THRESHOLDS},
@@ -128,10 +130,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         return float(m) if np.isfinite(m) else float("nan")
 
     table = (
-        runs.groupby(["model", "device"], sort=False)
+        runs.groupby(["model", "device", "precision", "compile"], sort=False)
         .agg(seeds=("seed", "size"), **{
             c: (c, median_reached if c.startswith("s_to_") else "median") for c in runs.columns
-            if c not in ("model", "device", "seed", "recipe")
+            if c not in ("model", "device", "precision", "compile", "seed", "recipe")
         })
         .reset_index()
     )  # fmt: skip

@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0  # seed of the holdout/k-fold split: runs that are ensembled share it
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    precision: str = "auto"  # "auto" (bf16 from sm_80, fp16 below, fp32 on CPU) | fp32/bf16/fp16
     compile: bool = False  # torch.compile the training forward pass
     tta: int = 0  # shifts averaged for the saved validation probabilities (augment.SHIFTS)
     name: str | None = None  # run folder name; default <model>-seed<seed>-<timestamp>

@@ -1,7 +1,8 @@
 """Locate, download, validate and load the competition files.
 
 Contract: images are ``uint8 [N, 1, 28, 28]``, labels ``int64 [N]``. Raw files are never modified;
-parsed arrays are cached beside the CSV (or under ``data/cache`` when that folder is read-only),
+parsed arrays are cached beside the CSV (or under ``data/cache`` when that folder is read-only, and
+in scratch space inside a Kaggle kernel; see ``paths.cache_dir``),
 keyed by a hash of the CSV's bytes so that an edited CSV is parsed again.
 """
 
@@ -418,7 +419,8 @@ def fingerprint(path: str | Path) -> str:
 
 def _cache_path(csv_path: Path, key: str) -> Path:
     folder = csv_path.parent
-    if not os.access(folder, os.W_OK):
+    # in a kernel never beside the CSV: a writable folder there may be /kaggle/working (output)
+    if not os.access(folder, os.W_OK) or paths.in_kaggle_kernel():
         folder = (
             paths.cache_dir()
             / hashlib.blake2b(str(csv_path.resolve()).encode(), digest_size=4).hexdigest()

@@ -1,7 +1,8 @@
 """Grids of training runs for the notebooks: policies × seeds, models × one budget, seeds × folds.
 
-Each grid trains with :func:`train.train`, keeps every run folder, and returns tidy tables (one
-row per run, one row per run-epoch) that the plots take directly.
+Each grid trains with :func:`train.train`, over every visible GPU at once when there are several
+(:mod:`device_pool`), keeps every run folder, and returns tidy tables (one row per run, one row
+per run-epoch) that the plots take directly.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from tqdm.auto import tqdm
 
 from . import paths
 from .config import TrainConfig
+from .device_pool import train_all
 from .errors import ConfigError
 from .predict import inference_ms
-from .train import TrainResult, train
+from .train import TrainResult
 
 
 @dataclass
 class Grid:
     """The outcome of a grid: per-run results, per-epoch histories and the runs themselves."""
 
-    results: pd.DataFrame  # one row per run: variant, seed, fold, val_acc, seconds, params, run
+    results: pd.DataFrame  # per run: variant, seed, fold, val_acc, seconds, params, device, run
     histories: pd.DataFrame  # one row per run and epoch, with variant/seed/fold columns
     runs: list[TrainResult] = field(repr=False, default_factory=list)
 
@@ -36,6 +38,7 @@ class Grid:
             val_acc_std=("val_acc", "std"),
             runs=("val_acc", "size"),
             train_seconds=("train_seconds", "mean"),
+            devices=("device", lambda d: ", ".join(sorted(set(d)))),
         )
         return table.fillna({"val_acc_std": 0.0}).sort_values("val_acc_mean", ascending=False)
 
@@ -58,12 +61,16 @@ def run_grid(
     folds: int = 0,
     root: Path | None = None,
     quiet: bool = True,
+    workers: int | str = "auto",
+    threads: int | None = None,
 ) -> Grid:
     """Train every variant (config changes to ``base``) with every seed, and every fold if asked.
 
     ``folds`` ≥ 2 trains each (variant, seed) on all k folds of one stratified split, so their
     validation rows cover the whole train set once (out-of-fold). Run folders go under ``root``
-    (default ``outputs/runs``) named ``<variant>-s<seed>[-f<fold>]``.
+    (default ``outputs/runs``) named ``<variant>-s<seed>[-f<fold>]``. ``workers`` "auto" trains
+    on every visible GPU at once (one run per GPU at a time; one at a time on the CPU), with the
+    results of training them one after another; ``threads`` see :func:`device_pool.train_all`.
     """
     if not variants or not seeds:
         raise ConfigError("run_grid: need at least one variant and one seed")
@@ -76,17 +83,20 @@ def run_grid(
         for seed in seeds
         for fold in (range(folds) if folds else [None])
     ]
-    rows, histories, runs = [], [], []
-    for variant, seed, fold in tqdm(
-        jobs, desc="runs", unit="run", disable=quiet and len(jobs) < 2
-    ):
+    configs = []
+    for variant, seed, fold in jobs:
         name = f"{variant}-s{seed}" + (f"-f{fold}" if fold is not None else "")
         changes = {**variants[variant], "seed": seed, "name": name}
         if fold is not None:
             changes.update(fold=fold, n_folds=folds)
-        cfg = base.replace(**changes)
-        result = train(cfg, images, labels, run_dir=root / name, quiet=quiet)
-        runs.append(result)
+        configs.append((base.replace(**changes), root / name))
+    with tqdm(total=len(jobs), desc="runs", unit="run", disable=quiet and len(jobs) < 2) as bar:
+        runs = train_all(
+            configs, images, labels, workers=workers, threads=threads, quiet=quiet,
+            done=lambda: bar.update(1),
+        )  # fmt: skip
+    rows, histories = [], []
+    for (variant, seed, fold), (cfg, _), result in zip(jobs, configs, runs, strict=True):
         m = result.metrics
         rows.append(
             {
@@ -98,6 +108,7 @@ def run_grid(
                 "best_val_acc": m["best_val_acc"],
                 "train_seconds": m["train_seconds"],
                 "params": m["params"],
+                "device": m["device"],  # the device that trained it
                 "run": str(result.run_dir),
             }
         )
@@ -113,6 +124,7 @@ def leaderboard(grid: Grid, images: np.ndarray, device: str = "auto") -> pd.Data
             {
                 "model": row.model,
                 "params": int(row.params),
+                "trained_on": row.device,
                 "val_acc": row.val_acc,
                 "train_seconds": row.train_seconds,
                 "infer_ms_per_1000": inference_ms(run.model, images, device),

@@ -7,6 +7,7 @@ so this module never imports it: it runs the ``kaggle`` executable and turns its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,14 +20,36 @@ from .errors import KaggleError
 COMPETITION = "digit-recognizer"
 
 NO_CREDENTIALS = (
-    "no Kaggle credentials found. Create an API token at kaggle.com → Settings → API and save it "
-    "as ~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, or "
-    "KAGGLE_API_TOKEN."
+    "no Kaggle credentials found. Run `kaggle auth login`, or create an API token at kaggle.com "
+    "→ Settings → API and save it as ~/.kaggle/access_token.txt or ~/.kaggle/kaggle.json "
+    "(chmod 600), or set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY."
 )
+USERNAME_SOURCES = (
+    "the user name comes from KAGGLE_USERNAME or kaggle.json; API tokens "
+    "(access_token.txt, KAGGLE_API_TOKEN) and `kaggle auth login` store none"
+)
+NO_USERNAME = f"pass --user NAME ({USERNAME_SOURCES})"
+TOKEN_FILES = ("access_token.txt", "access_token")  # always read from ~/.kaggle
+OAUTH_FILE = "credentials.json"  # written by `kaggle auth login`, in ~/.kaggle
+
+
+def _home_dir() -> Path:
+    return Path.home() / ".kaggle"
 
 
 def _config_dir() -> Path:
-    return Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    """Where the CLI reads kaggle.json: KAGGLE_CONFIG_DIR, else ~/.kaggle, else (when ~/.kaggle
+    does not exist) $XDG_CONFIG_HOME/kaggle."""
+    if env := os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(env)
+    if _home_dir().is_dir():
+        return _home_dir()
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def _credential_files() -> list[Path]:
+    home = _home_dir()
+    return [_config_dir() / "kaggle.json", *(home / f for f in (*TOKEN_FILES, OAUTH_FILE))]
 
 
 def has_credentials() -> bool:
@@ -34,7 +57,7 @@ def has_credentials() -> bool:
     env = os.environ
     if env.get("KAGGLE_API_TOKEN") or (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")):
         return True
-    return any((_config_dir() / f).is_file() for f in ("kaggle.json", "access_token"))
+    return any(path.is_file() for path in _credential_files())
 
 
 def _kaggle_json() -> dict:
@@ -65,6 +88,12 @@ def executable() -> str:
 def _secrets() -> list[str]:
     values = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
     values.append(str(_kaggle_json().get("key", "")))
+    for name in TOKEN_FILES:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            values.append((_home_dir() / name).read_text().strip())
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        oauth = json.loads((_home_dir() / OAUTH_FILE).read_text())
+        values += [v for v in oauth.values() if isinstance(v, str) and len(v) >= 12]
     return [v for v in values if len(v) >= 4]
 
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from . import kaggle, kernels, submit
+from . import kaggle, kernel_push, kernels, submit
 from .errors import KaggleError
 
 
 def _user(args) -> str:
     name = args.user or kaggle.username()
     if not name:
-        raise KaggleError(
-            "no Kaggle user name for the kernel id: pass --user NAME, or set up credentials "
-            "(~/.kaggle/kaggle.json or KAGGLE_USERNAME and KAGGLE_KEY)"
-        )
+        raise KaggleError(f"no Kaggle user name for the kernel id: {kaggle.NO_USERNAME}")
     return name
 
 
@@ -55,9 +52,12 @@ def _build(args) -> int:
 
 
 def _push(args) -> int:
-    # Built and pushed in pipeline order, so an upstream kernel exists before its readers.
-    for folder in _build_all(args):
-        print(kernels.push(folder, accelerator=args.accelerator).rstrip())
+    kernels.check_accelerator(args.accelerator)  # before building anything
+    # Built and pushed in pipeline order, so an upstream kernel comes before its readers.
+    poller = kernel_push.Poller(poll=args.poll, timeout=args.timeout * 60)
+    kernel_push.push_in_order(
+        _build_all(args), accelerator=args.accelerator, wait=args.wait, poller=poller
+    )
     return 0
 
 
@@ -65,7 +65,7 @@ def _status(args) -> int:
     state, failure = kernels.status(args.slug)
     ref = kernels.kernel_ref(args.slug, kaggle.username())
     print(f"{ref}: {state}")
-    if state in ("error", "cancel_requested", "cancel_acknowledged"):
+    if state in kernels.FAILED_STATES:
         print(
             f"error: kernel {ref} did not complete: {failure or state}; its log is at "
             f"https://www.kaggle.com/code/{ref}/log",
@@ -108,7 +108,24 @@ def register_cli(sub) -> None:
     v.add_argument(
         "--accelerator",
         default=kernels.ACCELERATOR,
-        help="GPU for the kernels that need one (default %(default)s; or NvidiaTeslaP100)",
+        help="GPU for the kernels that need one (default %(default)s: two T4s; the P100 is "
+        "refused, today's Kaggle image cannot use it)",
+    )
+    v.add_argument(
+        "--wait",
+        action="store_true",
+        help="push stage by stage: each kernel once its upstream kernels are complete, then wait "
+        "for all (without it, a kernel whose upstream is not complete is refused)",
+    )
+    v.add_argument(
+        "--poll", type=float, default=60, metavar="SECONDS", help="between status calls (--wait)"
+    )
+    v.add_argument(
+        "--timeout",
+        type=float,
+        default=720,
+        metavar="MINUTES",
+        help="longest wait for one kernel (--wait; default %(default)s)",
     )
 
     v = kverbs.add_parser("status", help="a pushed kernel's run status")

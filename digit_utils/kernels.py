@@ -2,8 +2,9 @@
 
 ``kaggle kernels push`` uploads the notebook file and nothing else, and our kernels run with the
 internet off, so a built kernel notebook starts with ``%%writefile`` cells that recreate
-``digit_utils`` (every file of it, as it is at build time) in the kernel's working directory,
-followed by the original notebook's cells, unchanged. Metadata and command lines are pure
+``digit_utils`` (every file of it, as it is at build time) in the kernel's scratch space (not in
+/kaggle/working, whose files become the kernel's output and are mounted into every downstream
+kernel), followed by the original notebook's cells, unchanged. Metadata and command lines are pure
 functions; the few functions that write or run something are thin.
 
 (Over 300 lines: the kernel builder, its CLI calls and the simulated Kaggle run belong together.)
@@ -25,7 +26,14 @@ from .errors import DigitsError, KaggleError
 
 TITLE_PREFIX = "Digit Recognizer"
 SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of TITLE_PREFIX)
-ACCELERATOR = "NvidiaTeslaT4"  # `kaggle kernels push --accelerator`; NvidiaTeslaP100 also exists
+# Two T4s (sm_75). Kaggle's current image ships a torch without sm_60 kernels, so a P100 (what a
+# kernel gets when no accelerator is named) fails at the first CUDA operation.
+ACCELERATOR = "NvidiaTeslaT4"  # `kaggle kernels push --accelerator` and metadata `machine_shape`
+REFUSED_ACCELERATORS = {
+    "NvidiaTeslaP100": "Kaggle's current image has no torch kernels for the P100 (sm_60): the "
+    "kernel would fail at its first CUDA operation; use NvidiaTeslaT4",
+}
+MIN_CLI = "1.8.4"  # the first kaggle CLI with `kernels push --accelerator` and `machine_shape`
 INLINE_TAG = "digit_utils-inline"  # marks the cells the builder adds
 METADATA_FILE = "kernel-metadata.json"
 # The package files a kernel needs; caches and editor debris stay behind.
@@ -52,7 +60,7 @@ def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False
     stem = Path(notebook).stem
     spec = stages.STAGES.get(stem)
     gpu, needs = (spec.gpu, spec.upstream) if spec else (False, ())
-    return {
+    meta = {
         "id": f"{username}/{kernel_slug(stem)}",
         "title": kernel_title(stem),
         "code_file": f"{stem}.ipynb",
@@ -67,6 +75,9 @@ def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False
         "kernel_sources": [f"{username}/{kernel_slug(up)}" for up in needs],
         "model_sources": [],
     }
+    if gpu:  # without it Kaggle may hand the kernel a P100, which today's image cannot use
+        meta["machine_shape"] = ACCELERATOR
+    return meta
 
 
 def package_sources(package_dir: Path = paths.PACKAGE_DIR) -> dict[str, str]:
@@ -99,19 +110,33 @@ def _cell(kind: str, source: str, *, hide: bool = False) -> dict:
     return cell
 
 
+# Where the package is written: scratch space, by the rule of paths.kaggle_temp_root (which
+# cannot be imported before the package exists), so it is imported but never saved as output.
+_LOCATE = """\
+import os, tempfile
+
+_INLINE = os.path.join(
+    os.environ.get("DIGITS_KAGGLE_TEMP")
+    or ("/kaggle/temp" if os.path.isdir("/kaggle/temp") else tempfile.gettempdir()),
+    "digit_utils-{FINGERPRINT}",
+)
+for _d in {FOLDERS}:
+    os.makedirs(os.path.join(_INLINE, _d), exist_ok=True)
+"""
+
 # Makes the freshly written copy win over any installed digit_utils and proves that it did.
 _ACTIVATE = """\
 import importlib, sys
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # no __pycache__ among the kernel's outputs
-sys.path.insert(0, str(Path.cwd()))
+sys.dont_write_bytecode = True  # no __pycache__ beside the inlined copy
+sys.path.insert(0, _INLINE)
 for _name in [m for m in sys.modules if m.split(".")[0] == "digit_utils"]:
     del sys.modules[_name]
 importlib.invalidate_caches()
 import digit_utils
 
-assert Path(digit_utils.__file__).resolve().parent == (Path.cwd() / "digit_utils").resolve(), (
+assert Path(digit_utils.__file__).resolve().parent == (Path(_INLINE) / "digit_utils").resolve(), (
     f"imported {digit_utils.__file__}, not the inlined copy"
 )
 print(f"digit_utils {digit_utils.__version__} ({FINGERPRINT}) from {digit_utils.__file__}")
@@ -122,20 +147,24 @@ def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
     """The self-contained kernel notebook: intro, package cells, then ``nb``'s cells unchanged."""
     fingerprint = sources_fingerprint(sources)
     folders = sorted({str(Path(name).parent) for name in sources})
+    locate = _LOCATE.replace("{FINGERPRINT}", fingerprint).replace("{FOLDERS}", repr(folders))
     intro = (
         f"## Self-contained Kaggle kernel of `{notebook_name}`\n\n"
         f"`kaggle kernels push` uploads only this notebook and the kernel runs with the internet "
         f"off, so the next {len(sources) + 2} code cells recreate the `digit_utils` package "
         f"(version {__version__}, source fingerprint `{fingerprint}`, {len(sources)} files) in "
-        "the kernel's working directory with `%%writefile`, then import it from there. The "
+        "scratch space outside `/kaggle/working` (so it is not saved as the kernel's output) with "
+        "`%%writefile`, then import it from there. The "
         f"original notebook follows them unchanged. Built by `digits kaggle kernel build`; "
         "rebuild rather than edit these cells."
     )
     cells = [
         _cell("markdown", intro),
-        _cell("code", f"import os\n\nfor _d in {folders!r}:\n    os.makedirs(_d, exist_ok=True)"),
+        _cell("code", locate),
     ]
-    cells += [_cell("code", f"%%writefile {n}\n{t}", hide=True) for n, t in sources.items()]
+    cells += [
+        _cell("code", f'%%writefile "{{_INLINE}}/{n}"\n{t}', hide=True) for n, t in sources.items()
+    ]
     cells.append(_cell("code", _ACTIVATE.replace("{FINGERPRINT}", fingerprint)))
     out = copy.deepcopy(nb)
     out.cells = cells + out.cells
@@ -149,8 +178,16 @@ def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
     return out
 
 
+def check_accelerator(accelerator: str) -> str:
+    """The accelerator, or KaggleError saying why it cannot run our kernels."""
+    if reason := REFUSED_ACCELERATORS.get(accelerator):
+        raise KaggleError(f"--accelerator {accelerator}: {reason}")
+    return accelerator
+
+
 def push_args(kernel_dir: str | Path, *, gpu: bool, accelerator: str = ACCELERATOR) -> list[str]:
     """The ``kaggle`` arguments that push a built kernel (and pick its accelerator)."""
+    check_accelerator(accelerator)
     args = ["kernels", "push", "-p", str(kernel_dir)]
     return args + ["--accelerator", accelerator] if gpu else args
 
@@ -161,8 +198,8 @@ def kernel_ref(ref: str, username: str | None) -> str:
         return ref
     if not username:
         raise KaggleError(
-            f"{ref!r} names no owner and no Kaggle user name is known: write OWNER/SLUG, or set "
-            "up credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME)"
+            f"{ref!r} names no owner and no Kaggle user name is known: write OWNER/SLUG "
+            f"({kaggle.USERNAME_SOURCES})"
         )
     if ref.startswith(SLUG_PREFIX):
         return f"{username}/{ref}"
@@ -222,12 +259,43 @@ def read_metadata(kernel_dir: str | Path) -> dict:
         ) from None
 
 
+# `kaggle kernels push` prints this (and still exits 0) when it drops kernel_sources it cannot
+# find: the kernel then runs without its upstream's outputs.
+DROPPED_SOURCES = re.compile(r"not valid kernel sources[^:\n]*:?[ \t]*(.*)")
+
+
+def dropped_sources(out: str, declared: list[str]) -> list[str]:
+    """The upstream kernels a push report says were dropped ([] when none were)."""
+    match = DROPPED_SOURCES.search(out)
+    if not match:
+        return []
+    named = re.findall(r"[A-Za-z0-9_-]+/[A-Za-z0-9_-]+", match.group(1))
+    return named or list(declared)
+
+
 def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
     """Push a built kernel; returns the CLI's report (with the kernel's URL)."""
     meta = read_metadata(kernel_dir)
-    out = kaggle.run(push_args(kernel_dir, gpu=meta["enable_gpu"], accelerator=accelerator))
+    args = push_args(kernel_dir, gpu=meta["enable_gpu"], accelerator=accelerator)
+    try:
+        out = kaggle.run(args)
+    except KaggleError as e:
+        if "unrecognized arguments" in str(e):  # argparse of a CLI without --accelerator
+            raise KaggleError(
+                f"the installed kaggle CLI is older than {MIN_CLI}, which `kernels push "
+                f"--accelerator` and the T4 machine shape need: run `pip install -U "
+                f"'kaggle>={MIN_CLI}'`"
+            ) from None
+        raise
     if match := re.search(r"Kernel push error:?\s*(.*)", out):
         raise KaggleError(f"Kaggle rejected the push of {meta['id']}: {match.group(1).strip()}")
+    if missing := dropped_sources(out, meta["kernel_sources"]):
+        raise KaggleError(
+            f'Kaggle dropped the upstream kernel(s) {", ".join(missing)} of {meta["id"]} ("not '
+            'valid kernel sources"): this run will not see their outputs. Push them first (same '
+            "owner, see --user) and let them complete, then push this one again; "
+            "`digits kaggle kernel push --wait` does both"
+        )
     return out
 
 
@@ -239,6 +307,9 @@ def _run_about(ref: str, args: list[str]) -> str:
         return kaggle.run(args)
     except KaggleError as e:
         raise KaggleError(f"kernel {ref}: {e}") from None
+
+
+FAILED_STATES = ("error", "cancel_requested", "cancel_acknowledged")
 
 
 def status(ref: str) -> tuple[str, str]:
@@ -266,10 +337,14 @@ def output(ref: str, dest: str | Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _kaggle_environment(input_root: Path, working_dir: Path, missing: tuple[str, ...]):
+def _kaggle_environment(
+    input_root: Path, working_dir: Path, temp_dir: Path | None, missing: tuple[str, ...]
+):
     """os.environ as a batch kernel sees it, for the kernel process papermill starts."""
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="kaggle-missing-") as stubs:
+        temp_dir = temp_dir or Path(stubs) / "kaggle-temp"  # stands in for /kaggle/temp
+        temp_dir.mkdir(parents=True, exist_ok=True)
         for module in missing:  # packages Kaggle's image does not promise: importing them fails
             (Path(stubs) / module).mkdir()
             (Path(stubs) / module / "__init__.py").write_text(
@@ -283,6 +358,7 @@ def _kaggle_environment(input_root: Path, working_dir: Path, missing: tuple[str,
             KAGGLE_KERNEL_RUN_TYPE="Batch",
             DIGITS_KAGGLE_INPUT=str(input_root),
             DIGITS_KAGGLE_WORKING=str(working_dir),
+            DIGITS_KAGGLE_TEMP=str(temp_dir),
             KAGGLE_CONFIG_DIR=str(Path(stubs) / "no-kaggle-config"),
             PYTHONPATH=os.pathsep.join([stubs, *filter(None, [saved.get("PYTHONPATH")])]),
         )
@@ -301,12 +377,14 @@ def run_kernel_locally(
     *,
     missing_modules: tuple[str, ...] = ("mlxtend",),
     timeout: float | None = None,
+    temp_dir: str | Path | None = None,
 ) -> Path:
     """Execute a built kernel with papermill as Kaggle would run it; returns the executed notebook.
 
     The kernel runs in ``working_dir`` (standing in for /kaggle/working) with
-    KAGGLE_KERNEL_RUN_TYPE=Batch, ``input_root`` standing in for /kaggle/input, no Kaggle
-    credentials, and ``missing_modules`` made unimportable.
+    KAGGLE_KERNEL_RUN_TYPE=Batch, ``input_root`` standing in for /kaggle/input, ``temp_dir``
+    for /kaggle/temp (default: a folder removed afterwards), no Kaggle credentials, and
+    ``missing_modules`` made unimportable.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -315,7 +393,8 @@ def run_kernel_locally(
     code = kernel_dir / read_metadata(kernel_dir)["code_file"]
     working_dir.mkdir(parents=True, exist_ok=True)
     executed = working_dir / "__notebook__.ipynb"
-    with _kaggle_environment(Path(input_root).resolve(), working_dir, missing_modules):
+    temp_dir = Path(temp_dir).resolve() if temp_dir else None
+    with _kaggle_environment(Path(input_root).resolve(), working_dir, temp_dir, missing_modules):
         try:
             papermill.execute_notebook(
                 str(code),

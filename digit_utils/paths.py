@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import DigitsError
@@ -57,8 +58,21 @@ def sample_dir() -> Path:
     return data_dir() / "sample"
 
 
+def kaggle_temp_root() -> Path:
+    """Scratch space in a kernel that is not saved as its output: /kaggle/temp when the image has
+    it, else the system temp dir; DIGITS_KAGGLE_TEMP overrides it."""
+    if env := os.environ.get("DIGITS_KAGGLE_TEMP"):
+        return Path(env)
+    kaggle_temp = Path("/kaggle/temp")
+    return kaggle_temp if kaggle_temp.is_dir() else Path(tempfile.gettempdir())
+
+
 def cache_dir() -> Path:
-    """Parsed-array caches for CSVs that sit in read-only folders."""
+    """Parsed-array caches for CSVs that sit in read-only folders. In a Kaggle kernel they go to
+    scratch space: under /kaggle/working they would become the kernel's output (about 55 MB)
+    and be mounted into every downstream kernel."""
+    if in_kaggle_kernel():
+        return kaggle_temp_root() / "digit_utils-cache"
     return data_dir() / "cache"
 
 

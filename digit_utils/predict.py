@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ensemble, runs
-from .devices import autocast, resolve_device
+from .devices import autocast, resolve_device, synchronize
 from .errors import ConfigError, DataError
 from .models import NUM_CLASSES, normalize
 from .policy import MAX_TTA, SHIFTS
@@ -51,12 +51,15 @@ def predict_proba(
     tta: int = 0,
     batch_size: int = 1000,
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Class probabilities float32 ``[N,10]`` for uint8 ``[N,1,28,28]`` images.
 
     ``tta=k`` averages the softmax over the identity and the first k one-pixel shifts in SHIFTS.
     Runs on ``device`` (default: where the model's parameters are; otherwise the model is moved
-    there, in place) in eval mode, then restores the model's train/eval mode.
+    there, in place) in eval mode, then restores the model's train/eval mode. ``precision`` is
+    a run's setting ("auto" resolves by device, as training does), so a run is scored in the
+    arithmetic it trained with.
     """
     x = as_image_tensor(images)
     shifts = tta_shifts(tta)
@@ -73,7 +76,7 @@ def predict_proba(
                 inp = normalize(shift(batch, dy, dx))
                 if device.type == "cuda":
                     inp = inp.contiguous(memory_format=torch.channels_last)
-                with autocast(device):
+                with autocast(device, precision):
                     logits = model(inp)
                 probs += logits.float().softmax(dim=1)
             out[start : start + len(batch)] = (probs / len(shifts)).cpu()
@@ -93,8 +96,9 @@ def predict_runs(run_dirs, images, *, tta: int = 0, device: str | None = None) -
     for group in runs.as_groups(run_dirs).values():
         fold_probas = []
         for run in group:
-            model, _ = runs.load_run(run, which="last", device=device)
-            fold_probas.append(predict_proba(model, images, tta=tta, device=device))
+            model, cfg = runs.load_run(run, which="last", device=device)
+            proba = predict_proba(model, images, tta=tta, device=device, precision=cfg.precision)
+            fold_probas.append(proba)
         out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
     return np.stack(out).astype(np.float32)
 
@@ -130,11 +134,9 @@ def inference_ms(model: nn.Module, images: np.ndarray, device: str = "auto") -> 
     predict_proba(model, batch, device=dev)  # warm-up: kernels, caches, lazy init
     times = []
     for _ in range(3):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)  # that device's queue, which need not be the current device's
         start = time.perf_counter()
         predict_proba(model, batch, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)
         times.append((time.perf_counter() - start) * 1000 * 1000 / len(batch))
     return float(np.median(times))

@@ -148,26 +148,52 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state(gen: torch.Generator) -> dict:
-    """Every RNG the loop draws from, for an exact resume."""
+    """Every RNG the loop draws from, for an exact resume, with the machine they belong to."""
     np_state = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {
+        "device_type": gen.device.type,  # a CUDA generator's state means nothing to a CPU one
+        "gpus": len(cuda),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": random.getstate(),
         "generator": gen.get_state(),  # the per-epoch permutation and augmentation draws
     }
 
 
-def set_rng_state(state: dict, gen: torch.Generator) -> None:
+def rng_fits(state: dict, gen: torch.Generator) -> bool:
+    """Whether saved RNG states can be restored here: same kind of generator, same GPU count."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # checkpoints from before the device was recorded: a generator state's size tells its kind
+    same_kind = state.get("device_type", gen.device.type) == gen.device.type and len(
+        state["generator"]
+    ) == len(gen.get_state())
+    return same_kind and state.get("gpus", len(state["cuda"])) in (0, gpus)
+
+
+def set_rng_state(state: dict, gen: torch.Generator, *, seed: int, epoch: int) -> bool:
+    """Restore the saved RNG states; True when all of them were.
+
+    The CPU, numpy and Python states always restore. On another kind of machine (a CUDA run
+    resumed on the CPU, two GPUs' states on a one-GPU machine) the device generators are reseeded
+    from ``(seed, epoch)`` instead and False is returned: the run goes on, but not bit-identically.
+    """
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    if not rng_fits(state, gen):
+        derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        gen.manual_seed(derived)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(derived)
+        return False
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     gen.set_state(state["generator"])
+    return True
 
 
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:

@@ -188,3 +188,20 @@ def submit(path: str | Path, message: str, *, expected_rows: int | None = None) 
     rows = EXPECTED_ROWS["test"] if expected_rows is None else expected_rows
     validate_submission(path, rows)
     return kaggle.submit(path, message)
+
+
+IN_KERNEL = (
+    "not submitted: a Kaggle kernel runs with the internet off, so submit=True cannot reach the "
+    "competition. Submit /kaggle/working/submission.csv from this kernel's Output tab, or "
+    "download it (`digits kaggle kernel output 05_ensemble_submission`) and run "
+    "`digits kaggle submit FILE -m MESSAGE` on your machine."
+)
+
+
+def submit_if_asked(path: str | Path, message: str, asked: bool) -> str:
+    """The notebook's last step: submit when asked and possible; says what happened either way."""
+    if not asked:
+        return f"not submitted (submit=False): {path}"
+    if paths.in_kaggle_kernel():
+        return IN_KERNEL
+    return submit(path, message)

@@ -16,6 +16,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from . import __version__, runs
 from .augment import augment_batch
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import data_fingerprint
-from .devices import AMP_DTYPES, resolve_device, resolve_precision
+from .devices import amp_dtype, maybe_compile, resolve_device, resolve_precision, synchronize
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model, count_parameters, normalize
 from .policy import AugmentPolicy
@@ -82,7 +83,7 @@ class _Run:
     y_val: torch.Tensor
     val_idx: np.ndarray
     model: nn.Module
-    ema: nn.Module | None
+    ema: _Ema | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     gen: torch.Generator
@@ -98,7 +99,31 @@ class _Run:
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.ema if self.ema is not None else self.model
+        return self.ema.model if self.ema is not None else self.model
+
+
+class _Ema:
+    """An exponential moving average of a model's weights, updated with one fused kernel per
+    step: the tensor lists are taken once (views that share the models' storage) rather than
+    walking two state_dicts and launching a kernel per tensor every step."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).eval()
+        pairs = zip(self.model.state_dict().values(), model.state_dict().values(), strict=True)
+        self._ema, self._live, self._counts = [], [], []
+        for e, m in pairs:
+            if e.is_floating_point():
+                self._ema.append(e)
+                self._live.append(m)
+            else:
+                self._counts.append((e, m))  # BatchNorm's num_batches_tracked
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        if self._ema:
+            torch._foreach_lerp_(self._ema, self._live, 1 - decay)
+        for e, m in self._counts:
+            e.copy_(m)
 
 
 def _check_data(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +136,7 @@ def _check_data(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     # Decay only weight matrices/kernels: decaying BatchNorm scales and biases just hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
@@ -119,9 +144,12 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": rest, "weight_decay": 0},
     ]
+    # Fused kernels on CUDA: one launch per step, and under fp16 the GradScaler's inf check
+    # stays on the GPU (a non-fused step reads found_inf on the host, a sync every step).
+    fused = True if device.type == "cuda" else None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
 
 
 def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
@@ -158,11 +186,11 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
         y_val=labels[val_idx].to(device),
         val_idx=val_idx,
         model=model,
-        ema=copy.deepcopy(model).eval() if cfg.ema else None,
-        optimizer=_optimizer(cfg, model),
+        ema=_Ema(model) if cfg.ema else None,
+        optimizer=_optimizer(cfg, model, device),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         gen=torch.Generator(device=device).manual_seed(cfg.seed),
-        forward=torch.compile(model) if cfg.compile else model,
+        forward=maybe_compile(model, cfg.compile, device, precision),
         policy=cfg.policy,
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
@@ -186,25 +214,36 @@ def _resume(run: _Run) -> None:
         raise CheckpointError(f"{last_path}: checkpoint was trained on different data")
     runs.load_weights(run.model, state["model"], last_path)
     if run.ema is not None:
-        runs.load_weights(run.ema, state["ema"], last_path)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])
-    runs.set_rng_state(state["rng"], run.gen)
+        runs.load_weights(run.ema.model, state["ema"], last_path)
+    _load_optimizer(run.optimizer, state["optimizer"])
+    if state["scaler"]:  # a disabled scaler (fp32, bf16) saved {}: an fp16 one starts afresh
+        run.scaler.load_state_dict(state["scaler"])
+    if not runs.set_rng_state(state["rng"], run.gen, seed=cfg.seed, epoch=state["epoch"]):
+        warnings.warn(
+            f"{last_path}: saved on another kind of machine ({state['rng'].get('device_type')}, "
+            f"{len(state['rng']['cuda'])} GPU RNG state(s)); the random streams are reseeded "
+            f"from (seed, epoch), so this resume is not bit-identical",
+            stacklevel=3,
+        )
     run.epoch, run.step = state["epoch"], state["step"]
     run.rows, run.best_acc = state["history"], state["best_val_acc"]
 
 
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load an optimizer's state saved on any machine: this machine's kernel choice (fused on
+    CUDA, not on the CPU) stays, and a fused optimizer gets its step counters on its device."""
+    flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, kept in zip(optimizer.param_groups, flags, strict=True):
+        group.update(kept)
+        if group.get("fused"):
+            for p in group["params"]:
+                if "step" in optimizer.state.get(p, {}):
+                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device)
+
+
 # --------------------------------------------------------------------------------------------
 # One epoch, evaluation, checkpoints
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-        if e.is_floating_point():
-            e.lerp_(m, 1 - decay)
-        else:
-            e.copy_(m)  # BatchNorm's num_batches_tracked
 
 
 def _one_epoch(run: _Run, quiet: bool) -> dict:
@@ -215,7 +254,9 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
     perm = torch.randperm(len(run.x_train), generator=run.gen, device=device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    amp_dtype = AMP_DTYPES.get(run.precision)
+    dtype = amp_dtype(run.precision)
+    # progress-bar figures read the GPU (a sync), so only a few times per epoch
+    report_every = max(1, run.steps_per_epoch // 4)
     total_steps = cfg.epochs * run.steps_per_epoch
     batches = tqdm(
         range(run.steps_per_epoch), leave=False, disable=quiet, desc=f"epoch {run.epoch + 1}"
@@ -230,7 +271,7 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
         lr = learning_rate(run.step, total_steps, cfg.lr, run.warmup, cfg.schedule)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = run.forward(xb)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
         run.optimizer.zero_grad(set_to_none=True)
@@ -240,14 +281,13 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
         run.step += 1
         if run.ema is not None:
             # short runs: ramp the decay so the average is not dominated by the init
-            _ema_update(run.ema, run.model, min(cfg.ema, (1 + run.step) / (10 + run.step)))
+            run.ema.update(min(cfg.ema, (1 + run.step) / (10 + run.step)))
         loss_sum += loss.detach()
         correct += (logits.detach().argmax(1) == yb).sum()
-        if not quiet and i % 20 == 0:  # .item() syncs the GPU, so not every step
+        if not quiet and i % report_every == 0:
             acc = float(correct) / ((i + 1) * bs)
             batches.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", lr=f"{lr:.3g}")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)  # the run's own device, which need not be the current one
     seconds = time.perf_counter() - t0
     return {
         "epoch": run.epoch + 1,
@@ -259,11 +299,14 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
     }
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(val loss, val accuracy) with plain cross-entropy; NaN when there are no rows."""
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str
+) -> tuple[float, float]:
+    """(val loss, val accuracy) with plain cross-entropy, in the run's precision; NaN when there
+    are no rows."""
     if len(x) == 0:
         return float("nan"), float("nan")
-    proba = torch.from_numpy(predict_proba(model, x))
+    proba = torch.from_numpy(predict_proba(model, x, precision=precision))
     y = y.cpu()
     loss = -proba[torch.arange(len(y)), y].clamp_min(1e-12).log().mean()
     return float(loss), float((proba.argmax(1) == y).float().mean())
@@ -286,7 +329,7 @@ def _save_epoch(run: _Run) -> None:
         "epoch": row["epoch"],
         "step": run.step,
         "model": run.model.state_dict(),
-        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "ema": run.ema.model.state_dict() if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "rng": runs.rng_state(run.gen),
@@ -325,7 +368,9 @@ def train(
         run.epoch = epoch
         row = _one_epoch(run, quiet)
         t1 = time.perf_counter()
-        row["val_loss"], row["val_acc"] = _evaluate(run.eval_model, run.x_val, run.y_val)
+        row["val_loss"], row["val_acc"] = _evaluate(
+            run.eval_model, run.x_val, run.y_val, run.precision
+        )
         row["eval_seconds"] = time.perf_counter() - t1
         run.rows.append({k: row[k] for k in runs.HISTORY_COLUMNS})
         epochs_bar.set_postfix(
@@ -343,7 +388,7 @@ def _finish(run: _Run, wall: float) -> TrainResult:
     # ensemble is chosen on) look better than they are. best.pt stays for inspection.
     final_model, _ = runs.load_run(run.run_dir, "last", device=run.device, require_complete=False)
     final_model.to(memory_format=torch.channels_last)
-    val_proba = predict_proba(final_model, run.x_val, tta=cfg.tta)
+    val_proba = predict_proba(final_model, run.x_val, tta=cfg.tta, precision=run.precision)
     runs.write_validation(run.run_dir, run.val_idx, val_proba)
     history = pd.DataFrame(run.rows)
     has_val = len(run.val_idx) > 0

@@ -16,6 +16,20 @@ REPO = HERE.parent
 REPLICA = REPO.parent / "shared" / "data" / "digit-recognizer.zip"  # may be absent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where there is a CUDA GPU, and say why they skip."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (CPU-only torch run)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own project root, outputs and a home without Kaggle credentials."""
@@ -70,6 +84,17 @@ class FakeKaggle:
 
     def fail_with(self, kind: str) -> None:
         self._mp.setenv("FAKE_KAGGLE_FAIL", kind)
+
+    def kernel_statuses(self, **by_slug: str) -> None:
+        """Status sequences per kernel of user alice, e.g. ``{"02": "QUEUED,COMPLETE"}`` given as
+        keyword ``s02="QUEUED,COMPLETE"`` (by the stage's prefix); see fake_kaggle.py."""
+        from digit_utils import kernels, stages
+
+        mapping = {}
+        for key, states in by_slug.items():
+            stem = stages.match(list(stages.STAGES), key.removeprefix("s"))
+            mapping[f"alice/{kernels.kernel_slug(stem)}"] = states
+        self._mp.setenv("FAKE_KAGGLE_KERNEL_STATUSES", json.dumps(mapping))
 
     def login(self, username="alice", key="s3cr3t-key-value") -> None:
         self._mp.setenv("KAGGLE_USERNAME", username)

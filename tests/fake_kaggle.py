@@ -7,12 +7,18 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   then and exit 1 (proxy-403: an HTTPS proxy refusing the CONNECT tunnel);
   leak: fail with the key's value in the output (our code must redact it);
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
+  dropped-sources: `kernels push` succeeds but prints the line the real CLI prints (exit 0) when
+  it drops the metadata's kernel_sources because they do not exist (yet);
+  old-cli: an argparse error on `--accelerator`, as a kaggle CLI older than 1.8.4 gives;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
 - `competitions submit ...`: print the real success line;
 - `competitions submissions ...`: print a CSV of past scores;
 - `kernels push -p DIR`: print the kernel URL from DIR/kernel-metadata.json;
 - `kernels status SLUG`: print a status line ($FAKE_KAGGLE_KERNEL_STATUS, default COMPLETE, and
-  $FAKE_KAGGLE_KERNEL_FAILURE as the failure message when set);
+  $FAKE_KAGGLE_KERNEL_FAILURE as the failure message when set). A status may be a sequence
+  "QUEUED,RUNNING,COMPLETE": the n-th status call for a kernel since its last push answers the
+  n-th word (the last one repeats), as a pushed kernel's run moves on. $FAKE_KAGGLE_KERNEL_STATUSES
+  (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel;
 - `kernels output SLUG -p DIR`: write DIR/submission.csv.
 """
 
@@ -53,6 +59,24 @@ def opt(args, *names):
     return None
 
 
+def kernel_state(ref):
+    """This call's status of kernel ``ref``: the n-th word of its sequence (see the docstring)."""
+    per_kernel = json.loads(os.environ.get("FAKE_KAGGLE_KERNEL_STATUSES", "{}"))
+    words = per_kernel.get(ref, os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")).split(",")
+    calls = [
+        json.loads(line) for line in Path(os.environ["FAKE_KAGGLE_LOG"]).read_text().splitlines()
+    ]
+    n = 0  # status calls for ref since its last push, this one included
+    for call in calls:
+        if call[:2] == ["kernels", "status"] and call[2] == ref:
+            n += 1
+        elif call[:2] == ["kernels", "push"]:
+            kernel_dir = Path(opt(call, "-p", "--path"))
+            if json.loads((kernel_dir / "kernel-metadata.json").read_text())["id"] == ref:
+                n = 0
+    return words[min(n, len(words)) - 1].strip()
+
+
 def main(args):
     with open(os.environ["FAKE_KAGGLE_LOG"], "a") as fh:
         fh.write(json.dumps(args) + "\n")
@@ -67,6 +91,11 @@ def main(args):
         print(SOFT_FAILURES[fail])
         return 0
     group, verb = (args + ["", ""])[:2]
+    if fail == "old-cli" and "--accelerator" in args:
+        usage = "usage: kaggle [-h] [-v] {competitions,c,datasets,d,kernels,k,config} ..."
+        print(usage, file=sys.stderr)
+        print(f"kaggle: error: unrecognized arguments: {' '.join(args[-2:])}", file=sys.stderr)
+        return 2
     if group == "competitions" and verb == "download":
         slug = opt(args, "-c", "--competition") or args[2]
         dest = Path(opt(args, "-p", "--path") or ".")
@@ -79,13 +108,17 @@ def main(args):
         print("submission.csv,2026-11-20 10:00:00,ensemble,complete,0.99757,")
     elif group == "kernels" and verb == "push":
         meta = json.loads((Path(opt(args, "-p", "--path")) / "kernel-metadata.json").read_text())
+        if fail == "dropped-sources" and meta["kernel_sources"]:
+            print(
+                "The following are not valid kernel sources and could not be added to the "
+                f"kernel: {meta['kernel_sources']}"
+            )
         print(
             f"Kernel version 1 successfully pushed.  Please check progress at "
             f"https://www.kaggle.com/code/{meta['id']}"
         )
     elif group == "kernels" and verb == "status":
-        state = os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")
-        print(f'{args[2]} has status "KernelWorkerStatus.{state}"')
+        print(f'{args[2]} has status "KernelWorkerStatus.{kernel_state(args[2])}"')
         if failure := os.environ.get("FAKE_KAGGLE_KERNEL_FAILURE"):
             print(f'Failure message: "{failure}"')
     elif group == "kernels" and verb == "output":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from digit_utils import cli, kernels
+from digit_utils import cli, kernel_push, kernels, stages
+from digit_utils.errors import KaggleError
 
 KEY = "s3cr3t-key-value"  # what FakeKaggle.login puts in KAGGLE_KEY
 
@@ -156,6 +158,8 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
     assert (code, err) == (0, "")
     root = isolated / "outputs" / "kernels"
     assert fake_kaggle.calls == [
+        # 03 reads 02, not pushed here: its latest run must be complete before anything is sent
+        ["kernels", "status", "alice/digit-recognizer-02-augmentation"],
         ["kernels", "push", "-p", str(root / "digit-recognizer-01-eda")],
         [
             "kernels",
@@ -171,12 +175,152 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
     assert built.cells[-1].source == "print('hello')"
 
 
-def test_kernel_push_accelerator_can_be_chosen(fake_kaggle, isolated, capsys):
+def test_kernel_push_refuses_the_p100_before_anything_is_built(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     notebooks(isolated, "03_train_cnn")
     argv = ("kaggle", "kernel", "push", "03_train_cnn", "--accelerator", "NvidiaTeslaP100")
-    assert digits(*argv, capsys=capsys)[0] == 0
-    assert fake_kaggle.calls[0][-2:] == ["--accelerator", "NvidiaTeslaP100"]
+    code, out, err = digits(*argv, capsys=capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("error: --accelerator NvidiaTeslaP100: ") and "sm_60" in err
+    assert "use NvidiaTeslaT4" in err and err.count("\n") == 1
+    assert fake_kaggle.calls == [] and not (isolated / "outputs" / "kernels").exists()
+
+
+def test_kernel_push_help_offers_the_t4_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["kaggle", "kernel", "push", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NvidiaTeslaT4" in text and "--wait" in text
+    assert "the P100 is refused" in text  # named only as refused
+
+
+def test_gpu_kernels_ask_for_the_t4_machine_shape(isolated, capsys):
+    notebooks(isolated, "01_eda", "03_train_cnn")
+    assert digits("kaggle", "kernel", "build", "--user", "alice", capsys=capsys)[0] == 0
+    root = isolated / "outputs" / "kernels"
+    gpu = json.loads((root / "digit-recognizer-03-train-cnn/kernel-metadata.json").read_text())
+    cpu = json.loads((root / "digit-recognizer-01-eda/kernel-metadata.json").read_text())
+    assert gpu["machine_shape"] == "NvidiaTeslaT4" and gpu["enable_gpu"] is True
+    assert "machine_shape" not in cpu and cpu["enable_gpu"] is False
+
+
+def test_an_old_cli_without_accelerator_is_named(fake_kaggle, isolated, capsys):
+    """The fake answers `--accelerator` with argparse's error, as kaggle < 1.8.4 does."""
+    fake_kaggle.login()
+    fake_kaggle.fail_with("old-cli")
+    notebooks(isolated, "01_eda", "02_augmentation")
+    code, out, err = digits("kaggle", "kernel", "push", "01", capsys=capsys)
+    assert code == 0  # a CPU kernel needs no --accelerator, so an old CLI still pushes it
+    code, out, err = digits("kaggle", "kernel", "push", "02", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "older than 1.8.4" in err and "pip install -U 'kaggle>=1.8.4'" in err
+
+
+def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
+    """The fake prints the real CLI's 'not valid kernel sources' line and exits 0."""
+    fake_kaggle.login()
+    fake_kaggle.fail_with("dropped-sources")
+    notebooks(isolated, "05_ensemble_submission")
+    code, out, err = digits("kaggle", "kernel", "push", "05", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: Kaggle dropped the upstream kernel(s) alice/digit-recognizer-03-train-cnn of "
+        "alice/digit-recognizer-05-ensemble-submission"
+    )
+    assert "not valid kernel sources" in err and "--wait" in err
+
+
+def test_push_without_wait_refuses_an_upstream_pushed_alongside(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    notebooks(isolated, "01_eda", "02_augmentation", "03_train_cnn")
+    code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "digit-recognizer-03-train-cnn reads alice/digit-recognizer-02-augmentation" in err
+    assert "which this push starts" in err and "--wait" in err
+    assert fake_kaggle.calls == []  # refused before anything was sent
+
+
+def test_push_without_wait_refuses_an_upstream_that_is_not_complete(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    fake_kaggle.kernel_statuses(s02="RUNNING")
+    notebooks(isolated, "03_train_cnn", "04_model_zoo")
+    code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "reads alice/digit-recognizer-02-augmentation, whose latest run is running" in err
+    assert [c[:2] for c in fake_kaggle.calls] == [["kernels", "status"]]  # nothing pushed
+
+
+def test_push_wait_goes_stage_by_stage(fake_kaggle, isolated, capsys):
+    """Status sequences stand in for runs moving on after each push (see fake_kaggle.py)."""
+    fake_kaggle.login()
+    fake_kaggle.kernel_statuses(s02="QUEUED,RUNNING,COMPLETE", s03="RUNNING,COMPLETE")
+    notebooks(isolated, *stages.STAGES)
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0")
+    code, out, err = digits(*argv, capsys=capsys)
+    assert (code, err) == (0, "")
+    short = [
+        (c[1], re.sub(r".*digit-recognizer-(\d\d).*", r"\1", c[-1] if c[1] == "status" else c[3]))
+        for c in fake_kaggle.calls
+    ]
+    assert short == [
+        ("push", "01"),
+        ("push", "02"),
+        *[("status", "02")] * 3,  # queued, running, complete: only then its readers
+        ("push", "03"),
+        ("push", "04"),  # 02 is already complete
+        *[("status", "03")] * 2,
+        ("push", "05"),
+        ("status", "01"),  # finally every pushed kernel is followed to its end
+        ("status", "04"),
+        ("status", "05"),
+    ]
+    assert "alice/digit-recognizer-02-augmentation: queued (0 min), waiting…" in out
+    assert "alice/digit-recognizer-02-augmentation: running (0 min), waiting…" in out
+    assert "alice/digit-recognizer-05-ensemble-submission: complete" in out
+
+
+def test_push_wait_stops_at_a_failed_upstream(fake_kaggle, isolated, capsys, monkeypatch):
+    fake_kaggle.login()
+    fake_kaggle.kernel_statuses(s02="RUNNING,ERROR")
+    monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "no kernel image is available")
+    notebooks(isolated, "02_augmentation", "03_train_cnn")
+    code, out, err = digits("kaggle", "kernel", "push", "--wait", "--poll", "0", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: kernel alice/digit-recognizer-02-augmentation did not complete: no kernel image"
+    )
+    assert "https://www.kaggle.com/code/alice/digit-recognizer-02-augmentation/log" in err
+    pushed = [c for c in fake_kaggle.calls if c[1] == "push"]
+    assert len(pushed) == 1 and pushed[0][3].endswith("digit-recognizer-02-augmentation")
+
+
+def test_push_wait_is_bounded(fake_kaggle, isolated, capsys):
+    fake_kaggle.login()
+    fake_kaggle.kernel_statuses(s02="RUNNING")
+    notebooks(isolated, "03_train_cnn")
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0", "--timeout", "0")
+    code, out, err = digits(*argv, capsys=capsys)
+    assert code == 1
+    assert "kernel alice/digit-recognizer-02-augmentation is still running after 0 min" in err
+    assert not [c for c in fake_kaggle.calls if c[1] == "push"]
+
+
+def test_poller_reports_progress_and_times_out_on_its_clock(fake_kaggle):
+    """The Poller with a fake clock: a progress line per state change, the timeout honoured."""
+    fake_kaggle.login()
+    fake_kaggle.kernel_statuses(s02="QUEUED,QUEUED,QUEUED,RUNNING")
+    now, said = [0.0], []
+    poller = kernel_push.Poller(
+        poll=60, timeout=30 * 60, say=said.append, sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0], every=100,
+    )  # fmt: skip
+    with pytest.raises(KaggleError, match="still running after 30 min"):
+        poller.wait("alice/digit-recognizer-02-augmentation")
+    assert said == [
+        "alice/digit-recognizer-02-augmentation: queued (0 min), waiting…",
+        "alice/digit-recognizer-02-augmentation: running (3 min), waiting…",
+    ]
+    assert len(fake_kaggle.calls) == 31  # one status call a minute for 30 minutes, then one more
 
 
 def test_kernel_push_rejected(fake_kaggle, isolated, capsys):
@@ -296,3 +440,79 @@ def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, caps
     assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
         "alice/digit-recognizer-03-train-cnn"  # 05 reads only 03's runs (stages.STAGES)
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials the real CLI accepts besides kaggle.json and the environment
+
+
+def _token_file(home: Path) -> None:
+    (home / ".kaggle").mkdir()
+    (home / ".kaggle" / "access_token.txt").write_text("KGAT_0123456789abcdef\n")
+
+
+def _oauth_file(home: Path) -> None:
+    (home / ".kaggle").mkdir()
+    (home / ".kaggle" / "credentials.json").write_text('{"refresh_token": "rt-0123456789abc"}')
+
+
+def _xdg_kaggle_json(home: Path) -> None:  # no ~/.kaggle at all
+    (home / ".config" / "kaggle").mkdir(parents=True)
+    (home / ".config" / "kaggle" / "kaggle.json").write_text(
+        '{"username": "xena", "key": "0123456789abcdef"}'
+    )
+
+
+@pytest.mark.parametrize("write", [_token_file, _oauth_file, _xdg_kaggle_json])
+def test_every_credential_file_the_cli_reads_counts(fake_kaggle, tmp_path, capsys, write):
+    write(tmp_path / "home")  # the isolated HOME
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert (code, err) == (0, "") and len(fake_kaggle.calls) == 1
+
+
+def test_token_users_name_the_owner_with_user(fake_kaggle, isolated, tmp_path, capsys):
+    _token_file(tmp_path / "home")
+    notebooks(isolated, "01_eda")
+    code, _, err = digits("kaggle", "kernel", "build", capsys=capsys)
+    assert code == 1 and "pass --user NAME" in err
+    assert "access_token.txt" in err and "`kaggle auth login` store none" in err
+    code, _, err = digits("kaggle", "kernel", "status", "01_eda", capsys=capsys)
+    assert code == 1 and "write OWNER/SLUG" in err and "store none" in err
+    assert digits("kaggle", "kernel", "build", "--user", "dana", capsys=capsys)[0] == 0
+
+
+def test_the_user_name_comes_from_xdg_kaggle_json(fake_kaggle, isolated, tmp_path, capsys):
+    _xdg_kaggle_json(tmp_path / "home")
+    notebooks(isolated, "01_eda")
+    code, out, _ = digits("kaggle", "kernel", "build", capsys=capsys)
+    assert code == 0 and "xena/digit-recognizer-01-eda" in out
+
+
+def test_token_and_oauth_values_are_redacted(tmp_path):
+    from digit_utils import kaggle
+
+    _token_file(tmp_path / "home")
+    (tmp_path / "home" / ".kaggle" / "credentials.json").write_text(
+        '{"refresh_token": "rt-0123456789abc", "scope": "x"}'
+    )
+    text = "token KGAT_0123456789abcdef and rt-0123456789abc"
+    assert kaggle.redact(text) == "token *** and ***"
+
+
+def test_submit_true_inside_a_kernel_says_why_instead_of_calling(
+    fake_kaggle, tmp_path, monkeypatch
+):
+    """The 05 notebook's last step; a kernel has the internet off (and no credentials)."""
+    from digit_utils import submit
+
+    fake_kaggle.login()
+    path = write_submission(tmp_path / "submission.csv")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    said = submit.submit_if_asked(path, "x", True)
+    assert said.startswith("not submitted: a Kaggle kernel runs with the internet off")
+    assert "Output tab" in said and "digits kaggle submit" in said
+    assert fake_kaggle.calls == []
+    assert submit.submit_if_asked(path, "x", False) == f"not submitted (submit=False): {path}"
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert "Successfully submitted" in submit.submit_if_asked(path, "x", True)
+    assert len(fake_kaggle.calls) == 1

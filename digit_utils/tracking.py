@@ -168,7 +168,9 @@ def _mlflow_run(stage: str | None, name: str, tags: dict, parent: str | None = N
         exp_id = exp.experiment_id
     else:  # a local store keeps artifacts beside the database, not in the notebook's cwd
         where = None if uri else (local_store() / "artifacts").as_uri()
-        exp_id = client.create_experiment(exp_name, artifact_location=where)
+        # the experiment kind makes MLflow's UI open on its training runs, not its GenAI pages
+        kind = {"mlflow.experimentKind": "custom_model_development"}
+        exp_id = client.create_experiment(exp_name, artifact_location=where, tags=kind)
     if parent:
         tags = {**tags, "mlflow.parentRunId": parent}
     run = client.create_run(exp_id, run_name=name, tags=tags)

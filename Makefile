@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,tracking]'
 	@# strip notebooks on `git add` from now on (a git filter in .git/config; skipped outside git)
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 		$(VENV)/bin/nbstripout --install && git config filter.nbstripout.extrakeys "$(STRIP_KEYS)"; fi

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "digit_utils.kaggle_cli",
     "digit_utils.pipeline_cli",
     "digit_utils.predict_cli",
+    "digit_utils.runs_cli",
     "digit_utils.serve_cli",
 ]
 

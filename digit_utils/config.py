@@ -19,8 +19,23 @@ from .policy import MAX_TTA, AugmentPolicy
 DEFAULT_EMA_DECAY = 0.999
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+TRACKERS = ("mlflow", "tensorboard")  # experiment trackers `tracking` may name (see tracking.py)
+TRACKING_ARTIFACTS = ("small", "all")  # small: config, history, metrics; all: + checkpoints
 # Config fields that may differ between a run and its resumption without changing the maths.
-RESUME_MAY_CHANGE = {"name", "device", "compile"}
+RESUME_MAY_CHANGE = {"name", "device", "compile", "tracking", "tracking_artifacts"}
+
+
+def parse_trackers(tracking: str) -> tuple[str, ...]:
+    """The experiment trackers a ``tracking`` value names ("none" names none)."""
+    names = [t.strip().lower() for t in tracking.split(",") if t.strip()]
+    if names == ["none"] or not names:
+        return ()
+    if unknown := [t for t in names if t not in TRACKERS]:
+        raise ConfigError(
+            f"tracking: {tracking!r} names unknown tracker(s) {unknown}; use 'none', or one or "
+            f"more of {', '.join(TRACKERS)} separated by commas"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass
     tta: int = 0  # shifts averaged for the saved validation probabilities (augment.SHIFTS)
     name: str | None = None  # run folder name; default <model>-seed<seed>-<timestamp>
+    tracking: str = "none"  # "none" | "mlflow" | "tensorboard" | "mlflow,tensorboard"
+    tracking_artifacts: str = "small"  # "small" | "all" (also the checkpoints, which are large)
 
     def __post_init__(self):
         if isinstance(self.ema, bool):  # ema=True means the default decay
@@ -92,11 +109,18 @@ class TrainConfig:
             bad("device", "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')")
         if self.name is not None and (not self.name or set(self.name) & set("/\\:")):
             bad("name", "must be a non-empty folder name")
+        self.trackers  # noqa: B018  (validates tracking)
+        if self.tracking_artifacts not in TRACKING_ARTIFACTS:
+            bad("tracking_artifacts", "must be 'small' or 'all'")
         self.policy  # noqa: B018  (validates the augmentation spec)
 
     @property
     def policy(self) -> AugmentPolicy:
         return AugmentPolicy.parse(self.augment)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        return parse_trackers(self.tracking)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

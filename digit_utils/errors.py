@@ -37,3 +37,7 @@ class CheckpointError(DigitsError):
 
 class DataWarning(UserWarning):
     """Something legitimate but unusual about the data, such as a subset of the rows."""
+
+
+class TrackingWarning(UserWarning):
+    """An experiment tracker (MLflow, TensorBoard) failed; training and its run folder go on."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import __version__, atomic, data, paths, stages, typed
+from . import __version__, atomic, data, paths, stages, tracking, typed
 from .config import TrainConfig
 
 
@@ -41,6 +41,7 @@ class Stage:
     out: Path
     started: float = field(default_factory=time.time)
     figures: list[str] = field(default_factory=list)
+    tracker: tracking.StageTracking | None = None  # the MLflow parent run, when tracking asks
 
     def show(self, fig, name: str):
         """Save ``fig`` as ``<out>/<name>.png`` and return it so the notebook displays it."""
@@ -85,6 +86,8 @@ class Stage:
             "python": platform.python_version(),
         }
         atomic.write_json(record, self.out / "metrics.json")
+        if self.tracker is not None:
+            self.tracker.finish(record, self.out, stages.spec(self.name).writes)
         return record
 
 
@@ -98,4 +101,7 @@ def start(stage: str, namespace: Mapping[str, Any]) -> Stage:
     source = None
     if stages.DATA_DIR in checked:
         source = data.locate(checked[stages.DATA_DIR] or None)  # logs which files it uses
-    return Stage(stage, checked, source, paths.stage_dir(stage))
+    stage_ = Stage(stage, checked, source, paths.stage_dir(stage))
+    # opens the notebook's MLflow run (when its tracking parameter asks): training runs nest in it
+    stage_.tracker = tracking.start_stage(stage, checked, source.to_dict() if source else None)
+    return stage_

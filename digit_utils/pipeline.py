@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, paths, pipeline_status, stages
+from . import __version__, atomic, paths, pipeline_status, stages, tracking
 from .errors import ConfigError, DigitsError
 from .profiles import load_profile, parse_overrides, route_parameters
 
@@ -99,13 +99,14 @@ def _quiet_papermill() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _kernel_env(outputs: Path | None) -> Iterator[None]:
-    """Environment the kernels inherit: our outputs folder, and inline figures.
+def _kernel_env(outputs: Path | None, profile: str | None = None) -> Iterator[None]:
+    """Environment the kernels inherit: our outputs folder, inline figures, and the profile (the
+    notebooks' MLflow runs share one experiment and carry it as a tag; see tracking.py).
 
     ipykernel keeps an MPLBACKEND it finds (tests set Agg), which would leave the executed
     notebooks and their reports without figures.
     """
-    changes = {"MPLBACKEND": INLINE_BACKEND}
+    changes = {"MPLBACKEND": INLINE_BACKEND, tracking.PROFILE_ENV: profile or "none"}
     if outputs is not None:
         changes["DIGITS_OUTPUTS"] = str(outputs)
     saved = {k: os.environ.get(k) for k in changes}
@@ -298,7 +299,7 @@ def run_pipeline(
     # (data.locate has already logged and, for the sample, warned which files are used)
     print(f"pipeline: {len(selected)} notebook(s), profile {record['profile']}", flush=True)
     save()
-    with _kernel_env(out if outputs is not None else None):
+    with _kernel_env(out if outputs is not None else None, record["profile"]):
         for nb in selected:
             entry = entries[nb.stem]
             entry["status"] = "running"

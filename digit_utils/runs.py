@@ -347,3 +347,43 @@ def as_groups(runs) -> dict[str, list[Path]]:
     if not groups or not all(groups.values()):
         raise ConfigError("runs: no run folders given")
     return groups
+
+
+# --------------------------------------------------------------------------------------------
+# Every finished run: the table `digits runs` prints
+
+
+def finished_runs() -> pd.DataFrame:
+    """One row per finished run folder (one with metrics.json) under every runs root, oldest
+    first: name, stage, model, seed, fold, val_acc (the final model's), best_val_acc, epochs,
+    train_seconds, device, finished (ISO time), run_dir. Read from the folders themselves, so a
+    rerun shows once, as it is now."""
+    rows = []
+    for root in paths.all_runs_dirs():
+        stage = None if root == paths.runs_dir() else root.parent.name
+        for folder in sorted(p for p in root.iterdir() if (p / METRICS).is_file()):
+            try:
+                m = json.loads((folder / METRICS).read_text())
+                c = json.loads((folder / CONFIG).read_text())
+            except (OSError, ValueError):
+                continue  # half-written or damaged: not a finished run to list
+            rows.append(
+                {
+                    "name": folder.name,
+                    "stage": stage,
+                    "model": m.get("model", c.get("model")),
+                    "seed": c.get("seed"),
+                    "fold": c.get("fold"),
+                    "val_acc": m.get("final_val_acc"),
+                    "best_val_acc": m.get("best_val_acc"),
+                    "epochs": m.get("epochs", c.get("epochs")),
+                    "train_seconds": m.get("train_seconds"),
+                    "device": m.get("device"),
+                    "finished": m.get("finished"),
+                    "run_dir": str(folder),
+                }
+            )
+    columns = ["name", "stage", "model", "seed", "fold", "val_acc", "best_val_acc", "epochs",
+               "train_seconds", "device", "finished", "run_dir"]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("finished", kind="stable", na_position="first").reset_index(drop=True)

@@ -49,7 +49,8 @@ class StageSpec:
         return {DATA_DIR: str, **{f: FIELDS[f] for f in self.train_fields}, **self.extras}
 
 
-_TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device")
+_TRACKING = ("tracking", "tracking_artifacts")  # MLflow/TensorBoard (tracking.py); off by default
+_TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device", *_TRACKING)
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
@@ -81,6 +82,7 @@ STAGES: dict[str, StageSpec] = {
                 "device",
                 "precision",
                 "compile",
+                *_TRACKING,
             ),  # fmt: skip
             # n_folds here is the grid's: 0 means one holdout shared by all seeds
             extras={"n_folds": int, "seeds": int},
@@ -99,6 +101,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "05_ensemble_submission",
             gpu=True,  # inference with TTA over several models is faster on a GPU as well
+            train_fields=("tracking",),  # its MLflow run logs the submission; no training here
             extras={
                 "runs": str,
                 "tta": int,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, runs
+from . import __version__, runs, tracking
 from .augment import augment_batch
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import data_fingerprint
@@ -359,6 +359,10 @@ def train(
     if resume:
         _resume(run)
     runs.write_config(run.run_dir, cfg)
+    facts = {"device": run.device, "precision": run.precision, "data_fingerprint": run.fingerprint}
+    tracker = tracking.start_run(
+        cfg, run.run_dir, facts=facts, sample=run.x_train[:6], epoch=run.epoch
+    )  # MLflow/TensorBoard when cfg.tracking asks; logs at epoch ends only
     started = time.perf_counter()
     epochs_bar = tqdm(
         range(run.epoch, cfg.epochs), desc=run.run_dir.name, disable=quiet, unit="epoch",
@@ -377,7 +381,10 @@ def train(
             train_loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}"
         )
         _save_epoch(run)
-    return _finish(run, time.perf_counter() - started)
+        tracker.epoch(run.rows[-1])
+    result = _finish(run, time.perf_counter() - started)
+    tracker.finish(result.metrics)
+    return result
 
 
 def _finish(run: _Run, wall: float) -> TrainResult:

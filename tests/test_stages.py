@@ -49,6 +49,7 @@ def test_a_stage_schema_takes_its_types_from_the_config():
 def test_train_config_from_a_stage_uses_its_fields_and_fixed_settings(isolated, sample_dir):
     ns = {"data_dir": str(sample_dir), "model": "fast_cnn", "epochs": 3, "batch_size": 64}
     ns |= {"lr": 0.02, "policies": "none", "seeds": 1, "val_fraction": 0.1, "device": "cpu"}
+    ns |= {"tracking": "none", "tracking_artifacts": "small"}
     stage = notebook.start("02_augmentation", {**ns, "unrelated_global": object()})
     cfg = stage.train_config(augment="affine")
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.optimizer) == ("fast_cnn", 3, 0.02, "adamw")

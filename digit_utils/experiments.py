@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import paths
 from .config import TrainConfig
 from .errors import ConfigError
 from .predict import inference_ms
+from .progress import bar
 from .train import TrainResult, train
 
 
@@ -77,9 +77,9 @@ def run_grid(
         for fold in (range(folds) if folds else [None])
     ]
     rows, histories, runs = [], [], []
-    for variant, seed, fold in tqdm(
-        jobs, desc="runs", unit="run", disable=quiet and len(jobs) < 2
-    ):
+    # quiet: one bar for the grid; otherwise each run draws its own and this one would interleave
+    shown = quiet and len(jobs) > 1
+    for variant, seed, fold in bar(jobs, desc="runs", unit="run", disable=not shown):
         name = f"{variant}-s{seed}" + (f"-f{fold}" if fold is not None else "")
         changes = {**variants[variant], "seed": seed, "name": name}
         if fold is not None:

@@ -338,6 +338,9 @@ def _run_one(
                 kernel_name=_kernel_name(nb),
                 cwd=str(cwd),
                 progress_bar=True,
+                # text progress bars (progress.py) rewrite their line with \r; saved as
+                # printed, every update would show in the HTML report and on GitHub
+                coalesce_streams=True,
             )
     except (Exception, KeyboardInterrupt) as e:  # the record must say failed, whatever it was
         error = e

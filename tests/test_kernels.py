@@ -16,7 +16,7 @@ from digit_utils.errors import DigitsError, KaggleError
 REPO = Path(__file__).resolve().parent.parent
 REAL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 PIPELINE = list(stages.STAGES)
-GPU = {"02_augmentation", "03_train_cnn", "04_model_zoo", "05_ensemble_submission"}
+GPU = {"02_augmentation", "03_model_zoo", "04_train_cnn", "05_ensemble_submission"}
 
 
 def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
@@ -89,9 +89,12 @@ def test_metadata_follows_the_rules(stem):
     assert meta["enable_gpu"] is (stem in GPU)
     assert meta["competition_sources"] == ["digit-recognizer"]
     expected_sources = {
-        "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
-        "04_model_zoo": ["alice/digit-recognizer-02-augmentation"],
-        "05_ensemble_submission": ["alice/digit-recognizer-03-train-cnn"],
+        "03_model_zoo": ["alice/digit-recognizer-02-augmentation"],
+        "04_train_cnn": [
+            "alice/digit-recognizer-02-augmentation",
+            "alice/digit-recognizer-03-model-zoo",
+        ],
+        "05_ensemble_submission": ["alice/digit-recognizer-04-train-cnn"],
     }
     assert meta["kernel_sources"] == expected_sources.get(stem, [])
 
@@ -211,7 +214,7 @@ def test_every_real_notebook_builds_into_a_kernel(notebook, tmp_path):
 
 
 def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
-    """A notebook quoting another stage's name ("03_train_cnn/runs.json") would read outputs
+    """A notebook quoting another stage's name ("04_train_cnn/runs.json") would read outputs
     that stages.py does not declare, so its Kaggle kernel would miss that upstream kernel."""
     for notebook in REAL_NOTEBOOKS:
         code = "\n".join(
@@ -223,10 +226,10 @@ def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
 
 
 def test_kernel_sources_follow_the_declared_reads():
-    assert stages.STAGES["05_ensemble_submission"].upstream == ("03_train_cnn",)
-    assert stages.STAGES["03_train_cnn"].upstream == ("02_augmentation",)
+    assert stages.STAGES["05_ensemble_submission"].upstream == ("04_train_cnn",)
+    assert stages.STAGES["04_train_cnn"].upstream == ("02_augmentation", "03_model_zoo")
     meta = kernels.kernel_metadata("05_ensemble_submission.ipynb", "alice")
-    assert meta["kernel_sources"] == ["alice/digit-recognizer-03-train-cnn"]
+    assert meta["kernel_sources"] == ["alice/digit-recognizer-04-train-cnn"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from test_notebooks import STAGES, TINY
 from conftest import REPO
 from digit_utils import data, kernels, stages
 
-TINY_KERNEL = {**TINY, "03_train_cnn": {**TINY["03_train_cnn"], "n_folds": 2, "seeds": 1}}
+TINY_KERNEL = {**TINY, "04_train_cnn": {**TINY["04_train_cnn"], "n_folds": 2, "seeds": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def test_kernel_ran_self_contained(chain, stage):
 
 
 def test_training_kernel_used_the_upstream_policy_and_folds(chain):
-    m = json.loads((chain["03_train_cnn"] / "outputs/03_train_cnn/metrics.json").read_text())
+    m = json.loads((chain["04_train_cnn"] / "outputs/04_train_cnn/metrics.json").read_text())
     assert m["metrics"]["augmentation"].startswith("02_augmentation chose")
+    assert m["metrics"]["model_origin"].startswith("03_model_zoo chose")
     assert m["metrics"]["oof_rows"] == 600  # 2 folds: every row out-of-fold once
 
 

@@ -110,7 +110,8 @@ def test_zoo_choice_feeds_training(ran):
     assert choice["model"] in choice["ties"] and choice["model"] in ("simple_cnn", "fast_cnn")
     trained = _metrics(outputs, "04_train_cnn")["metrics"]
     assert (trained["model"], trained["model_origin"]) == (
-        choice["model"], f"03_model_zoo chose {choice['model']!r}"
+        choice["model"],
+        f"03_model_zoo chose {choice['model']!r}",
     )
 
 

@@ -332,20 +332,6 @@ def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) ->
     return fig
 
 
-def method_comparison(table: pd.DataFrame) -> plt.Figure:
-    """CV accuracy of each single model and each ensemble method (ensemble.compare_methods)."""
-    table = table.sort_values("accuracy")
-    colors = ["darkorange" if k == "ensemble" else "steelblue" for k in table["kind"]]
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(table) + 1.2))
-    ax.barh(table["method"], table["accuracy"] * 100, color=colors)
-    for y, (acc, err) in enumerate(zip(table["accuracy"], table["errors"], strict=True)):
-        ax.text(acc * 100, y, f" {acc:.3%} ({err} errors)", va="center", fontsize=8)
-    low = table["accuracy"].min() * 100
-    ax.set_xlim(max(0, low - (100 - low) * 0.5), 100 + (100 - low) * 0.3)
-    ax.set(xlabel="out-of-fold accuracy (%)", title="Single models (blue) vs ensembles (orange)")
-    return fig
-
-
 def mistakes(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, what: str, limit=30):
     """The misclassified digits, worst first: ranked by the probability left on the true label.
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 sns.set_theme(context="notebook", style="whitegrid")
 DIGITS = list(range(10))
@@ -48,7 +48,7 @@ def _grid_title(fig: plt.Figure, title: str) -> plt.Figure:
     row's captions once tight_layout has run)."""
     lines = title.count("\n") + 1
     height = fig.get_figheight()
-    room = 0.3 * lines + 0.15  # inches for the title
+    room = 0.32 * lines + 0.3  # inches for the title and a gap above the first captions
     fig.set_figheight(height + room)
     fig.subplots_adjust(top=height / (height + room))
     fig.suptitle(title, y=1 - 0.05 / (height + room), va="top")
@@ -189,6 +189,7 @@ def decision(table: pd.DataFrame, title: str, xlabel: str = "accuracy (%)") -> p
         off = ", ".join(t.index[t.accuracy <= 0.2])
         ax.text(0.01, 0.01, f"off the scale (near chance): {off}", transform=ax.transAxes,
                 fontsize=8, color="gray")  # fmt: skip
+    ax.set_xticks([x for x in ax.get_xticks() if x <= 100])  # room for labels, not for 104%
     ax.set(xlabel=f"{xlabel}, 95% interval ({int(t['rows'].iloc[0]):,} rows)", title=title)
     return fig
 
@@ -209,7 +210,7 @@ def training_history(histories: pd.DataFrame, title: str, loss_floor: float = 0.
     if loss_floor > 0:
         a.axhline(loss_floor, ls="--", color="gray", lw=1, label="smoothing floor")
         a.legend()
-    a.set(ylabel="cross-entropy", title="Loss (training: smoothed targets, augmented)")
+    a.set(ylabel="cross-entropy", title="Loss (training: in training mode, smoothed targets)")
     acc = histories.assign(pct=histories.val_acc * 100)
     sns.lineplot(data=acc, x="epoch", y="pct", marker="o", errorbar="sd", color="seagreen", ax=b)
     peak = acc.groupby("epoch")["pct"].mean()
@@ -313,6 +314,10 @@ def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
         ylabel="out-of-fold accuracy (%)",
         title="Accuracy against inference time (bubble area: parameters)",
     )
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 200, not 2×10²
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     return fig
 
 

@@ -38,6 +38,11 @@ def accuracy(correct) -> dict:
             "errors": int((~correct).sum()), "rows": len(correct)}  # fmt: skip
 
 
+def p_value(p: float) -> str:
+    """``p = 0.03`` or ``p < 0.001`` (a p-value printed as 0.000 reads as impossible)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
 @dataclass(frozen=True)
 class Paired:
     """McNemar's exact test of A against B on the same rows."""
@@ -91,7 +96,7 @@ class Decision:
                 return head + " It is the only candidate."
             if not simpler:
                 return head + " It is also the simplest candidate, so it is chosen."
-            tests = ", ".join(f"`{n}` p = {t.loc[n, 'p']:.3f}" for n in simpler)
+            tests = ", ".join(f"`{n}` {p_value(t.loc[n, 'p'])}" for n in simpler)
             return head + (
                 f" It beats every simpler candidate beyond the noise (McNemar: {tests}), so the "
                 "extra complexity is paid for."
@@ -99,8 +104,8 @@ class Decision:
         gap = t.loc[b, "accuracy"] - t.loc[c, "accuracy"]
         return head + (
             f" `{c}` is {gap:.2%} behind ({int(t.loc[c, 'only_best'])} rows only `{b}` gets "
-            f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar p = "
-            f"{t.loc[c, 'p']:.2f}): within the noise, so the simpler `{c}` is chosen. These "
+            f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar "
+            f"{p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is chosen. These "
             f"{rows:,} rows are too few to tell the two apart."
         )
 

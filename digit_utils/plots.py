@@ -256,6 +256,9 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> plt.Fi
         ax=ax,
         cbar_kws={"label": "mistakes"},
     )
+    ax.grid(False)  # the style's grid would cross the diagonal's counts
+    ax.collections[0].colorbar.locator = MaxNLocator(integer=True)  # counts, never 0.5
+    ax.collections[0].colorbar.update_ticks()
     for d in DIGITS:
         ax.text(d + 0.5, d + 0.5, cm[d, d], ha="center", va="center", color="gray", fontsize=8)
     acc = np.trace(cm) / max(1, cm.sum())

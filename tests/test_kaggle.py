@@ -137,10 +137,11 @@ def test_kernel_build_needs_a_user_name(isolated, capsys):
 
 
 def test_kernel_build_selects_notebooks_by_stem_or_prefix(isolated, capsys):
-    notebooks(isolated, "01_eda", "03_train_cnn", "05_ensemble_submission")
-    code, out, _ = digits("kaggle", "kernel", "build", "03", "--user", "dana", capsys=capsys)
-    assert code == 0 and out.count("built ") == 1 and "digit-recognizer-03-train-cnn" in out
+    notebooks(isolated, "01_eda", "04_train_cnn", "05_ensemble_submission")
+    code, out, _ = digits("kaggle", "kernel", "build", "04", "--user", "dana", capsys=capsys)
+    assert code == 0 and out.count("built ") == 1 and "digit-recognizer-04-train-cnn" in out
     assert "reads dana/digit-recognizer-02-augmentation" in out and "(GPU;" in out
+    assert "dana/digit-recognizer-03-model-zoo" in out  # its second upstream kernel
     code, _, err = digits("kaggle", "kernel", "build", "0", "--user", "dana", capsys=capsys)
     assert code == 1 and "'0' names no notebook" in err
     code, _, err = digits("kaggle", "kernel", "build", "07", "--user", "dana", capsys=capsys)
@@ -151,7 +152,7 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
     fake_kaggle, isolated, capsys
 ):
     fake_kaggle.login()
-    notebooks(isolated, "01_eda", "03_train_cnn")
+    notebooks(isolated, "01_eda", "04_train_cnn")
     code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
     assert (code, err) == (0, "")
     root = isolated / "outputs" / "kernels"
@@ -161,20 +162,20 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
             "kernels",
             "push",
             "-p",
-            str(root / "digit-recognizer-03-train-cnn"),
+            str(root / "digit-recognizer-04-train-cnn"),
             "--accelerator",
             "NvidiaTeslaT4",
         ],
     ]
-    assert "https://www.kaggle.com/code/alice/digit-recognizer-03-train-cnn" in out
-    built = nbformat.read(root / "digit-recognizer-03-train-cnn" / "03_train_cnn.ipynb", 4)
+    assert "https://www.kaggle.com/code/alice/digit-recognizer-04-train-cnn" in out
+    built = nbformat.read(root / "digit-recognizer-04-train-cnn" / "04_train_cnn.ipynb", 4)
     assert built.cells[-1].source == "print('hello')"
 
 
 def test_kernel_push_accelerator_can_be_chosen(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
-    notebooks(isolated, "03_train_cnn")
-    argv = ("kaggle", "kernel", "push", "03_train_cnn", "--accelerator", "NvidiaTeslaP100")
+    notebooks(isolated, "04_train_cnn")
+    argv = ("kaggle", "kernel", "push", "04_train_cnn", "--accelerator", "NvidiaTeslaP100")
     assert digits(*argv, capsys=capsys)[0] == 0
     assert fake_kaggle.calls[0][-2:] == ["--accelerator", "NvidiaTeslaP100"]
 
@@ -193,9 +194,9 @@ def test_kernel_push_rejected(fake_kaggle, isolated, capsys):
 
 def test_kernel_status(fake_kaggle, capsys, monkeypatch):
     fake_kaggle.login()
-    code, out, _ = digits("kaggle", "kernel", "status", "03_train_cnn", capsys=capsys)
-    assert code == 0 and out == "alice/digit-recognizer-03-train-cnn: complete\n"
-    assert fake_kaggle.calls == [["kernels", "status", "alice/digit-recognizer-03-train-cnn"]]
+    code, out, _ = digits("kaggle", "kernel", "status", "04_train_cnn", capsys=capsys)
+    assert code == 0 and out == "alice/digit-recognizer-04-train-cnn: complete\n"
+    assert fake_kaggle.calls == [["kernels", "status", "alice/digit-recognizer-04-train-cnn"]]
 
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_STATUS", "ERROR")
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "CUDA out of memory")
@@ -281,5 +282,5 @@ def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, caps
     assert_no_secret(out, err, tree=tmp_path)
     folder = isolated / "outputs/kernels" / kernels.kernel_slug("05_ensemble_submission")
     assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
-        "alice/digit-recognizer-03-train-cnn"  # 05 reads only 03's runs (stages.STAGES)
+        "alice/digit-recognizer-04-train-cnn"  # 05 reads only 04's runs (stages.STAGES)
     ]

@@ -171,21 +171,9 @@ def compare_methods(
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
-    predictions = {}
-    for method in methods:
-        if method == "stack":
-            try:
-                p = stacking_cv_proba(
-                    probas, labels, folds=folds, seed=seed, meta_model=meta_model
-                )
-            except ConfigError as e:  # too few rows to score it: compare the others
-                warnings.warn(f"{e}; stacking left out of the comparison", stacklevel=2)
-                continue
-            predictions[method] = p.argmax(axis=1)
-        elif method == "vote":
-            predictions[method] = majority_vote(probas)
-        else:
-            predictions[method] = soft_average(probas).argmax(axis=1)
+    predictions = method_predictions(
+        probas, labels, methods=methods, folds=folds, seed=seed, meta_model=meta_model
+    )
     for name, p in zip(names, probas, strict=True):
         predictions[name] = p.argmax(axis=1)
     rows = [
@@ -202,6 +190,35 @@ def compare_methods(
     table = table.reset_index(drop=True)
     table["best"] = table.index == 0
     return table
+
+
+def method_predictions(
+    probas,
+    labels,
+    *,
+    methods: Sequence[str] = METHODS,
+    folds: int = 5,
+    seed: int = 0,
+    meta_model=None,
+) -> dict[str, np.ndarray]:
+    """``{method: predicted labels on the OOF rows}``; stacking's come from an inner K-fold
+    (left out, with a warning, when the rows are too few for it)."""
+    predictions = {}
+    for method in methods:
+        if method == "stack":
+            try:
+                p = stacking_cv_proba(
+                    probas, labels, folds=folds, seed=seed, meta_model=meta_model
+                )
+            except ConfigError as e:  # too few rows to score it: compare the others
+                warnings.warn(f"{e}; stacking left out of the comparison", stacklevel=3)
+                continue
+            predictions[method] = p.argmax(axis=1)
+        elif method == "vote":
+            predictions[method] = majority_vote(probas)
+        else:
+            predictions[method] = soft_average(probas).argmax(axis=1)
+    return predictions
 
 
 def pick_best(table: pd.DataFrame, kind: str | None = None) -> tuple[str, float]:

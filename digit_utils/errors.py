@@ -35,6 +35,10 @@ class CheckpointError(DigitsError):
     """A checkpoint is truncated, foreign or incompatible."""
 
 
+class VerdictError(DigitsError):
+    """A notebook's sentence would contradict the results printed above it."""
+
+
 class DataWarning(UserWarning):
     """Something legitimate but unusual about the data, such as a subset of the rows."""
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import paths
 from .config import TrainConfig
 from .device_pool import train_all
 from .errors import ConfigError
 from .predict import inference_ms
+from .progress import bar
 from .train import TrainResult
 
 
@@ -90,10 +90,12 @@ def run_grid(
         if fold is not None:
             changes.update(fold=fold, n_folds=folds)
         configs.append((base.replace(**changes), root / name))
-    with tqdm(total=len(jobs), desc="runs", unit="run", disable=quiet and len(jobs) < 2) as bar:
+    # quiet: one bar for the grid; otherwise each run draws its own and this one would interleave
+    shown = quiet and len(jobs) > 1
+    with bar(total=len(jobs), desc="runs", unit="run", disable=not shown) as grid_bar:
         runs = train_all(
             configs, images, labels, workers=workers, threads=threads, quiet=quiet,
-            done=lambda: bar.update(1),
+            done=lambda: grid_bar.update(1),
         )  # fmt: skip
     rows, histories = [], []
     for (variant, seed, fold), (cfg, _), result in zip(jobs, configs, runs, strict=True):
@@ -117,17 +119,20 @@ def run_grid(
 
 
 def leaderboard(grid: Grid, images: np.ndarray, device: str = "auto") -> pd.DataFrame:
-    """One row per model of a zoo grid: params, holdout accuracy, training and inference time."""
-    rows = []
+    """One row per model of a zoo grid: params, validation accuracy (mean over its folds),
+    training time (all its runs) and inference time (its first run's model), best first."""
+    rows: dict[str, dict] = {}
     for row, run in zip(grid.results.itertuples(), grid.runs, strict=True):
-        rows.append(
-            {
+        if row.model not in rows:
+            rows[row.model] = {
                 "model": row.model,
                 "params": int(row.params),
                 "trained_on": row.device,
-                "val_acc": row.val_acc,
-                "train_seconds": row.train_seconds,
+                "val_acc": [],
+                "train_seconds": 0.0,
                 "infer_ms_per_1000": inference_ms(run.model, images, device),
             }
-        )
-    return pd.DataFrame(rows).sort_values("val_acc", ascending=False).reset_index(drop=True)
+        rows[row.model]["val_acc"].append(row.val_acc)
+        rows[row.model]["train_seconds"] += row.train_seconds
+    board = pd.DataFrame([{**r, "val_acc": float(np.mean(r["val_acc"]))} for r in rows.values()])
+    return board.sort_values("val_acc", ascending=False).reset_index(drop=True)

@@ -129,7 +129,7 @@ def register_cli(sub) -> None:
     )
 
     v = kverbs.add_parser("status", help="a pushed kernel's run status")
-    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem such as 03_train_cnn")
+    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem such as 04_train_cnn")
     v.set_defaults(func=_status)
 
     v = kverbs.add_parser("output", help="download a kernel's output files")

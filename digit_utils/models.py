@@ -74,7 +74,13 @@ def fast_cnn(width: int = 16) -> nn.Module:
 
 
 def deep_cnn(dropout: float = 0.4) -> nn.Module:
-    """The Kaggle-proven 32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4 net (about 99.65% alone)."""
+    """The Kaggle-proven 32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4 net (about 99.65% alone).
+
+    Credit: Chris Deotte's Kaggle experiments "How to choose CNN Architecture MNIST" (2018),
+    which tested each design choice in turn: two 3x3 convolutions in place of one 5x5, a
+    learnable 5x5 stride-2 convolution in place of max-pooling, BatchNorm after every
+    convolution, 40% dropout, and a 4x4 convolution that replaces the dense layer.
+    """
     return nn.Sequential(
         *_conv_bn(1, 32, 3, padding=0),  # (B,32,26,26)
         *_conv_bn(32, 32, 3, padding=0),  # (B,32,24,24)
@@ -173,6 +179,33 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
         )
     },
 }
+
+
+def describe(name: str) -> tuple[str, list[dict]]:
+    """A model's credit (its builder's docstring) and its layers: one dict per layer with its
+    output shape for one 28x28 digit and its parameter count (what a reader checks first)."""
+    model = build_model(name).eval()
+    rows: list[dict] = []
+
+    def record(module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            layer = type(module).__name__
+            if isinstance(module, nn.Conv2d):  # 5x5/2: a 5x5 kernel at stride 2
+                kh, kw = module.kernel_size
+                layer += f" {kh}x{kw}" + (f"/{module.stride[0]}" if module.stride[0] > 1 else "")
+            rows.append({"layer": layer, "output": tuple(output.shape[1:]), "params": params})
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28))
+    finally:
+        for h in hooks:
+            h.remove()
+    doc = " ".join((MODELS[name].__doc__ or "").split())
+    return doc, rows
 
 
 def list_models() -> list[str]:

@@ -17,6 +17,9 @@ from typing import Any
 
 from . import __version__, atomic, data, paths, stages, tracking, typed
 from .config import TrainConfig
+from .errors import VerdictError
+
+LOGGER = "digit_utils"  # the package's logger; a notebook configures this one only
 
 
 def check_params(stage: str, params: Mapping[str, Any]) -> MappingProxyType:
@@ -91,16 +94,55 @@ class Stage:
         return record
 
 
+def say(text: str, **checks: bool):
+    """A sentence for the notebook (Markdown) that holds only if every named check is true.
+
+    A verdict is built from the results with an f-string; the checks state what the sentence
+    takes for granted (``say(f"{a} beats {b}", a_is_ahead=acc[a] > acc[b])``), so a run whose
+    numbers would contradict it stops with a VerdictError instead of printing a false claim.
+    """
+    from IPython.display import Markdown  # notebooks only; the CLI never imports this module
+
+    if failed := [name for name, ok in checks.items() if not ok]:
+        raise VerdictError(f"the sentence {text!r} contradicts the results: {', '.join(failed)}")
+    return Markdown(text)
+
+
+def _quiet_logging() -> None:
+    """INFO from this package to the cell's stdout, plain; nothing else (matplotlib's INFO lines
+    about categorical units stay silent). Idempotent: a rerun of the cell adds no handler."""
+    log = logging.getLogger(LOGGER)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not any(getattr(h, "_digits", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._digits = True
+        log.addHandler(handler)
+
+
+def _locate(data_dir: str):
+    """Find the data; its warnings (the offline-sample banner) print as plain text, without the
+    ``file:line`` and source line that Python's warning format adds."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data.DataWarning)
+        source = data.locate(data_dir or None)  # logs which files it uses
+    for w in caught:
+        if issubclass(w.category, data.DataWarning) and "rows, the comp" not in str(w.message):
+            print(str(w.message).strip("\n"), file=sys.stderr)
+        elif not issubclass(w.category, data.DataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return source
+
+
 def start(stage: str, namespace: Mapping[str, Any]) -> Stage:
     """Check the notebook's parameters (taken by name from ``namespace``, the notebook's
     ``globals()``), locate the data (if the notebook reads it), make the outputs folder."""
     names = stages.spec(stage).schema
     checked = check_params(stage, {k: namespace[k] for k in names if k in namespace})
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    _quiet_logging()
     warnings.filterwarnings("ignore", category=data.DataWarning, message=r".*rows, the comp")
-    source = None
-    if stages.DATA_DIR in checked:
-        source = data.locate(checked[stages.DATA_DIR] or None)  # logs which files it uses
+    source = _locate(checked[stages.DATA_DIR]) if stages.DATA_DIR in checked else None
     stage_ = Stage(stage, checked, source, paths.stage_dir(stage))
     # opens the notebook's MLflow run (when its tracking parameter asks): training runs nest in it
     stage_.tracker = tracking.start_stage(stage, checked, source.to_dict() if source else None)

@@ -349,6 +349,9 @@ def _run_one(
                 # The kernel writes its log to our stderr; on Ctrl-C it logs a ZMQ traceback
                 # while it dies. Failures reach us through papermill, so it may stay quiet.
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                # text progress bars (progress.py) rewrite their line with \r; saved as
+                # printed, every update would show in the HTML report and on GitHub
+                coalesce_streams=True,
             )
     except (Exception, KeyboardInterrupt) as e:  # the record must say failed, whatever it was
         error = e

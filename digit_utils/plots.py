@@ -1,4 +1,6 @@
-"""Every figure the notebooks show. Each function returns a Figure; ``save`` writes it as PNG."""
+"""Every figure the notebooks show. Each function returns a Figure; ``save`` writes it as PNG.
+
+Over 300 lines: one function per figure, and the figures belong together."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 sns.set_theme(context="notebook", style="whitegrid")
 DIGITS = list(range(10))
@@ -40,6 +43,22 @@ def _image_grid(
     return fig
 
 
+def _grid_title(fig: plt.Figure, title: str) -> plt.Figure:
+    """A title above an image grid, in space made for it (a plain suptitle overlaps the first
+    row's captions once tight_layout has run)."""
+    lines = title.count("\n") + 1
+    height = fig.get_figheight()
+    room = 0.32 * lines + 0.3  # inches for the title and a gap above the first captions
+    fig.set_figheight(height + room)
+    fig.subplots_adjust(top=height / (height + room))
+    fig.suptitle(title, y=1 - 0.05 / (height + room), va="top")
+    return fig
+
+
+def _epoch_axis(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
+
+
 # ---------------------------------------------------------------------------- exploring data
 
 
@@ -64,16 +83,14 @@ def samples_per_class(images: np.ndarray, labels: np.ndarray, per_class: int = 1
         if (labels == d).sum() >= per_class
     ]
     fig = _image_grid(images[np.concatenate(rows)], None, per_class, size=0.8)
-    fig.suptitle("Random training digits, one row per class", y=1.01)
-    return fig
+    return _grid_title(fig, "Random training digits, one row per class")
 
 
 def mean_images(images: np.ndarray, labels: np.ndarray) -> plt.Figure:
     """The average digit of each class: where the ink usually goes."""
     means = np.stack([images[labels == d].mean(axis=0) for d in DIGITS])
     fig = _image_grid(means, [str(d) for d in DIGITS], 10, size=1.2)
-    fig.suptitle("Mean image per class", y=1.05)
-    return fig
+    return _grid_title(fig, "Mean image per class")
 
 
 def intensity_distributions(images: np.ndarray, labels: np.ndarray) -> plt.Figure:
@@ -137,47 +154,89 @@ def augmentation_gallery(gallery: np.ndarray, title: str = "") -> plt.Figure:
         "original" if j == 0 else f"draw {j}" for _ in range(n_images) for j in range(n_draws)
     ]
     fig = _image_grid(gallery.reshape(-1, 28, 28), titles, n_draws, size=0.95)
-    if title:
-        fig.suptitle(title, y=1.02)
-    return fig
+    return _grid_title(fig, title) if title else fig
 
 
-def learning_curves(histories: pd.DataFrame, hue: str, metric: str = "val_acc") -> plt.Figure:
-    """One line per ``hue`` value (mean over seeds with a band), ``metric`` against epoch."""
+def learning_curves(histories: pd.DataFrame, hue: str, title: str) -> plt.Figure:
+    """Validation accuracy (%) by epoch, one line per ``hue`` value: the mean over its runs
+    (seeds or folds) with a band of ± one sd."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    sns.lineplot(data=histories, x="epoch", y=metric, hue=hue, marker="o", errorbar="sd", ax=ax)
-    ax.set(title=f"{metric} by epoch (mean ± sd over seeds)")
+    data = histories.assign(val_acc_pct=histories["val_acc"] * 100)
+    sns.lineplot(data=data, x="epoch", y="val_acc_pct", hue=hue, marker="o", errorbar="sd", ax=ax)
+    _epoch_axis(ax)
+    last = data[data.epoch == data.epoch.max()]["val_acc_pct"]
+    ax.set_ylim(max(0, min(last.min() - 5, data["val_acc_pct"].quantile(0.1))), 100)
+    ax.set(title=title, ylabel="validation accuracy (%)")
     return fig
 
 
-def score_bars(results: pd.DataFrame, x: str, y: str = "val_acc", title: str = "") -> plt.Figure:
-    """Mean ± sd of ``y`` for each ``x`` (rows are seeds), each point shown."""
-    order = results.groupby(x)[y].mean().sort_values().index
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(order) + 1.5))
-    sns.barplot(data=results, y=x, x=y, order=order, errorbar="sd", ax=ax, color="lightsteelblue")
-    sns.stripplot(data=results, y=x, x=y, order=order, ax=ax, color="black", size=4)
-    low = results[y].min()
-    ax.set_xlim(max(0.0, low - (1 - low) * 0.5), min(1.0, results[y].max() + (1 - low) * 0.2))
-    ax.set(title=title or f"{y} (mean ± sd)", ylabel="")
+def decision(table: pd.DataFrame, title: str, xlabel: str = "accuracy (%)") -> plt.Figure:
+    """A :class:`stats.Decision` table: each candidate's accuracy with its 95% interval, the
+    chosen one in orange, those the best does not beat (McNemar) in blue, the rest grey."""
+    t = table.iloc[::-1]  # simplest at the top
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.4))
+    for y, (_, row) in enumerate(t.iterrows()):
+        color = "darkorange" if row["chosen"] else "steelblue" if row["within_noise"] else "gray"
+        acc, lo, hi = row["accuracy"] * 100, row["low"] * 100, row["high"] * 100
+        ax.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=color, capsize=4)
+        note = f" {acc:.2f}% ({int(row['errors'])} errors)" + ("  chosen" if row["chosen"] else "")
+        ax.text(hi, y, note, va="center", fontsize=8, color=color)
+    ax.set_yticks(range(len(t)), t.index)
+    sane = t[t["accuracy"] > 0.2]  # a model at chance would flatten the others
+    low = (sane if len(sane) else t)["low"].min() * 100
+    ax.set_xlim(max(0, low - (100 - low) * 0.25), 100 + (100 - low) * 0.45)
+    if len(sane) < len(t):
+        off = ", ".join(t.index[t.accuracy <= 0.2])
+        ax.text(0.01, 0.01, f"off the scale (near chance): {off}", transform=ax.transAxes,
+                fontsize=8, color="gray")  # fmt: skip
+    ax.set_xticks([x for x in ax.get_xticks() if x <= 100])  # room for labels, not for 104%
+    ax.set(xlabel=f"{xlabel}, 95% interval ({int(t['rows'].iloc[0]):,} rows)", title=title)
     return fig
 
 
 # --------------------------------------------------------------------------------- training
 
 
-def training_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Loss, accuracy and learning rate by epoch for one run."""
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.5))
-    a.plot(history.epoch, history.train_loss, "o-", label="train")
-    a.plot(history.epoch, history.val_loss, "o-", label="validation")
-    a.set(xlabel="epoch", ylabel="loss", title="Loss")
-    a.legend()
-    b.plot(history.epoch, history.val_acc * 100, "o-", color="seagreen")
-    b.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Accuracy")
-    c.plot(history.epoch, history.lr, "o-", color="darkorange")
-    c.set(xlabel="epoch", ylabel="learning rate", title="Learning rate (end of epoch)")
-    if title:
-        fig.suptitle(title)
+def training_history(histories: pd.DataFrame, title: str, loss_floor: float = 0.0):
+    """Loss and validation accuracy by epoch, mean ± sd over the runs in ``histories``.
+
+    ``loss_floor`` (label smoothing's lowest possible training loss) is drawn as a line: the
+    training loss cannot go below it, the plain validation loss can.
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.6))
+    long = histories.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="loss")
+    long["loss"] = long["loss"].map({"train_loss": "training", "val_loss": "validation"})
+    sns.lineplot(data=long, x="epoch", y="value", hue="loss", marker="o", errorbar="sd", ax=a)
+    if loss_floor > 0:
+        a.axhline(loss_floor, ls="--", color="gray", lw=1, label="smoothing floor")
+        a.legend()
+    a.set(ylabel="cross-entropy", title="Loss (training: in training mode, smoothed targets)")
+    acc = histories.assign(pct=histories.val_acc * 100)
+    sns.lineplot(data=acc, x="epoch", y="pct", marker="o", errorbar="sd", color="seagreen", ax=b)
+    peak = acc.groupby("epoch")["pct"].mean()
+    b.axvline(peak.idxmax(), ls=":", color="gray", lw=1)
+    b.set(
+        ylabel="validation accuracy (%)",
+        title=f"Validation accuracy (peak at epoch {peak.idxmax()})",
+    )
+    b.set_ylim(max(0, peak.iloc[len(peak) // 3 :].min() - 1), 100)
+    for ax in (a, b):
+        _epoch_axis(ax)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def lr_schedule(lr: np.ndarray, steps_per_epoch: int, title: str) -> plt.Figure:
+    """The learning rate at every optimiser step (warm-up included), epochs marked on top."""
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(np.arange(1, len(lr) + 1), lr, color="darkorange")
+    ax.set(xlabel="optimiser step", ylabel="learning rate", title=title, ylim=(0, lr.max() * 1.08))
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch)
+    )
+    top.set_xlabel("epoch")
+    top.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
@@ -197,6 +256,9 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> plt.Fi
         ax=ax,
         cbar_kws={"label": "mistakes"},
     )
+    ax.grid(False)  # the style's grid would cross the diagonal's counts
+    ax.collections[0].colorbar.locator = MaxNLocator(integer=True)  # counts, never 0.5
+    ax.collections[0].colorbar.update_ticks()
     for d in DIGITS:
         ax.text(d + 0.5, d + 0.5, cm[d, d], ha="center", va="center", color="gray", fontsize=8)
     acc = np.trace(cm) / max(1, cm.sum())
@@ -223,9 +285,7 @@ def digit_grid(images, titles: Sequence[str], ncols: int = 10, title: str = "") 
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         return fig
     fig = _image_grid(images, titles, min(ncols, max(len(images), 6)), size=1.25)
-    if title:
-        fig.suptitle(title, y=1.02)
-    return fig
+    return _grid_title(fig, title) if title else fig
 
 
 # ----------------------------------------------------------------------- zoo and ensembles
@@ -236,7 +296,14 @@ def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 5))
     sizes = 40 + 400 * np.sqrt(board["params"] / board["params"].max())
     ax.scatter(board["infer_ms_per_1000"], board["val_acc"] * 100, s=sizes, alpha=0.6)
-    for _, row in board.iterrows():
+    learnt = board[board["val_acc"] > 0.2]  # a model left at chance would flatten the rest
+    if 0 < len(learnt) < len(board):
+        low = learnt["val_acc"].min() * 100
+        ax.set_ylim(low - (100 - low) * 0.3, 100 + (100 - low) * 0.1)
+        off = ", ".join(board.loc[board["val_acc"] <= 0.2, "model"])
+        ax.text(0.01, 0.01, f"off the scale (near chance): {off}", transform=ax.transAxes,
+                fontsize=8, color="gray")  # fmt: skip
+    for _, row in learnt.iterrows():
         ax.annotate(
             row["model"],
             (row["infer_ms_per_1000"], row["val_acc"] * 100),
@@ -247,9 +314,13 @@ def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
     ax.set(
         xscale="log",
         xlabel="inference ms per 1,000 images (log)",
-        ylabel="holdout accuracy (%)",
-        title="Accuracy against inference time (size = params)",
+        ylabel="out-of-fold accuracy (%)",
+        title="Accuracy against inference time (bubble area: parameters)",
     )
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 200, not 2×10²
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     return fig
 
 
@@ -264,36 +335,26 @@ def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) ->
         share = np.bincount(values, minlength=10) / len(values)
         ax.bar(np.arange(10) + (i - (len(bars) - 1) / 2) * width, share, width, label=name)
     ax.set_xticks(DIGITS)
-    ax.set(xlabel="digit", ylabel="share", title="Class distribution")
+    ax.set(xlabel="digit", ylabel="share of images", title="Class shares: predicted test vs train")
     ax.legend()
     return fig
 
 
-def method_comparison(table: pd.DataFrame) -> plt.Figure:
-    """CV accuracy of each single model and each ensemble method (ensemble.compare_methods)."""
-    table = table.sort_values("accuracy")
-    colors = ["darkorange" if k == "ensemble" else "steelblue" for k in table["kind"]]
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(table) + 1.2))
-    ax.barh(table["method"], table["accuracy"] * 100, color=colors)
-    for y, (acc, err) in enumerate(zip(table["accuracy"], table["errors"], strict=True)):
-        ax.text(acc * 100, y, f" {acc:.3%} ({err} errors)", va="center", fontsize=8)
-    low = table["accuracy"].min() * 100
-    ax.set_xlim(max(0, low - (100 - low) * 0.5), 100 + (100 - low) * 0.3)
-    ax.set(xlabel="out-of-fold accuracy (%)", title="Single models (blue) vs ensembles (orange)")
-    return fig
+def mistakes(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, what: str, limit=30):
+    """The misclassified digits, worst first: ranked by the probability left on the true label.
 
-
-def mistakes(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, limit: int = 30):
-    """The misclassified digits, most confident mistakes first, captioned true→predicted (p)."""
-    pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+    Caption ``true→predicted`` and, below, ``p(true)`` / ``p(predicted)``.
+    """
+    pred = proba.argmax(axis=1)
+    p_true = proba[np.arange(len(y_true)), y_true]
     wrong = np.flatnonzero(pred != y_true)
-    shown = wrong[np.argsort(-conf[wrong])][:limit]
-    titles = [f"{y_true[i]}→{pred[i]} ({conf[i]:.2f})" for i in shown]
+    shown = wrong[np.argsort(p_true[wrong], kind="stable")][:limit]
+    titles = [f"{y_true[i]}→{pred[i]}\n{p_true[i]:.2f} / {proba[i, pred[i]]:.2f}" for i in shown]
     return digit_grid(
         images[shown],
         titles,
-        title=f"{len(wrong)} mistakes in {len(y_true):,} digits, most confident first\n"
-        "caption: true→predicted (confidence)",
+        title=f"{what}: {len(wrong)} mistakes in {len(y_true):,} digits, worst first\n"
+        "caption: true→predicted, then p(true) / p(predicted)",
     )
 
 

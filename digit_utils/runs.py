@@ -299,7 +299,7 @@ def default_runs() -> list[Path]:
     if not found:
         raise DigitsError(
             f"no trained run in {paths.outputs_dir()}; train one first (make pipeline, or "
-            "notebooks/03_train_cnn.ipynb) or pass --run RUN_DIR"
+            "notebooks/04_train_cnn.ipynb) or pass --run RUN_DIR"
         )
     return [max(found, key=lambda p: p.stat().st_mtime).parent]
 

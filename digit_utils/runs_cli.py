@@ -24,7 +24,7 @@ def register_cli(sub) -> None:
                    "first; default: finished)")  # fmt: skip
     p.add_argument("--reverse", action="store_true", help="reverse the order")
     p.add_argument("--model", help="only runs of this model")
-    p.add_argument("--stage", help="only runs of this notebook (e.g. 03_train_cnn)")
+    p.add_argument("--stage", help="only runs of this notebook (e.g. 04_train_cnn)")
     p.add_argument("--last", type=int, metavar="N", help="only the N most recently finished")
     p.add_argument("--json", action="store_true", help="print JSON records (for scripts)")
     p.set_defaults(func=_runs)

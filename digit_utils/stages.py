@@ -4,8 +4,8 @@ wants a GPU. The pipeline, the Kaggle kernels and the notebooks' own set-up all 
 A notebook's parameters are the TrainConfig fields it shows (their types come from the config)
 plus a few of its own. Hand-off files (one stage writes, a later one reads) are declared as
 ``reads``; the upstream stages of a notebook (its Kaggle ``kernel_sources``) follow from them.
-The writer and reader of each hand-off file sit together: the augmentation policy here, run
-lists in :mod:`runs`.
+The writer and reader of each hand-off file sit together: the augmentation policy and the
+architecture choice here, run lists in :mod:`runs`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .policy import AugmentPolicy
 
 DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
 POLICY = "02_augmentation/policy.json"  # 02's chosen augmentation, read by 03 and 04
-TRAINED_RUNS = f"03_train_cnn/{paths.RUN_LIST}"  # 03's runs, the ensemble's members in 05
+MODEL_CHOICE = "03_model_zoo/choice.json"  # the zoo's chosen architecture, read by 04
+TRAINED_RUNS = f"04_train_cnn/{paths.RUN_LIST}"  # 04's runs, the ensemble's members in 05
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,22 @@ STAGES: dict[str, StageSpec] = {
             "02_augmentation",
             gpu=True,
             train_fields=("model", *_TRAINING),
-            extras={"policies": str, "seeds": int},
+            # n_folds: k-fold so every labelled row scores every policy; 0 for one holdout
+            extras={"policies": str, "n_folds": int, "seeds": int},
             fixed={"optimizer": "adamw"},
-            writes=("policy.json",),
+            writes=(Path(POLICY).name,),
         ),
         StageSpec(
-            "03_train_cnn",
+            "03_model_zoo",
+            gpu=True,
+            train_fields=("augment", *_TRAINING),
+            extras={"models": str, "n_folds": int, "seed": int},
+            fixed={"optimizer": "adamw"},
+            reads=(POLICY,),
+            writes=("leaderboard.json", Path(MODEL_CHOICE).name),
+        ),
+        StageSpec(
+            "04_train_cnn",
             gpu=True,
             train_fields=(
                 "model",
@@ -86,17 +97,8 @@ STAGES: dict[str, StageSpec] = {
             ),  # fmt: skip
             # n_folds here is the grid's: 0 means one holdout shared by all seeds
             extras={"n_folds": int, "seeds": int},
-            reads=(POLICY,),
+            reads=(POLICY, MODEL_CHOICE),
             writes=(paths.RUN_LIST,),
-        ),
-        StageSpec(
-            "04_model_zoo",
-            gpu=True,
-            train_fields=("augment", *_TRAINING),
-            extras={"models": str, "seed": int},
-            fixed={"optimizer": "adamw"},
-            reads=(POLICY,),
-            writes=("leaderboard.json",),
         ),
         StageSpec(
             "05_ensemble_submission",
@@ -123,7 +125,7 @@ def spec(name: str) -> StageSpec:
 
 
 def match(stems: Sequence[str], selector: str, what: str = "notebook") -> str:
-    """The stem a selector (``03`` or ``03_train_cnn``) names; ConfigError when none or several.
+    """The stem a selector (``04`` or ``04_train_cnn``) names; ConfigError when none or several.
 
     The one notebook selector: the pipeline, the kernel commands and the CLI all use it.
     """
@@ -169,3 +171,29 @@ def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
     except DigitsError:
         return "affine", "default (02_augmentation has not run)"
     return choice["augment"], f"02_augmentation chose {choice['policy']!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# The architecture: 03 writes it, 04 reads it
+
+
+def save_model_choice(folder: Path, model: str, **facts) -> dict:
+    """Record the architecture 03_model_zoo chose (with the figures and the rule that chose it)."""
+    choice = {"model": model, **facts}
+    atomic.write_json(choice, Path(folder) / Path(MODEL_CHOICE).name)
+    return choice
+
+
+def chosen_model(model: str) -> tuple[str, str]:
+    """Resolve a training notebook's ``model`` parameter: ``(name, where it came from)``.
+
+    "auto" takes the architecture 03_model_zoo chose, or ``deep_cnn`` (with a message) when that
+    notebook has not run; anything else is a registered name used as given.
+    """
+    if model != "auto":
+        return model, "parameter"
+    try:
+        choice = json.loads(paths.upstream(MODEL_CHOICE).read_text())
+    except DigitsError:
+        return "deep_cnn", "default (03_model_zoo has not run)"
+    return choice["model"], f"03_model_zoo chose {choice['model']!r}"

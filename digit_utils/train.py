@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__, runs, tracking
 from .augment import augment_batch
@@ -37,6 +36,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model, count_parameters, normalize
 from .policy import AugmentPolicy
 from .predict import as_image_tensor, predict_proba
+from .progress import bar
 from .splits import split_for
 
 # --------------------------------------------------------------------------------------------
@@ -51,6 +51,20 @@ def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str
     if schedule == "onecycle":
         return peak * (1 - progress)
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int, int]:
+    """``(batch size, steps per epoch, warm-up steps)`` of a run on ``n_train`` rows."""
+    bs = min(cfg.batch_size, n_train)
+    steps_per_epoch = n_train // bs  # the last partial batch is dropped (BatchNorm, even steps)
+    return bs, steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+
+
+def lr_by_step(cfg: TrainConfig, n_train: int) -> np.ndarray:
+    """The learning rate at every step of a run on ``n_train`` rows (what the loop will use)."""
+    _, per_epoch, warmup = schedule_steps(cfg, n_train)
+    total = cfg.epochs * per_epoch
+    return np.array([learning_rate(s, total, cfg.lr, warmup, cfg.schedule) for s in range(total)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,9 +184,7 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
     model = build_model(cfg.model).to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    n_train = len(train_idx)
-    bs = min(cfg.batch_size, n_train)
-    steps_per_epoch = n_train // bs  # the last partial batch is dropped (BatchNorm, even steps)
+    bs, steps_per_epoch, warmup = schedule_steps(cfg, len(train_idx))
     return _Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -194,7 +206,7 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
         policy=cfg.policy,
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
-        warmup=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup=warmup,
     )
 
 
@@ -258,9 +270,10 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
     # progress-bar figures read the GPU (a sync), so only a few times per epoch
     report_every = max(1, run.steps_per_epoch // 4)
     total_steps = cfg.epochs * run.steps_per_epoch
-    batches = tqdm(
-        range(run.steps_per_epoch), leave=False, disable=quiet, desc=f"epoch {run.epoch + 1}"
-    )
+    batches = bar(
+        range(run.steps_per_epoch), inner=True, leave=False, disable=quiet,
+        desc=f"epoch {run.epoch + 1}",
+    )  # fmt: skip
     lr = cfg.lr
     for i in batches:
         idx = perm[i * bs : (i + 1) * bs]
@@ -364,7 +377,7 @@ def train(
         cfg, run.run_dir, facts=facts, sample=run.x_train[:6], epoch=run.epoch
     )  # MLflow/TensorBoard when cfg.tracking asks; logs at epoch ends only
     started = time.perf_counter()
-    epochs_bar = tqdm(
+    epochs_bar = bar(
         range(run.epoch, cfg.epochs), desc=run.run_dir.name, disable=quiet, unit="epoch",
         initial=run.epoch, total=cfg.epochs,
     )  # fmt: skip

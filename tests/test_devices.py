@@ -104,7 +104,7 @@ def test_devices_carry_their_index_and_a_grid_sees_every_gpu(fake_gpus):
     assert devices.resolve_device("auto") == torch.device("cuda", 0)
     assert devices.resolve_device("cuda") == torch.device("cuda", 0)
     assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="there are 2 CUDA GPU"):
         devices.resolve_device("cuda:2")
     both = [torch.device("cuda", 0), torch.device("cuda", 1)]
     assert devices.visible_devices("auto") == both

@@ -139,10 +139,11 @@ def test_kernel_build_needs_a_user_name(isolated, capsys):
 
 
 def test_kernel_build_selects_notebooks_by_stem_or_prefix(isolated, capsys):
-    notebooks(isolated, "01_eda", "03_train_cnn", "05_ensemble_submission")
-    code, out, _ = digits("kaggle", "kernel", "build", "03", "--user", "dana", capsys=capsys)
-    assert code == 0 and out.count("built ") == 1 and "digit-recognizer-03-train-cnn" in out
+    notebooks(isolated, "01_eda", "04_train_cnn", "05_ensemble_submission")
+    code, out, _ = digits("kaggle", "kernel", "build", "04", "--user", "dana", capsys=capsys)
+    assert code == 0 and out.count("built ") == 1 and "digit-recognizer-04-train-cnn" in out
     assert "reads dana/digit-recognizer-02-augmentation" in out and "(GPU;" in out
+    assert "dana/digit-recognizer-03-model-zoo" in out  # its second upstream kernel
     code, _, err = digits("kaggle", "kernel", "build", "0", "--user", "dana", capsys=capsys)
     assert code == 1 and "'0' names no notebook" in err
     code, _, err = digits("kaggle", "kernel", "build", "07", "--user", "dana", capsys=capsys)
@@ -153,7 +154,7 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
     fake_kaggle, isolated, capsys
 ):
     fake_kaggle.login()
-    notebooks(isolated, "01_eda", "03_train_cnn")
+    notebooks(isolated, "01_eda", "04_train_cnn")
     code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
     assert (code, err) == (0, "")
     root = isolated / "outputs" / "kernels"
@@ -165,20 +166,20 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
             "kernels",
             "push",
             "-p",
-            str(root / "digit-recognizer-03-train-cnn"),
+            str(root / "digit-recognizer-04-train-cnn"),
             "--accelerator",
             "NvidiaTeslaT4",
         ],
     ]
-    assert "https://www.kaggle.com/code/alice/digit-recognizer-03-train-cnn" in out
-    built = nbformat.read(root / "digit-recognizer-03-train-cnn" / "03_train_cnn.ipynb", 4)
+    assert "https://www.kaggle.com/code/alice/digit-recognizer-04-train-cnn" in out
+    built = nbformat.read(root / "digit-recognizer-04-train-cnn" / "04_train_cnn.ipynb", 4)
     assert built.cells[-1].source == "print('hello')"
 
 
 def test_kernel_push_refuses_the_p100_before_anything_is_built(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
-    notebooks(isolated, "03_train_cnn")
-    argv = ("kaggle", "kernel", "push", "03_train_cnn", "--accelerator", "NvidiaTeslaP100")
+    notebooks(isolated, "04_train_cnn")
+    argv = ("kaggle", "kernel", "push", "04_train_cnn", "--accelerator", "NvidiaTeslaP100")
     code, out, err = digits(*argv, capsys=capsys)
     assert code == 1 and out == ""
     assert err.startswith("error: --accelerator NvidiaTeslaP100: ") and "sm_60" in err
@@ -195,10 +196,10 @@ def test_kernel_push_help_offers_the_t4_only(capsys):
 
 
 def test_gpu_kernels_ask_for_the_t4_machine_shape(isolated, capsys):
-    notebooks(isolated, "01_eda", "03_train_cnn")
+    notebooks(isolated, "01_eda", "04_train_cnn")
     assert digits("kaggle", "kernel", "build", "--user", "alice", capsys=capsys)[0] == 0
     root = isolated / "outputs" / "kernels"
-    gpu = json.loads((root / "digit-recognizer-03-train-cnn/kernel-metadata.json").read_text())
+    gpu = json.loads((root / "digit-recognizer-04-train-cnn/kernel-metadata.json").read_text())
     cpu = json.loads((root / "digit-recognizer-01-eda/kernel-metadata.json").read_text())
     assert gpu["machine_shape"] == "NvidiaTeslaT4" and gpu["enable_gpu"] is True
     assert "machine_shape" not in cpu and cpu["enable_gpu"] is False
@@ -224,7 +225,7 @@ def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
     code, out, err = digits("kaggle", "kernel", "push", "05", capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
-        "error: Kaggle dropped the upstream kernel(s) alice/digit-recognizer-03-train-cnn of "
+        "error: Kaggle dropped the upstream kernel(s) alice/digit-recognizer-04-train-cnn of "
         "alice/digit-recognizer-05-ensemble-submission"
     )
     assert "not valid kernel sources" in err and "--wait" in err
@@ -232,10 +233,10 @@ def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
 
 def test_push_without_wait_refuses_an_upstream_pushed_alongside(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
-    notebooks(isolated, "01_eda", "02_augmentation", "03_train_cnn")
+    notebooks(isolated, "01_eda", "02_augmentation", "04_train_cnn")
     code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "digit-recognizer-03-train-cnn reads alice/digit-recognizer-02-augmentation" in err
+    assert "digit-recognizer-04-train-cnn reads alice/digit-recognizer-02-augmentation" in err
     assert "which this push starts" in err and "--wait" in err
     assert fake_kaggle.calls == []  # refused before anything was sent
 
@@ -243,7 +244,7 @@ def test_push_without_wait_refuses_an_upstream_pushed_alongside(fake_kaggle, iso
 def test_push_without_wait_refuses_an_upstream_that_is_not_complete(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="RUNNING")
-    notebooks(isolated, "03_train_cnn", "04_model_zoo")
+    notebooks(isolated, "04_train_cnn", "03_model_zoo")
     code, out, err = digits("kaggle", "kernel", "push", capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert "reads alice/digit-recognizer-02-augmentation, whose latest run is running" in err
@@ -283,7 +284,7 @@ def test_push_wait_stops_at_a_failed_upstream(fake_kaggle, isolated, capsys, mon
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="RUNNING,ERROR")
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "no kernel image is available")
-    notebooks(isolated, "02_augmentation", "03_train_cnn")
+    notebooks(isolated, "02_augmentation", "04_train_cnn")
     code, out, err = digits("kaggle", "kernel", "push", "--wait", "--poll", "0", capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
@@ -297,7 +298,7 @@ def test_push_wait_stops_at_a_failed_upstream(fake_kaggle, isolated, capsys, mon
 def test_push_wait_is_bounded(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="RUNNING")
-    notebooks(isolated, "03_train_cnn")
+    notebooks(isolated, "04_train_cnn")
     argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0", "--timeout", "0")
     code, out, err = digits(*argv, capsys=capsys)
     assert code == 1
@@ -337,9 +338,9 @@ def test_kernel_push_rejected(fake_kaggle, isolated, capsys):
 
 def test_kernel_status(fake_kaggle, capsys, monkeypatch):
     fake_kaggle.login()
-    code, out, _ = digits("kaggle", "kernel", "status", "03_train_cnn", capsys=capsys)
-    assert code == 0 and out == "alice/digit-recognizer-03-train-cnn: complete\n"
-    assert fake_kaggle.calls == [["kernels", "status", "alice/digit-recognizer-03-train-cnn"]]
+    code, out, _ = digits("kaggle", "kernel", "status", "04_train_cnn", capsys=capsys)
+    assert code == 0 and out == "alice/digit-recognizer-04-train-cnn: complete\n"
+    assert fake_kaggle.calls == [["kernels", "status", "alice/digit-recognizer-04-train-cnn"]]
 
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_STATUS", "ERROR")
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "CUDA out of memory")
@@ -351,13 +352,13 @@ def test_kernel_status(fake_kaggle, capsys, monkeypatch):
 def test_kernel_status_and_output_read_a_prefix_as_build_does(fake_kaggle, isolated, capsys):
     # Issue #14 item 10: `status 03` asked for alice/digit-recognizer-03.
     fake_kaggle.login()
-    notebooks(isolated, "01_eda", "03_train_cnn")
-    code, out, _ = digits("kaggle", "kernel", "status", "03", capsys=capsys)
-    assert code == 0 and out == "alice/digit-recognizer-03-train-cnn: complete\n"
-    assert digits("kaggle", "kernel", "output", "03", capsys=capsys)[0] == 0
-    assert [c[2] for c in fake_kaggle.calls] == ["alice/digit-recognizer-03-train-cnn"] * 2
+    notebooks(isolated, "01_eda", "04_train_cnn")
+    code, out, _ = digits("kaggle", "kernel", "status", "04", capsys=capsys)
+    assert code == 0 and out == "alice/digit-recognizer-04-train-cnn: complete\n"
+    assert digits("kaggle", "kernel", "output", "04", capsys=capsys)[0] == 0
+    assert [c[2] for c in fake_kaggle.calls] == ["alice/digit-recognizer-04-train-cnn"] * 2
     code, _, err = digits("kaggle", "kernel", "status", "0", capsys=capsys)
-    assert code == 1 and "'0' names no notebook" in err and "03_train_cnn" in err
+    assert code == 1 and "'0' names no notebook" in err and "04_train_cnn" in err
 
 
 def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, capsys):
@@ -438,7 +439,7 @@ def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, caps
     assert_no_secret(out, err, tree=tmp_path)
     folder = isolated / "outputs/kernels" / kernels.kernel_slug("05_ensemble_submission")
     assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
-        "alice/digit-recognizer-03-train-cnn"  # 05 reads only 03's runs (stages.STAGES)
+        "alice/digit-recognizer-04-train-cnn"  # 05 reads only 04's runs (stages.STAGES)
     ]
 
 

@@ -25,15 +25,15 @@ from digit_utils import data, kernels, stages
 
 TINY_KERNEL = {
     **TINY,
-    "03_train_cnn": {**TINY["03_train_cnn"], "n_folds": 2, "seeds": 1},
+    "04_train_cnn": {**TINY["04_train_cnn"], "n_folds": 2, "seeds": 1},
     # the internet is off in a kernel: the notebook must say so, not fail on the network
     "05_ensemble_submission": {**TINY["05_ensemble_submission"], "submit": True},
 }
 # where each stage's inputs are mounted: (competition folder, upstream kernel folder)
 FLAT = ("digit-recognizer", "{slug}")
 NESTED = ("competitions/digit-recognizer", "notebooks/{owner}/{slug}")
-LAYOUT = {"01_eda": NESTED, "02_augmentation": FLAT, "03_train_cnn": FLAT,
-          "04_model_zoo": NESTED, "05_ensemble_submission": NESTED}  # fmt: skip
+LAYOUT = {"01_eda": NESTED, "02_augmentation": FLAT, "03_model_zoo": NESTED,
+          "04_train_cnn": FLAT, "05_ensemble_submission": NESTED}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_kernel_ran_self_contained(chain, stage):
 
 
 def test_training_kernel_used_the_upstream_policy_and_folds(chain):
-    m = json.loads((chain["03_train_cnn"] / "outputs/03_train_cnn/metrics.json").read_text())
+    m = json.loads((chain["04_train_cnn"] / "outputs/04_train_cnn/metrics.json").read_text())
     assert m["metrics"]["augmentation"].startswith("02_augmentation chose")
+    assert m["metrics"]["model_origin"].startswith("03_model_zoo chose")
     assert m["metrics"]["oof_rows"] == 600  # 2 folds: every row out-of-fold once
 
 

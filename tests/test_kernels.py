@@ -16,7 +16,7 @@ from digit_utils.errors import DigitsError, KaggleError
 REPO = Path(__file__).resolve().parent.parent
 REAL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 PIPELINE = list(stages.STAGES)
-GPU = {"02_augmentation", "03_train_cnn", "04_model_zoo", "05_ensemble_submission"}
+GPU = {"02_augmentation", "03_model_zoo", "04_train_cnn", "05_ensemble_submission"}
 
 
 def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
@@ -91,9 +91,12 @@ def test_metadata_follows_the_rules(stem):
     assert meta.get("machine_shape") == ("NvidiaTeslaT4" if stem in GPU else None)
     assert meta["competition_sources"] == ["digit-recognizer"]
     expected_sources = {
-        "03_train_cnn": ["alice/digit-recognizer-02-augmentation"],
-        "04_model_zoo": ["alice/digit-recognizer-02-augmentation"],
-        "05_ensemble_submission": ["alice/digit-recognizer-03-train-cnn"],
+        "03_model_zoo": ["alice/digit-recognizer-02-augmentation"],
+        "04_train_cnn": [
+            "alice/digit-recognizer-02-augmentation",
+            "alice/digit-recognizer-03-model-zoo",
+        ],
+        "05_ensemble_submission": ["alice/digit-recognizer-04-train-cnn"],
     }
     assert meta["kernel_sources"] == expected_sources.get(stem, [])
 
@@ -125,11 +128,11 @@ def test_metadata_of_other_notebooks_public_and_bad_user():
 
 def test_kernel_ref_accepts_owner_slug_slug_or_stem():
     assert kernels.kernel_ref("carol/some-kernel", None) == "carol/some-kernel"
-    want = "alice/digit-recognizer-03-train-cnn"
-    assert kernels.kernel_ref("digit-recognizer-03-train-cnn", "alice") == want
-    assert kernels.kernel_ref("03_train_cnn", "alice") == want
+    want = "alice/digit-recognizer-04-train-cnn"
+    assert kernels.kernel_ref("digit-recognizer-04-train-cnn", "alice") == want
+    assert kernels.kernel_ref("04_train_cnn", "alice") == want
     with pytest.raises(KaggleError, match="OWNER/SLUG"):
-        kernels.kernel_ref("03_train_cnn", None)
+        kernels.kernel_ref("04_train_cnn", None)
 
 
 def test_push_args_add_the_accelerator_only_for_gpu_kernels():
@@ -150,11 +153,11 @@ def test_push_args_add_the_accelerator_only_for_gpu_kernels():
 
 def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_path):
     original = nbformat.read(
-        make_notebook(tmp_path / "03_train_cnn.ipynb", "print(epochs)", parameters="epochs = 3"),
+        make_notebook(tmp_path / "04_train_cnn.ipynb", "print(epochs)", parameters="epochs = 3"),
         as_version=4,
     )
     sources = kernels.package_sources()
-    built = kernels.kernel_notebook(original, sources, notebook_name="03_train_cnn.ipynb")
+    built = kernels.kernel_notebook(original, sources, notebook_name="04_train_cnn.ipynb")
 
     # Every module of the package as it is now, listed from disk (new modules are picked up).
     on_disk = {f"digit_utils/{p.name}" for p in paths.PACKAGE_DIR.glob("*.py")}
@@ -212,7 +215,7 @@ def test_every_real_notebook_builds_into_a_kernel(notebook, tmp_path):
 
 
 def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
-    """A notebook quoting another stage's name ("03_train_cnn/runs.json") would read outputs
+    """A notebook quoting another stage's name ("04_train_cnn/runs.json") would read outputs
     that stages.py does not declare, so its Kaggle kernel would miss that upstream kernel."""
     for notebook in REAL_NOTEBOOKS:
         code = "\n".join(
@@ -224,10 +227,10 @@ def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
 
 
 def test_kernel_sources_follow_the_declared_reads():
-    assert stages.STAGES["05_ensemble_submission"].upstream == ("03_train_cnn",)
-    assert stages.STAGES["03_train_cnn"].upstream == ("02_augmentation",)
+    assert stages.STAGES["05_ensemble_submission"].upstream == ("04_train_cnn",)
+    assert stages.STAGES["04_train_cnn"].upstream == ("02_augmentation", "03_model_zoo")
     meta = kernels.kernel_metadata("05_ensemble_submission.ipynb", "alice")
-    assert meta["kernel_sources"] == ["alice/digit-recognizer-03-train-cnn"]
+    assert meta["kernel_sources"] == ["alice/digit-recognizer-04-train-cnn"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +273,7 @@ def test_submission_kernel_reads_upstream_kernel_outputs(tmp_path, sample_dir):
 import numpy as np
 from digit_utils import data, paths, submit
 
-run = paths.upstream("03_train_cnn/runs/cnn_seed0")
+run = paths.upstream("04_train_cnn/runs/cnn_seed0")
 proba = np.load(run / "test_proba.npy")  # (N,10) float32
 assert proba.shape == (len(data.load_test(data.locate())), 10)
 submit.write_submission(proba, paths.outputs_dir() / "submission.csv", expected_rows=len(proba))
@@ -280,7 +283,7 @@ submit.write_submission(proba, paths.outputs_dir() / "submission.csv", expected_
     input_root = kaggle_input(tmp_path / "input", sample_dir, "flat")
     # Kaggle mounts each kernel source's output folder at /kaggle/input/<slug>/.
     slug = kernels.kernel_metadata(notebook, "alice")["kernel_sources"][0].split("/")[1]
-    run = input_root / slug / "outputs" / "03_train_cnn" / "runs" / "cnn_seed0"
+    run = input_root / slug / "outputs" / "04_train_cnn" / "runs" / "cnn_seed0"
     run.mkdir(parents=True)
     proba = np.zeros((100, 10), np.float32)  # (N,10): every test digit a 7
     proba[:, 7] = 1.0

@@ -63,3 +63,13 @@ def test_normalize_treats_uint8_and_unit_floats_alike():
     assert a.dtype == torch.float32
     torch.testing.assert_close(a, b)
     assert normalize(torch.zeros(1, dtype=torch.uint8)).item() == pytest.approx(-MEAN / STD)
+
+
+def test_describe_lists_layers_shapes_and_every_parameter():
+    from digit_utils.models import build_model, count_parameters, describe
+
+    credit, layers = describe("deep_cnn")
+    assert "Deotte" in credit
+    assert sum(row["params"] for row in layers) == count_parameters(build_model("deep_cnn"))
+    assert layers[0]["layer"] == "Conv2d 3x3" and layers[0]["output"] == (32, 26, 26)
+    assert "Conv2d 5x5/2" in [row["layer"] for row in layers] and layers[-1]["output"] == (10,)

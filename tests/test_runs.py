@@ -99,10 +99,10 @@ def test_default_runs_are_the_newest_run_lists_members(digits, isolated):
     with pytest.raises(Exception, match="no trained run"):
         runs.default_runs()
     cfg = TrainConfig.from_dict({**TINY, "epochs": 1})
-    root = paths.runs_dir("03_train_cnn")
+    root = paths.runs_dir("04_train_cnn")
     for seed in (0, 1):
         T.train(cfg.replace(seed=seed), *digits, run_dir=root / f"m-s{seed}", quiet=True)
     assert runs.default_runs() == [root / "m-s1"]  # no run list yet: the newest run
     groups = {"m-s0": [root / "m-s0"], "m-s1": [root / "m-s1"]}
-    runs.save_run_list(groups, paths.stage_dir("03_train_cnn") / paths.RUN_LIST)
+    runs.save_run_list(groups, paths.stage_dir("04_train_cnn") / paths.RUN_LIST)
     assert runs.default_runs() == [root / "m-s0", root / "m-s1"]

@@ -302,12 +302,12 @@ def free_port() -> int:
 def test_the_server_stops_cleanly_on_a_signal(world, sig, named):
     """A real `digits serve` process: with --run, or with the run list a pipeline recorded."""
     run = world["run"]
-    if not named:  # outputs/ as 03_train_cnn leaves it (the test's own project root)
+    if not named:  # outputs/ as 04_train_cnn leaves it (the test's own project root)
         run = paths.outputs_dir() / "runs" / "fast"
         shutil.copytree(world["run"], run)
-        (paths.outputs_dir() / "03_train_cnn").mkdir()
+        (paths.outputs_dir() / "04_train_cnn").mkdir()
         listing = {"models": {"fast-s0": ["runs/fast"]}}
-        (paths.outputs_dir() / "03_train_cnn" / paths.RUN_LIST).write_text(json.dumps(listing))
+        (paths.outputs_dir() / "04_train_cnn" / paths.RUN_LIST).write_text(json.dumps(listing))
     port = free_port()
     cmd = [
         sys.executable,

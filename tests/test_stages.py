@@ -40,8 +40,8 @@ def test_one_checker_serves_config_policy_and_notebooks():
 
 
 def test_a_stage_schema_takes_its_types_from_the_config():
-    schema = stages.STAGES["03_train_cnn"].schema
-    for name in stages.STAGES["03_train_cnn"].train_fields:
+    schema = stages.STAGES["04_train_cnn"].schema
+    for name in stages.STAGES["04_train_cnn"].train_fields:
         assert schema[name] == FIELDS[name]
     assert schema["n_folds"] is int and schema["data_dir"] is str  # the stage's own
 
@@ -49,7 +49,7 @@ def test_a_stage_schema_takes_its_types_from_the_config():
 def test_train_config_from_a_stage_uses_its_fields_and_fixed_settings(isolated, sample_dir):
     ns = {"data_dir": str(sample_dir), "model": "fast_cnn", "epochs": 3, "batch_size": 64}
     ns |= {"lr": 0.02, "policies": "none", "seeds": 1, "val_fraction": 0.1, "device": "cpu"}
-    ns |= {"tracking": "none", "tracking_artifacts": "small"}
+    ns |= {"tracking": "none", "tracking_artifacts": "small", "n_folds": 0}
     stage = notebook.start("02_augmentation", {**ns, "unrelated_global": object()})
     cfg = stage.train_config(augment="affine")
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.optimizer) == ("fast_cnn", 3, 0.02, "adamw")
@@ -61,7 +61,8 @@ def test_upstream_stages_follow_from_declared_reads():
     for name, spec in stages.STAGES.items():
         order = list(stages.STAGES)
         assert all(order.index(up) < order.index(name) for up in spec.upstream)
-    assert stages.STAGES["04_model_zoo"].upstream == ("02_augmentation",)
+    assert stages.STAGES["03_model_zoo"].upstream == ("02_augmentation",)
+    assert stages.STAGES["04_train_cnn"].upstream == ("02_augmentation", "03_model_zoo")
     assert stages.STAGES["01_eda"].upstream == ()
 
 

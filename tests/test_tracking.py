@@ -164,9 +164,9 @@ def test_mlflow_tracking_uri_is_respected(digits, tmp_path, monkeypatch, empty_s
 def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypatch):
     params = {"data_dir": str(sample_dir), "models": "simple_cnn", "epochs": 1, **{
         k: v for k, v in TINY.items() if k in ("batch_size", "lr", "val_fraction")},
-        "augment": "affine", "seed": 0, "device": "cpu", "tracking": "mlflow",
+        "augment": "affine", "seed": 0, "n_folds": 0, "device": "cpu", "tracking": "mlflow",
         "tracking_artifacts": "small"}  # fmt: skip
-    stage = nb.start("04_model_zoo", params)
+    stage = nb.start("03_model_zoo", params)
     base = stage.train_config()
     assert base.tracking == "mlflow"
     grid = experiments.run_grid(*digits, base, {"simple_cnn": {}}, seeds=[0, 1],
@@ -175,7 +175,7 @@ def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypa
 
     stage.show(plots.class_balance(digits[1]), "balance")
     stage.finish(best_val_acc=float(grid.results.val_acc.max()), models=1)
-    found = _runs_of("digit-recognizer/04_model_zoo")
+    found = _runs_of("digit-recognizer/03_model_zoo")
     [parent] = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["simple_cnn-s0", "simple_cnn-s1"]
@@ -276,9 +276,9 @@ def _fake_run(root, name, model, seed, acc, finished, fold=None):
 def test_digits_runs_table_sort_filter_and_json(tmp_path, capsys):
     outputs = tmp_path / "project" / "outputs"
     _fake_run(outputs / "runs", "a", "deep_cnn", 0, 0.991, "2026-01-01T10:00:00")
-    _fake_run(outputs / "03_train_cnn" / "runs", "b", "deep_cnn", 1, 0.995, "2026-01-02T10:00:00",
+    _fake_run(outputs / "04_train_cnn" / "runs", "b", "deep_cnn", 1, 0.995, "2026-01-02T10:00:00",
               fold=2)  # fmt: skip
-    _fake_run(outputs / "03_train_cnn" / "runs", "c", "fast_cnn", 0, 0.993, "2026-01-03T10:00:00")
+    _fake_run(outputs / "04_train_cnn" / "runs", "c", "fast_cnn", 0, 0.993, "2026-01-03T10:00:00")
     (outputs / "runs" / "unfinished").mkdir()  # no metrics.json: not listed
     command = [sys.executable, "-m", "digit_utils.cli", "runs"]
     lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -286,12 +286,12 @@ def test_digits_runs_table_sort_filter_and_json(tmp_path, capsys):
     assert lines[0].split() == ["model", "seed", "fold", "val_acc", "seconds", "device", "date",
                                 "folder"]  # fmt: skip
     assert [line.split()[-1] for line in lines[1:]] == [
-        "runs/a", "03_train_cnn/runs/b", "03_train_cnn/runs/c"]  # fmt: skip
+        "runs/a", "04_train_cnn/runs/b", "04_train_cnn/runs/c"]  # fmt: skip
     assert lines[2].split()[:5] == ["deep_cnn", "1", "2", "0.9950", "12.5"]
     best = _digits(capsys, "--sort", "val_acc").splitlines()[1:]
     assert [line.split()[-1][-1] for line in best] == ["b", "c", "a"]
     records = json.loads(_digits(capsys, "--json", "--model", "deep_cnn", "--last", "1"))
     assert [(r["name"], r["stage"], r["fold"], r["val_acc"]) for r in records] == [
-        ("b", "03_train_cnn", 2, 0.995)
+        ("b", "04_train_cnn", 2, 0.995)
     ]
     assert json.loads(_digits(capsys, "--json", "--model", "nothing")) == []

@@ -127,6 +127,14 @@ def test_learning_rate_is_a_pure_function_of_the_step():
     assert cos[0] == 1.0 and cos[50] == pytest.approx(0.5, abs=0.02) and cos[-1] < 1e-2
 
 
+def test_lr_by_step_is_the_schedule_the_loop_runs():
+    cfg = C.TrainConfig(epochs=3, batch_size=100, lr=0.01, warmup_epochs=0.5)
+    assert T.schedule_steps(cfg, 1050) == (100, 10, 5)  # the partial batch is dropped
+    lr = T.lr_by_step(cfg, 1050)
+    assert len(lr) == 30 and lr.argmax() == 4 and lr.max() == pytest.approx(0.01)
+    assert lr[0] == pytest.approx(0.002) and lr[-1] < lr[5]
+
+
 # ------------------------------------------------------------------------------------------
 # A real run
 

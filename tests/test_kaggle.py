@@ -159,8 +159,10 @@ def test_kernel_push_builds_and_pushes_in_order_with_the_accelerator(
     assert (code, err) == (0, "")
     root = isolated / "outputs" / "kernels"
     assert fake_kaggle.calls == [
-        # 03 reads 02, not pushed here: its latest run must be complete before anything is sent
+        # 04 reads 02 and 03, not pushed here: their latest runs must be complete before
+        # anything is sent
         ["kernels", "status", "alice/digit-recognizer-02-augmentation"],
+        ["kernels", "status", "alice/digit-recognizer-03-model-zoo"],
         ["kernels", "push", "-p", str(root / "digit-recognizer-01-eda")],
         [
             "kernels",
@@ -268,11 +270,11 @@ def test_push_wait_goes_stage_by_stage(fake_kaggle, isolated, capsys):
         ("push", "02"),
         *[("status", "02")] * 3,  # queued, running, complete: only then its readers
         ("push", "03"),
-        ("push", "04"),  # 02 is already complete
-        *[("status", "03")] * 2,
+        *[("status", "03")] * 2,  # 04 reads 02 (complete) and 03: running, then complete
+        ("push", "04"),
+        ("status", "04"),  # 05 reads 04
         ("push", "05"),
-        ("status", "01"),  # finally every pushed kernel is followed to its end
-        ("status", "04"),
+        ("status", "01"),  # finally every pushed kernel not yet seen complete is followed
         ("status", "05"),
     ]
     assert "alice/digit-recognizer-02-augmentation: queued (0 min), waiting…" in out

@@ -32,6 +32,7 @@ import pandas as pd
 
 from digit_utils import atomic, data, ensemble, experiments, paths, predict, pseudo
 from digit_utils.config import TrainConfig
+from digit_utils.profiles import parse_overrides
 
 REPLICA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digit-recognizer.zip"
 
@@ -58,6 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also a second round with test rows the teacher is this sure of",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further TrainConfig settings for every member, e.g. warmup_epochs=0.2",
+    )
     p.add_argument("--rows", type=int, default=None, help="use only the first N train rows")
     p.add_argument("--tta", type=int, default=0, help="shift-TTA for the OOF probabilities")
     p.add_argument("--device", default="auto")
@@ -91,6 +99,7 @@ def train_members(args, images, labels, root, round_fn) -> tuple[dict, dict]:
                "batch_size": args.batch_size, "tta": args.tta}  # fmt: skip
         if args.lr is not None:
             cfg["lr"] = args.lr
+        cfg.update(parse_overrides(args.set))
         start = time.perf_counter()
         grid = round_fn(images, labels, TrainConfig.from_dict(cfg), {name: {}}, seeds=[i],
                         folds=args.folds, root=root)  # fmt: skip

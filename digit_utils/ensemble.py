@@ -173,14 +173,16 @@ def _greedy_scores(total, probas, labels, metric: str) -> np.ndarray:
 
 
 def greedy_select(
-    oof_probas, labels, *, metric: str = "log_loss", max_rounds: int = 50
+    oof_probas, labels, *, metric: str = "accuracy", max_rounds: int = 50
 ) -> np.ndarray:
     """Caruana et al. (2004) forward selection with replacement; weights ``float64 [K]``, sum 1.
 
     Each round adds (again, possibly) the model whose addition gives the best average on the
     OOF rows; the weights are the counts of the best round seen, not of the last one. Round 1
     picks the best single model, so the selection is never worse on these rows than the best
-    single model, and a model that improves no average is never picked.
+    single model, and a model that improves no average is never picked. The default metric is
+    the one methods are compared by (accuracy, ties broken by log-loss): selecting on log-loss
+    can pick a better-calibrated but less accurate model first.
     """
     probas = _check_stack(oof_probas, "oof_probas").astype(np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -205,7 +207,7 @@ def greedy_select(
 
 
 def greedy_cv_proba(
-    oof_probas, labels, *, folds: int = 5, seed: int = 0, metric: str = "log_loss"
+    oof_probas, labels, *, folds: int = 5, seed: int = 0, metric: str = "accuracy"
 ) -> np.ndarray:
     """Greedy-weighted probabilities for every OOF row from weights chosen on the other folds.
 

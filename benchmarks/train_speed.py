@@ -32,7 +32,10 @@ from digit_utils.train import train
 # Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
 RECIPES: dict[str, dict] = {
     "simple_cnn": {"epochs": 3, "batch_size": 64, "lr": 0.05},
-    "fast_cnn": {"epochs": 2, "batch_size": 128, "optimizer": "adamw", "lr": 0.01},
+    # one epoch to 99.0% (#11): batch 96 costs no more per epoch than 128 on a 2-core CPU
+    # (measured side by side), and a hotter, shorter warm-up uses the extra steps
+    "fast_cnn": {"epochs": 1, "batch_size": 96, "optimizer": "adamw", "lr": 0.02,
+                 "warmup_epochs": 0.2},
     "deep_cnn": {
         "epochs": 15, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
         "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,

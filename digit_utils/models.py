@@ -6,11 +6,13 @@ Also home of ``normalize``, the one input transform that training, evaluation an
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .resnets import preact_resnet, wide_resnet
 
 # MNIST pixel statistics on the [0, 1] scale.
 MEAN, STD = 0.1307, 0.3081
@@ -73,27 +75,29 @@ def fast_cnn(width: int = 16) -> nn.Module:
     )
 
 
-def deep_cnn(dropout: float = 0.4) -> nn.Module:
+def deep_cnn(dropout: float = 0.4, width: int = 32) -> nn.Module:
     """The Kaggle-proven 32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4 net (about 99.65% alone).
 
     Credit: Chris Deotte's Kaggle experiments "How to choose CNN Architecture MNIST" (2018),
     which tested each design choice in turn: two 3x3 convolutions in place of one 5x5, a
     learnable 5x5 stride-2 convolution in place of max-pooling, BatchNorm after every
     convolution, 40% dropout, and a 4x4 convolution that replaces the dense layer.
+    ``width=64`` doubles every layer (``deep_cnn_wide``, about 4x the multiply-adds).
     """
+    w = width
     return nn.Sequential(
-        *_conv_bn(1, 32, 3, padding=0),  # (B,32,26,26)
-        *_conv_bn(32, 32, 3, padding=0),  # (B,32,24,24)
-        *_conv_bn(32, 32, 5, stride=2, padding=2),  # (B,32,12,12)
+        *_conv_bn(1, w, 3, padding=0),  # (B,w,26,26)
+        *_conv_bn(w, w, 3, padding=0),  # (B,w,24,24)
+        *_conv_bn(w, w, 5, stride=2, padding=2),  # (B,w,12,12)
         nn.Dropout(dropout),
-        *_conv_bn(32, 64, 3, padding=0),  # (B,64,10,10)
-        *_conv_bn(64, 64, 3, padding=0),  # (B,64,8,8)
-        *_conv_bn(64, 64, 5, stride=2, padding=2),  # (B,64,4,4)
+        *_conv_bn(w, 2 * w, 3, padding=0),  # (B,2w,10,10)
+        *_conv_bn(2 * w, 2 * w, 3, padding=0),  # (B,2w,8,8)
+        *_conv_bn(2 * w, 2 * w, 5, stride=2, padding=2),  # (B,2w,4,4)
         nn.Dropout(dropout),
-        *_conv_bn(64, 128, 4, padding=0),  # (B,128,1,1)
+        *_conv_bn(2 * w, 4 * w, 4, padding=0),  # (B,4w,1,1)
         nn.Flatten(),
         nn.Dropout(dropout),
-        nn.Linear(128, NUM_CLASSES),
+        nn.Linear(4 * w, NUM_CLASSES),
     )
 
 
@@ -148,12 +152,23 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
             model.maxpool = nn.Identity()  # keep 28x28 through the stem; stages then go to 4x4
         elif name.startswith("squeezenet"):
             model.features[0] = _one_channel_stem(model.features[0])
+        elif name.startswith("mnasnet"):
+            model.layers[0] = _one_channel_stem(model.layers[0])
+        elif name.startswith("vgg"):
+            model.features[0] = _one_channel_stem(model.features[0])
+            # five 2x2 pools would take 28x28 to nothing: keep three (28 -> 3), then pool to
+            # 1x1 and feed the 4096-wide classifier 512 features instead of 512x7x7
+            pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+            for i in pools[3:]:
+                model.features[i] = nn.Identity()
+            model.avgpool = nn.AdaptiveAvgPool2d(1)
+            model.classifier[0] = nn.Linear(512, model.classifier[0].out_features)
         else:  # mobilenet_v2, mobilenet_v3_*, efficientnet_*: features[0] is Conv-BN-Act
             model.features[0][0] = _one_channel_stem(model.features[0][0])
         for m in model.modules():
-            # MobileNetV3 and EfficientNet ship BatchNorm momentum 0.01, tuned for ImageNet's
-            # long runs: after a few hundred steps their running statistics are still near the
-            # initial ones and evaluation is at chance although training converges.
+            # MobileNetV3 and EfficientNet ship BatchNorm momentum 0.01 (MNASNet 0.0003), tuned
+            # for ImageNet's long runs: after a few hundred steps their running statistics are
+            # still near the initial ones and evaluation is at chance although training converges.
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = 0.1
         return model
@@ -166,16 +181,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
     "fast_cnn": fast_cnn,
     "deep_cnn": deep_cnn,
+    "deep_cnn_wide": partial(deep_cnn, width=64),
     "se_vgg": se_vgg,
+    "wrn16_4": partial(wide_resnet, 16, 4),  # 2.7M parameters
+    "wrn28_10": partial(wide_resnet, 28, 10),  # 36.5M parameters
+    "preact_resnet164": partial(preact_resnet, 164),  # 1.7M parameters, 164 layers
     **{
         n: _torchvision(n)
         for n in (
             "resnet18",
             "resnet34",
+            "resnet50",
             "mobilenet_v2",
             "mobilenet_v3_large",
+            "mobilenet_v3_small",
             "efficientnet_b0",
+            "efficientnet_b3",
             "squeezenet1_0",
+            "squeezenet1_1",
+            "mnasnet0_5",
+            "mnasnet1_0",
+            # the BatchNorm variant: from scratch at one shared learning rate, nets without
+            # normalisation are fragile (squeezenet1_0 stays at chance at the zoo's lr 3e-3)
+            "vgg16_bn",
         )
     },
 }

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ensemble, runs
+from . import ensemble, runs, splits
 from .devices import autocast, resolve_device, synchronize
 from .errors import ConfigError, DataError
 from .models import NUM_CLASSES, normalize
@@ -104,13 +104,19 @@ def predict_runs(run_dirs, images, *, tta: int = 0, device: str | None = None) -
 
 
 def load_oof(
-    run_dirs, *, images=None, tta: int | None = None, device: str | None = None
+    run_dirs,
+    *,
+    images=None,
+    tta: int | None = None,
+    device: str | None = None,
+    rows: str = "same",
 ) -> ensemble.OutOfFold:
     """Out-of-fold probabilities of a set of runs on the rows that no base model trained on.
 
     By default each run's saved ``val_proba.npy`` is used (made with the run's own TTA). With
     ``tta`` given, the final checkpoints are re-run on ``images[val_indices]`` with that TTA.
-    See :func:`ensemble.out_of_fold` for how runs and rows are joined.
+    Every base model must hold out the same rows (``rows="intersect"`` keeps the shared ones);
+    see :func:`ensemble.out_of_fold`. A refusal says how each model was split (config.json).
     """
     groups = runs.as_groups(run_dirs)
     if tta is not None and images is None:
@@ -123,7 +129,11 @@ def load_oof(
             if tta is not None:
                 proba = predict_runs([run], images[idx], tta=tta, device=device)[0]
             parts[name].append((idx, proba))
-    return ensemble.out_of_fold(parts, groups)
+    splits_of = {
+        name: splits.describe([runs.read_config(run) for run in group])
+        for name, group in groups.items()
+    }
+    return ensemble.out_of_fold(parts, groups, splits=splits_of, rows=rows)
 
 
 def inference_ms(model: nn.Module, images: np.ndarray, device: str = "auto") -> float:

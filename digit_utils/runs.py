@@ -238,6 +238,14 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> Path:
     return atomic.write_json(cfg.to_dict(), run_dir / CONFIG)
 
 
+def read_config(run_dir: str | Path) -> dict | None:
+    """The run's ``config.json`` as a dict, or None when it has none (or not a readable one)."""
+    try:
+        return json.loads((Path(run_dir) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_history(run_dir: Path, rows: list[dict]) -> Path:
     return atomic.write_csv(pd.DataFrame(rows), run_dir / HISTORY)
 

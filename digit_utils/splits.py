@@ -47,3 +47,22 @@ def split_for(cfg: TrainConfig, labels) -> tuple[np.ndarray, np.ndarray]:
     if cfg.fold is not None:
         return kfold_splits(labels, cfg.n_folds, cfg.split_seed)[cfg.fold]
     return holdout_split(labels, cfg.val_fraction, cfg.split_seed)
+
+
+def describe(configs) -> str:
+    """How a base model's runs were split, in words, from their ``config.json`` dicts:
+    ``"5-fold, split_seed 0, fold(s) 0, 1, 2, 3, 4"`` or ``"holdout 10%, split_seed 0"``."""
+    kinds: dict[str, list[int]] = {}  # how -> the folds of that k-fold among the runs
+    for c in filter(None, configs):
+        seed = c.get("split_seed")
+        if c.get("fold") is not None:
+            kinds.setdefault(f"{c.get('n_folds')}-fold, split_seed {seed}", []).append(c["fold"])
+        elif c.get("val_fraction"):
+            kinds.setdefault(f"holdout {c['val_fraction']:.0%}, split_seed {seed}", [])
+        else:
+            kinds.setdefault("no validation rows", [])
+    if not kinds:
+        return "split unknown: no config.json"
+    return "; ".join(
+        k + (f", fold(s) {', '.join(map(str, sorted(f)))}" if f else "") for k, f in kinds.items()
+    )

@@ -106,6 +106,7 @@ class _Run:
     batch_size: int
     steps_per_epoch: int
     warmup: int
+    n_extra: int = 0  # training rows from outside ``images`` (they never validate)
     epoch: int = 0
     step: int = 0
     best_acc: float = -math.inf
@@ -166,14 +167,25 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torc
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
 
 
-def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
-    """Split, move the data to the device once, build model, optimizer and RNGs."""
+def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool, extra=None) -> _Run:
+    """Split, move the data to the device once, build model, optimizer and RNGs.
+
+    ``extra`` (images, labels) rows join the training rows only, after the split: they never
+    validate, so the validation rows stay rows of ``images`` (e.g. pseudo-labelled test rows).
+    """
     images, labels = _check_data(images, labels)
+    fingerprint_of = (images, labels)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(cfg, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_for(cfg, labels.numpy())
+    x_train, y_train = images[train_idx], labels[train_idx]
+    if extra is not None:
+        x_extra, y_extra = _check_data(*extra)
+        x_train, y_train = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
+        # another training set, another fingerprint (a resume with other extra rows is refused)
+        fingerprint_of = (torch.cat([images, x_extra]), torch.cat([labels, y_extra]))
     if len(train_idx) == 0:
         raise ConfigError("no training rows left after the validation split")
 
@@ -184,16 +196,17 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
     model = build_model(cfg.model).to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    bs, steps_per_epoch, warmup = schedule_steps(cfg, len(train_idx))
+    # extra rows (pseudo-labels) train too: the schedule counts every training row
+    bs, steps_per_epoch, warmup = schedule_steps(cfg, len(x_train))
     return _Run(
         cfg=cfg,
         run_dir=run_dir,
         device=device,
         precision=precision,
-        fingerprint=data_fingerprint(images, labels),
+        fingerprint=data_fingerprint(*fingerprint_of),
         # the data goes to the device once, as uint8 (42k digits are 33 MB)
-        x_train=images[train_idx].to(device),
-        y_train=labels[train_idx].to(device),
+        x_train=x_train.to(device),
+        y_train=y_train.to(device),
         x_val=images[val_idx].to(device),
         y_val=labels[val_idx].to(device),
         val_idx=val_idx,
@@ -207,6 +220,7 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool) -> _Run:
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
         warmup=warmup,
+        n_extra=len(x_train) - len(train_idx),
     )
 
 
@@ -358,16 +372,29 @@ def _save_epoch(run: _Run) -> None:
 
 
 def train(
-    cfg: TrainConfig, images, labels, *, run_dir=None, resume: bool = False, quiet: bool = False
+    cfg: TrainConfig,
+    images,
+    labels,
+    *,
+    run_dir=None,
+    resume: bool = False,
+    quiet: bool = False,
+    extra_images=None,
+    extra_labels=None,
 ) -> TrainResult:
     """Train ``cfg.model`` on the full train set (the config picks the validation rows).
 
-    ``images`` uint8 [N,1,28,28] and ``labels`` int64 [N]. Writes the run folder (default
+    ``images`` uint8 [N,1,28,28] and ``labels`` int64 [N]. ``extra_images``/``extra_labels``
+    are added to the training rows only (never validated; ``val_idx`` still indexes ``images``).
+    Writes the run folder (default
     ``outputs/runs/<name>``; layout in :mod:`runs`) and its row in ``runs.csv`` beside it, and
     marks the folder complete last. ``resume=True`` continues from ``last.pt`` when there is
     one; otherwise an earlier run in the same folder is cleared before the first checkpoint.
     """
-    run = _set_up(cfg, images, labels, run_dir, resume)
+    if (extra_images is None) != (extra_labels is None):
+        raise ConfigError("extra_images and extra_labels go together")
+    extra = None if extra_images is None else (extra_images, extra_labels)
+    run = _set_up(cfg, images, labels, run_dir, resume, extra)
     runs.start_fresh(run.run_dir, keep_checkpoints=resume)
     if resume:
         _resume(run)
@@ -428,6 +455,7 @@ def _finish(run: _Run, wall: float) -> TrainResult:
         "precision": run.precision,
         "epochs": cfg.epochs,
         "n_train": len(run.x_train),
+        "n_extra": run.n_extra,
         "n_val": len(run.val_idx),
         "data_fingerprint": run.fingerprint,
         "version": __version__,

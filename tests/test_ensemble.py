@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import ensemble, predict, runs
+from digit_utils import config as C
+from digit_utils import ensemble, predict, runs, splits
 from digit_utils.errors import CheckpointError, ConfigError
 
 
@@ -132,7 +133,7 @@ def test_compare_methods_scores_every_method_and_single_model():
     table = ensemble.compare_methods(probas, y, names=["a", "b", "shift"])
     acc = table.set_index("method")["accuracy"]
     assert list(table.columns) == ["method", "kind", "accuracy", "errors", "rows", "best"]
-    assert set(acc.index) == {"average", "vote", "stack", "a", "b", "shift"}
+    assert set(acc.index) == {"average", "vote", "stack", "greedy", "a", "b", "shift"}
     assert acc["shift"] == 0.0
     assert acc["stack"] > 0.97  # the meta-model learns that 'shift' says y+1
     assert acc["average"] < acc["stack"]
@@ -188,10 +189,12 @@ def fake_run(folder, indices, proba):
     return folder
 
 
-def test_load_oof_keeps_the_rows_every_base_model_held_out(tmp_path):
+def test_load_oof_intersects_rows_only_when_asked(tmp_path):
     a = fake_run(tmp_path / "a", [5, 1, 3], onehot([5, 1, 3]))
     b = fake_run(tmp_path / "b", [3, 9, 5], onehot([3, 9, 5]))
-    oof = predict.load_oof([a, b])
+    with pytest.raises(ConfigError, match="'a' .* and 'b' .*hold out different rows"):
+        predict.load_oof([a, b])
+    oof = predict.load_oof([a, b], rows="intersect")
     assert oof.names == ["a", "b"]
     assert oof.indices.tolist() == [3, 5]
     assert oof.probas.shape == (2, 2, 10)
@@ -201,7 +204,7 @@ def test_load_oof_keeps_the_rows_every_base_model_held_out(tmp_path):
 
 def test_load_oof_joins_the_folds_of_one_base_model(tmp_path):
     folds = [fake_run(tmp_path / f"f{i}", [i, i + 3], onehot([i, i + 3])) for i in range(3)]
-    other = fake_run(tmp_path / "other", [0, 1, 2, 3, 4, 5], onehot([0, 1, 2, 3, 4, 5], 0.5))
+    other = [fake_run(tmp_path / f"o{i}", [i, i + 3], onehot([i, i + 3], 0.5)) for i in range(3)]
     oof = predict.load_oof({"cnn_5fold": folds, "other": other})
     assert oof.names == ["cnn_5fold", "other"]
     assert oof.indices.tolist() == [0, 1, 2, 3, 4, 5]
@@ -214,8 +217,12 @@ def test_load_oof_joins_the_folds_of_one_base_model(tmp_path):
 def test_load_oof_refuses_disjoint_rows_and_missing_files(tmp_path):
     a = fake_run(tmp_path / "a", [0, 1], onehot([0, 1]))
     b = fake_run(tmp_path / "b", [2, 3], onehot([2, 3]))
-    with pytest.raises(ConfigError, match="no validation row is shared"):
+    with pytest.raises(ConfigError, match="different rows"):
         predict.load_oof([a, b])
+    with pytest.raises(ConfigError, match="no validation row is shared"):
+        predict.load_oof([a, b], rows="intersect")
+    with pytest.raises(ConfigError, match="rows: 'some'"):
+        predict.load_oof([a, b], rows="some")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="val_indices.npy: missing"):
         predict.load_oof([tmp_path / "empty"])
@@ -232,10 +239,125 @@ def test_tiny_oof_sets_shrink_or_skip_the_stacker_cv():
     probas = np.stack([onehot(y, 0.6), onehot((y + 1) % 10, 0.6)])
     with pytest.warns(UserWarning, match="inner CV uses 3 folds, not 5"):
         table = ensemble.compare_methods(probas, y)
-    assert "stack" in set(table["method"])
+    assert {"stack", "greedy"} <= set(table["method"])
     y = np.arange(6)  # one row per class: no inner CV possible
-    with pytest.warns(UserWarning, match="stacking left out"):
+    with pytest.warns(UserWarning) as caught:
         table = ensemble.compare_methods(np.stack([onehot(y)]), y)
+    assert sorted(str(w.message).split(";")[1] for w in caught) == [
+        " greedy left out of the comparison", " stack left out of the comparison"
+    ]  # fmt: skip
     assert set(table["method"]) == {"average", "vote", "model0"}
     with pytest.raises(ConfigError, match="too few"):
         ensemble.stacking_cv_proba(np.stack([onehot(y)]), y)
+
+
+def fold_runs(root, labels, configs, accuracy=0.9):
+    """Fake finished runs with config.json: each config's validation rows from its split."""
+    folders = []
+    for i, cfg in enumerate(configs):
+        cfg = C.TrainConfig(model="fast_cnn", **cfg)
+        _, val = splits.split_for(cfg, labels)
+        rng = np.random.default_rng(i)
+        guess = np.where(rng.random(len(val)) < accuracy, labels[val], (labels[val] + 1) % 10)
+        folder = fake_run(root / f"run{i}", val, onehot(guess))
+        runs.write_config(folder, cfg)
+        runs.mark_complete(folder)
+        folders.append(folder)
+    return folders
+
+
+def test_runs_with_different_splits_are_refused_with_the_reason(tmp_path):
+    labels = np.arange(100) % 10
+    k5 = fold_runs(tmp_path / "a", labels, [{"fold": f, "n_folds": 5} for f in range(5)])
+    k5_other_seed = fold_runs(
+        tmp_path / "b", labels, [{"fold": f, "n_folds": 5, "split_seed": 1} for f in range(5)]
+    )
+    k4 = fold_runs(tmp_path / "c", labels, [{"fold": f, "n_folds": 4} for f in range(4)])
+    holdout = fold_runs(tmp_path / "d", labels, [{"val_fraction": 0.2}])
+    # the same folds: combined on all 100 rows
+    same = fold_runs(tmp_path / "e", labels, [{"fold": f, "n_folds": 5} for f in range(5)])
+    oof = predict.load_oof({"cnn": k5, "zoo": same})
+    assert oof.indices.tolist() == list(range(100))
+    with pytest.raises(ConfigError) as e:
+        predict.load_oof({"cnn": k5, "other": k5_other_seed})
+    assert "'cnn' (5-fold, split_seed 0, fold(s) 0, 1, 2, 3, 4)" in str(e.value)
+    assert "'other' (5-fold, split_seed 1" in str(e.value)
+    assert "split the same 100 rows into different folds" in str(e.value)
+    with pytest.raises(ConfigError, match=r"\(4-fold, split_seed 0"):
+        predict.load_oof({"cnn": k5, "k4": k4})
+    with pytest.raises(ConfigError, match=r"'one' \(holdout 20%, split_seed 0\).*20 vs 100"):
+        predict.load_oof({"one": holdout, "cnn": k5})
+    # a k-fold model missing a fold covers fewer rows: refused too
+    with pytest.raises(ConfigError, match="80 rows"):
+        predict.load_oof({"cnn": k5, "four_of_five": same[:4]})
+    oof = predict.load_oof({"one": holdout, "cnn": k5}, rows="intersect")
+    assert len(oof.indices) == 20
+
+
+# ------------------------------------------------------------------------------------------
+# Greedy forward selection
+
+
+def test_greedy_round_one_is_the_best_single_model_and_never_worse():
+    probas, y = synthetic()
+    for metric in ensemble.GREEDY_METRICS:
+        weights = ensemble.greedy_select(probas, y, metric=metric, max_rounds=1)
+        assert weights.tolist() == [1.0, 0.0, 0.0]  # 'a', the 85% model
+        weights = ensemble.greedy_select(probas, y, metric=metric)
+        best_single = max((p.argmax(1) == y).mean() for p in probas)
+        chosen = ensemble.soft_average(probas, weights).argmax(1)
+        assert (chosen == y).mean() >= best_single
+        assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+
+
+def test_greedy_adding_a_weak_model_never_hurts_the_selection():
+    probas, y = synthetic()
+    rng = np.random.default_rng(3)
+    noise = rng.dirichlet(np.ones(10), size=len(y)).astype(np.float32)  # a chance-level model
+    constant = np.full((len(y), 10), 0.1, np.float32)  # and one that knows nothing at all
+    for metric in ensemble.GREEDY_METRICS:
+        before = ensemble.greedy_select(probas[:2], y, metric=metric)
+        after = ensemble.greedy_select(np.concatenate([probas[:2], [noise, constant]]), y,
+                                       metric=metric)  # fmt: skip
+        assert after[2:].tolist() == [0.0, 0.0]
+        np.testing.assert_allclose(after[:2], before)
+
+
+def test_greedy_finds_complementary_members_and_weights_them():
+    # 'left' is right on the first half of the rows, 'right' on the second, each confidently
+    # wrong elsewhere only mildly: their average is right everywhere, either alone only half.
+    y = np.arange(400) % 10
+    wrong = (y + 3) % 10
+    half = np.arange(400) < 200
+    left = np.where(half[:, None], onehot(y, 0.9), onehot(wrong, 0.3) + onehot(y, 0.2) / 2)
+    right = np.where(half[:, None], onehot(wrong, 0.3) + onehot(y, 0.2) / 2, onehot(y, 0.9))
+    probas = np.stack([left, right, onehot(wrong, 0.6)]).astype(np.float32)
+    weights = ensemble.greedy_select(probas, y, metric="accuracy")
+    assert weights[2] == 0 and weights[0] > 0 and weights[1] > 0
+    assert (ensemble.soft_average(probas, weights).argmax(1) == y).all()
+    labels, proba = ensemble.combine("greedy", probas, oof_probas=probas, oof_labels=y)
+    assert (labels == y).all() and proba.shape == (400, 10)
+    with pytest.raises(ConfigError, match="greedy: needs oof"):
+        ensemble.combine("greedy", probas)
+
+
+def test_greedy_rejects_bad_arguments():
+    probas, y = synthetic(n=50)
+    with pytest.raises(ConfigError, match="metric"):
+        ensemble.greedy_select(probas, y, metric="auc")
+    with pytest.raises(ConfigError, match="max_rounds"):
+        ensemble.greedy_select(probas, y, max_rounds=0)
+    with pytest.raises(ConfigError, match="labels"):
+        ensemble.greedy_select(probas, y[:-1])
+
+
+def test_greedy_cv_score_comes_from_weights_chosen_on_other_rows():
+    # Noise labels and models: whichever model happens to fit the rows best is chosen on the
+    # fit folds; on held-out rows it can only guess, like any model.
+    rng = np.random.default_rng(4)
+    probas = rng.dirichlet(np.ones(10) * 0.3, size=(8, 500)).astype(np.float32)
+    y = rng.integers(0, 10, 500)
+    in_sample = ensemble.soft_average(probas, ensemble.greedy_select(probas, y, metric="accuracy"))
+    cv = ensemble.greedy_cv_proba(probas, y, folds=5)
+    assert (cv.argmax(1) == y).mean() < (in_sample.argmax(1) == y).mean()
+    assert (cv.argmax(1) == y).mean() < 0.2

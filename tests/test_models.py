@@ -7,9 +7,13 @@ from digit_utils.errors import ConfigError
 from digit_utils.models import MEAN, STD, build_model, count_parameters, list_models, normalize
 
 REQUIRED = {
-    "simple_cnn", "fast_cnn", "deep_cnn", "se_vgg", "resnet18", "resnet34", "mobilenet_v2",
-    "mobilenet_v3_large", "efficientnet_b0", "squeezenet1_0",
+    "simple_cnn", "fast_cnn", "deep_cnn", "deep_cnn_wide", "se_vgg", "resnet18", "resnet34",
+    "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
+    "efficientnet_b3", "squeezenet1_0", "squeezenet1_1", "mnasnet0_5", "mnasnet1_0", "vgg16_bn",
+    "wrn16_4", "wrn28_10", "preact_resnet164",
 }  # fmt: skip
+# Seconds for a backward pass even on a few images: these get a forward pass on two images only.
+BIG = {"wrn28_10", "resnet50", "vgg16_bn", "efficientnet_b3", "preact_resnet164"}
 
 
 def test_registry_has_the_required_models():
@@ -17,7 +21,16 @@ def test_registry_has_the_required_models():
     assert list_models() == sorted(list_models())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", sorted(BIG))
+def test_big_models_forward_two_images(name):
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 1, 28, 28))  # train-mode BatchNorm: two values a channel
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", sorted(set(list_models()) - BIG))
 def test_forward_backward_shapes_and_finite(name):
     torch.manual_seed(0)
     model = build_model(name).train()
@@ -55,6 +68,22 @@ def test_builder_keywords_change_the_model():
     assert count_parameters(build_model("fast_cnn", width=8)) < count_parameters(
         build_model("fast_cnn")
     )
+    assert count_parameters(build_model("deep_cnn_wide")) > 3 * count_parameters(
+        build_model("deep_cnn")
+    )
+
+
+def test_residual_depths_and_widths_follow_the_papers():
+    from digit_utils import resnets
+
+    wrn = build_model("wrn16_4")
+    assert sum(isinstance(m, resnets.BasicBlock) for m in wrn.modules()) == 6  # 2 per stage
+    assert wrn.head[-1].in_features == 256  # 64 x 4
+    deep = build_model("preact_resnet164")
+    assert sum(isinstance(m, resnets.Bottleneck) for m in deep.modules()) == 54  # 18 per stage
+    assert deep.head[-1].in_features == 256
+    with pytest.raises(ConfigError, match="6n"):
+        resnets.wide_resnet(17, 4)
 
 
 def test_normalize_treats_uint8_and_unit_floats_alike():

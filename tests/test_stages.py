@@ -97,3 +97,17 @@ def test_a_bad_value_fails_before_any_notebook_starts(isolated, sample_dir):
             )
         assert not (paths.outputs_dir() / "pipeline.json").exists()
         assert not (paths.outputs_dir() / "notebooks").exists()
+
+
+@pytest.mark.parametrize("name", ["quick", "cpu", "full"])
+def test_every_shipped_profile_routes_to_the_notebooks_and_checks(name):
+    """A profile's keys reach notebooks that declare them, with values their stages accept."""
+    from digit_utils import profiles
+
+    books = pipeline.discover_notebooks(REPO / "notebooks")
+    declared = {p.stem: pipeline.declared_parameters(p) for p in books}
+    profile = profiles.load_profile(REPO / "params" / f"{name}.yaml")
+    routed = profiles.route_parameters(declared, profile, {})
+    for stem, values in routed.items():
+        stages.check_values(stem, values)
+    assert any(routed.values())

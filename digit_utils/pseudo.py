@@ -1,0 +1,139 @@
+"""Pseudo-labelling, honestly: test rows that a first-round ensemble is sure of join the training
+rows of a second round, and the out-of-fold score stays a score on train.csv rows only.
+
+Two leaks are closed by construction. A pseudo-labelled test row is passed to training as an
+extra row (``train(..., extra_images=…)``), added after the split, so it never validates and no
+out-of-fold row is a test row. And the teacher of a second-round run on fold f is the ensemble of
+the first-round runs on fold f only: those never trained on fold f's validation rows, so their
+pseudo-labels carry nothing about the rows the student is scored on. (A teacher trained on all
+rows would pass its knowledge of those rows on through the test labels it writes.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .config import TrainConfig
+from .errors import ConfigError
+from .experiments import Grid, run_grid
+from .predict import predict_runs
+
+SPLIT_KEYS = ("fold", "n_folds", "split_seed", "val_fraction")  # what decides a run's val rows
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Test rows a teacher is sure of, with the labels it gave them."""
+
+    rows: np.ndarray  # int64 [M], rows of test.csv (0-based), ascending
+    labels: np.ndarray  # int64 [M]
+    confidence: np.ndarray  # float32 [M], the teacher's top probability
+    threshold: float
+    n_test: int
+
+    def summary(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "selected": len(self.rows),
+            "test_rows": self.n_test,
+            "fraction": len(self.rows) / max(1, self.n_test),
+        }
+
+
+def select(test_proba: np.ndarray, threshold: float) -> PseudoLabels:
+    """The test rows whose top probability is at least ``threshold``, labelled by its argmax."""
+    proba = np.asarray(test_proba, dtype=np.float32)
+    if proba.ndim != 2 or proba.shape[1] != 10:
+        raise ConfigError(f"test_proba: expected [N, 10], got {proba.shape}")
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"threshold: {threshold} must be in (0, 1]")
+    confidence = proba.max(axis=1)
+    rows = np.flatnonzero(confidence >= threshold).astype(np.int64)
+    return PseudoLabels(
+        rows, proba[rows].argmax(1).astype(np.int64), confidence[rows], threshold, len(proba)
+    )
+
+
+def extra_rows(test_images: np.ndarray, pseudo: PseudoLabels) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 [M,1,28,28], int64 [M])``: the selected test images and their pseudo-labels."""
+    if len(test_images) != pseudo.n_test:
+        raise ConfigError(
+            f"test_images: {len(test_images)} rows; the pseudo-labels are for {pseudo.n_test}"
+        )
+    return test_images[pseudo.rows], pseudo.labels
+
+
+def _split_of(cfg: Mapping) -> tuple:
+    """The settings that decide a run's validation rows (a holdout ignores fold counts)."""
+    if cfg.get("fold") is None:
+        return (None, None, cfg.get("split_seed"), cfg.get("val_fraction"))
+    return (cfg["fold"], cfg.get("n_folds"), cfg.get("split_seed"), None)
+
+
+def teacher_proba(
+    teachers: Mapping[str, Sequence[Path]],
+    student: TrainConfig,
+    test_images: np.ndarray,
+    *,
+    tta: int = 0,
+    device: str | None = None,
+) -> np.ndarray:
+    """The averaged test probabilities of the first-round runs that held out exactly the
+    student's validation rows (one run per base model); ConfigError when a base model has none.
+    """
+    wanted = _split_of(student.to_dict())
+    chosen = {}
+    for name, group in runs.as_groups(teachers).items():
+        match = [run for run in group if _split_of(runs.read_config(run) or {}) == wanted]
+        if not match:
+            raise ConfigError(
+                f"teachers: {name!r} has no run that held out the student's rows "
+                f"({dict(zip(SPLIT_KEYS, wanted, strict=True))}); a teacher that trained on "
+                "them would leak them into its pseudo-labels: train the first round on the "
+                "same folds (n_folds, split_seed) or holdout"
+            )
+        chosen[name] = match[:1]
+    return predict_runs(chosen, test_images, tta=tta, device=device).mean(axis=0)
+
+
+def run_pseudo_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    base: TrainConfig,
+    variants: Mapping[str, Mapping],
+    teachers: Mapping[str, Sequence[Path]],
+    *,
+    threshold: float = 0.995,
+    seeds: Sequence[int] = (0,),
+    folds: int = 0,
+    tta: int = 0,
+    root: Path | None = None,
+    quiet: bool = True,
+) -> tuple[Grid, pd.DataFrame]:
+    """A second round: :func:`experiments.run_grid` where each run also trains on the test rows
+    its fold's teacher is sure of. Returns the grid and one row per split: rows selected.
+    """
+    cache: dict[tuple, PseudoLabels] = {}
+
+    def extra(cfg: TrainConfig):
+        key = _split_of(cfg.to_dict())
+        if key not in cache:
+            proba = teacher_proba(teachers, cfg, test_images, tta=tta, device=cfg.device)
+            cache[key] = select(proba, threshold)
+        return extra_rows(test_images, cache[key])
+
+    grid = run_grid(
+        images, labels, base, variants, seeds=seeds, folds=folds, root=root, quiet=quiet,
+        extra=extra,
+    )  # fmt: skip
+    selected = pd.DataFrame(
+        [{**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()} for k, p in cache.items()]
+    )
+    return grid, selected

@@ -4,6 +4,9 @@ Contract: images are ``uint8 [N, 1, 28, 28]``, labels ``int64 [N]``. Raw files a
 parsed arrays are cached beside the CSV (or under ``data/cache`` when that folder is read-only, and
 in scratch space inside a Kaggle kernel; see ``paths.cache_dir``),
 keyed by a hash of the CSV's bytes so that an edited CSV is parsed again.
+
+(Over 300 lines: locating, validating and loading share one error vocabulary; the row-by-row
+CSV diagnosis is the next piece to move to a module of its own.)
 """
 
 from __future__ import annotations

@@ -311,7 +311,7 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
             run.ema.update(min(cfg.ema, (1 + run.step) / (10 + run.step)))
         loss_sum += loss.detach()
         correct += (logits.detach().argmax(1) == yb).sum()
-        if not quiet and i % report_every == 0:
+        if not batches.disable and i % report_every == 0:  # no bar (notebooks): no sync
             acc = float(correct) / ((i + 1) * bs)
             batches.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", lr=f"{lr:.3g}")
     synchronize(device)  # the run's own device, which need not be the current one

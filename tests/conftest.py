@@ -114,3 +114,27 @@ def fake_kaggle(tmp_path, monkeypatch, competition_zip) -> FakeKaggle:
     monkeypatch.setenv("FAKE_KAGGLE_ZIP", str(competition_zip))
     monkeypatch.delenv("FAKE_KAGGLE_FAIL", raising=False)
     return FakeKaggle(tmp_path / "kaggle-calls.jsonl", monkeypatch)
+
+
+def sample_arrays(sample_dir: Path):
+    """The offline sample as arrays: (train images, labels, test images, held-back test labels)."""
+    import warnings
+
+    from digit_utils import data
+
+    source = data.DataSource(sample_dir, "sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sample's "not 42,000 rows" notice
+        images, labels = data.load_train(source)
+        test_images = data.load_test(source)
+    return images, labels, test_images, data.load_test_labels(source)
+
+
+def train_tiny(recipe: dict, images, labels, run_dir: Path, **settings) -> Path:
+    """Train one tiny CPU run on the first 2,000 rows; returns its folder."""
+    from digit_utils import train
+    from digit_utils.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({**recipe, "device": "cpu", **settings})
+    train.train(cfg, images[:2000], labels[:2000], run_dir=run_dir, quiet=True)
+    return Path(run_dir)

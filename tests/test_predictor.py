@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from digit_utils import cli, data, ensemble, predict, submit, train
-from digit_utils.config import TrainConfig
+from conftest import sample_arrays, train_tiny
+from digit_utils import cli, data, ensemble, predict, submit
 from digit_utils.errors import ConfigError, DataError, DataWarning
 from digit_utils.predictor import CENTRE, Predictor, is_mnist_style, preprocess
 
@@ -30,19 +30,11 @@ RECIPES = {
 def world(tmp_path_factory, sample_dir):
     """Two tiny runs trained on 2,000 sample rows, plus test digits they get right."""
     root = tmp_path_factory.mktemp("predictor")
-    source = data.DataSource(sample_dir, "sample")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the sample's "not 42,000 rows" notice
-        images, labels = data.load_train(source)
-        test_images = data.load_test(source)
-    test_labels = data.load_test_labels(source)
-    runs = []
-    for seed, (name, recipe) in enumerate(RECIPES.items()):
-        cfg = TrainConfig.from_dict(
-            {**recipe, "seed": seed, "val_fraction": 0.2, "device": "cpu", "name": name}
-        )
-        train.train(cfg, images[:2000], labels[:2000], run_dir=root / name, quiet=True)
-        runs.append(root / name)
+    images, labels, test_images, test_labels = sample_arrays(sample_dir)
+    runs = [
+        train_tiny(recipe, images, labels, root / name, seed=seed, val_fraction=0.2, name=name)
+        for seed, (name, recipe) in enumerate(RECIPES.items())
+    ]
     predictor = Predictor.from_run(runs[0], device="cpu")
     proba = predictor.predict_images(test_images[:200])
     sure = np.nonzero((proba.argmax(1) == test_labels[:200]) & (proba.max(1) > 0.9))[0][:4]

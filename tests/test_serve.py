@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 import zlib
 
 import httpx
@@ -24,9 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from conftest import REPO
-from digit_utils import cli, data, paths, train
-from digit_utils.config import TrainConfig
+from conftest import REPO, sample_arrays, train_tiny
+from digit_utils import cli, paths
 from digit_utils.predictor import Predictor, preprocess
 from digit_utils.serve import Batcher, Limits, create_app
 from digit_utils.serve_cli import DEFAULT_SOURCE, describe
@@ -41,17 +39,9 @@ CANVAS, PEN = 280, 20  # the page's drawing buffer and pen width (static/serve.j
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, sample_dir):
     """A tiny trained run, its Predictor, and sample test digits it gets right with confidence."""
+    images, labels, test_images, test_labels = sample_arrays(sample_dir)
     run = tmp_path_factory.mktemp("serve") / "fast"
-    source = data.DataSource(sample_dir, "sample")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the sample's "not 42,000 rows" notice
-        images, labels = data.load_train(source)
-        test_images = data.load_test(source)
-    test_labels = data.load_test_labels(source)
-    cfg = TrainConfig.from_dict(
-        {**RECIPE, "seed": 0, "val_fraction": 0.1, "device": "cpu", "name": "fast"}
-    )
-    train.train(cfg, images[:2000], labels[:2000], run_dir=run, quiet=True)
+    train_tiny(RECIPE, images, labels, run, seed=0, val_fraction=0.1, name="fast")
     predictor = Predictor.from_run(run, device="cpu")
     proba = predictor.predict_images(test_images[:300])
     sure = np.nonzero((proba.argmax(1) == test_labels[:300]) & (proba.max(1) > 0.95))[0]

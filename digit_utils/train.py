@@ -111,6 +111,7 @@ class _Run:
     step: int = 0
     best_acc: float = -math.inf
     rows: list[dict] = field(default_factory=list)
+    val_proba: np.ndarray | None = None  # the last evaluation's, reused when no TTA is asked
 
     @property
     def eval_model(self) -> nn.Module:
@@ -328,15 +329,15 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
 
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str
-) -> tuple[float, float]:
-    """(val loss, val accuracy) with plain cross-entropy, in the run's precision; NaN when there
-    are no rows."""
+) -> tuple[float, float, np.ndarray | None]:
+    """(val loss, val accuracy, probabilities) with plain cross-entropy, in the run's precision;
+    NaN and None when there are no rows."""
     if len(x) == 0:
-        return float("nan"), float("nan")
-    proba = torch.from_numpy(predict_proba(model, x, precision=precision))
-    y = y.cpu()
-    loss = -proba[torch.arange(len(y)), y].clamp_min(1e-12).log().mean()
-    return float(loss), float((proba.argmax(1) == y).float().mean())
+        return float("nan"), float("nan"), None
+    proba = predict_proba(model, x, precision=precision)
+    p, y = torch.from_numpy(proba), y.cpu()
+    loss = -p[torch.arange(len(y)), y].clamp_min(1e-12).log().mean()
+    return float(loss), float((p.argmax(1) == y).float().mean()), proba
 
 
 def _save_epoch(run: _Run) -> None:
@@ -412,7 +413,7 @@ def train(
         run.epoch = epoch
         row = _one_epoch(run, quiet)
         t1 = time.perf_counter()
-        row["val_loss"], row["val_acc"] = _evaluate(
+        row["val_loss"], row["val_acc"], run.val_proba = _evaluate(
             run.eval_model, run.x_val, run.y_val, run.precision
         )
         row["eval_seconds"] = time.perf_counter() - t1
@@ -435,7 +436,11 @@ def _finish(run: _Run, wall: float) -> TrainResult:
     # ensemble is chosen on) look better than they are. best.pt stays for inspection.
     final_model, _ = runs.load_run(run.run_dir, "last", device=run.device, require_complete=False)
     final_model.to(memory_format=torch.channels_last)
-    val_proba = predict_proba(final_model, run.x_val, tta=cfg.tta, precision=run.precision)
+    val_proba = (
+        run.val_proba  # the last epoch scored this very model on these rows
+        if cfg.tta == 0 and run.val_proba is not None
+        else predict_proba(final_model, run.x_val, tta=cfg.tta, precision=run.precision)
+    )
     runs.write_validation(run.run_dir, run.val_idx, val_proba)
     history = pd.DataFrame(run.rows)
     has_val = len(run.val_idx) > 0

@@ -23,6 +23,8 @@ from .config import TrainConfig
 from .errors import ConfigError
 from .experiments import Grid, run_grid
 from .predict import predict_runs
+from .progress import bar
+from .train import train
 
 SPLIT_KEYS = ("fold", "n_folds", "split_seed", "val_fraction")  # what decides a run's val rows
 
@@ -137,3 +139,51 @@ def run_pseudo_grid(
         [{**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()} for k, p in cache.items()]
     )
     return grid, selected
+
+
+def retrain(
+    members: Mapping[str, Sequence[Path]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    *,
+    root: Path,
+    threshold: float = 0.995,
+    tta: int = 0,
+    device: str | None = None,
+    quiet: bool = True,
+) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """The second round of an ensemble: every run of every member is trained again with its own
+    recipe (its saved config, on its own fold) plus the test rows its fold's teachers, the first
+    round's runs on that fold, are sure of. ``device`` replaces the runs' own when given.
+
+    Returns ``{member + "+pl": [run folders]}`` under ``root`` (one run per first-round run) and
+    one row per split: the test rows selected.
+    """
+    groups = runs.as_groups(members)
+    jobs = []
+    for name, group in groups.items():
+        for run in group:
+            saved = runs.read_config(run)
+            if saved is None:
+                raise ConfigError(f"runs: {run} has no config.json to retrain it from")
+            cfg = TrainConfig.from_dict(saved)
+            folder = f"{name}+pl" + (f"-f{cfg.fold}" if cfg.fold is not None else "")
+            jobs.append(
+                (f"{name}+pl", cfg.replace(name=folder, **({"device": device} if device else {})))
+            )
+    cache: dict[tuple, PseudoLabels] = {}
+    students: dict[str, list[str]] = {}
+    for student, cfg in bar(jobs, desc="second round", unit="run", disable=quiet):
+        key = _split_of(cfg.to_dict())
+        if key not in cache:
+            proba = teacher_proba(groups, cfg, test_images, tta=tta, device=cfg.device)
+            cache[key] = select(proba, threshold)
+        x_extra, y_extra = extra_rows(test_images, cache[key])
+        result = train(cfg, images, labels, run_dir=Path(root) / cfg.name, quiet=True,
+                       extra_images=x_extra, extra_labels=y_extra)  # fmt: skip
+        students.setdefault(student, []).append(str(result.run_dir))
+    selected = pd.DataFrame(
+        [{**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()} for k, p in cache.items()]
+    )
+    return students, selected

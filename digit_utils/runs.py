@@ -295,11 +295,10 @@ def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
 
 
 def default_runs() -> list[Path]:
-    """What to predict with when no run is named: the runs of the newest run list a stage
-    recorded (the ensemble's members), else the newest finished run folder."""
-    lists = sorted(
-        paths.outputs_dir().glob(f"*/{paths.RUN_LIST}"), key=lambda p: p.stat().st_mtime
-    )
+    """What to predict with when no run is named: the runs of the run list that the last stage
+    in pipeline order recorded (05's submitted models, else 04's members, else 03's), else the
+    newest finished run folder."""
+    lists = sorted(paths.outputs_dir().glob(f"*/{paths.RUN_LIST}"), key=lambda p: p.parent.name)
     if lists:
         rel = lists[-1].relative_to(paths.outputs_dir()).as_posix()
         return [run for group in load_run_list(rel).values() for run in group]

@@ -24,7 +24,9 @@ from .policy import AugmentPolicy
 DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
 POLICY = "02_augmentation/policy.json"  # 02's chosen augmentation, read by 03 and 04
 MODEL_CHOICE = "03_model_zoo/choice.json"  # the zoo's chosen architecture, read by 04
+ZOO_RUNS = f"03_model_zoo/{paths.RUN_LIST}"  # the zoo's runs: members in 05 when folds match
 TRAINED_RUNS = f"04_train_cnn/{paths.RUN_LIST}"  # 04's runs, the ensemble's members in 05
+REFIT_RUNS = "04_train_cnn/refit_runs.json"  # 04's refits on every row, compared in 05
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ STAGES: dict[str, StageSpec] = {
             extras={"models": str, "n_folds": int, "seed": int},
             fixed={"optimizer": "adamw"},
             reads=(POLICY,),
-            writes=("leaderboard.json", Path(MODEL_CHOICE).name),
+            writes=("leaderboard.json", Path(MODEL_CHOICE).name, paths.RUN_LIST),
         ),
         StageSpec(
             "04_train_cnn",
@@ -96,9 +98,10 @@ STAGES: dict[str, StageSpec] = {
                 *_TRACKING,
             ),  # fmt: skip
             # n_folds here is the grid's: 0 means one holdout shared by all seeds
-            extras={"n_folds": int, "seeds": int},
+            # refit: also retrain the recipe on every labelled row, one model per seed
+            extras={"n_folds": int, "seeds": int, "refit": bool},
             reads=(POLICY, MODEL_CHOICE),
-            writes=(paths.RUN_LIST,),
+            writes=(paths.RUN_LIST, Path(REFIT_RUNS).name),
         ),
         StageSpec(
             "05_ensemble_submission",
@@ -106,13 +109,15 @@ STAGES: dict[str, StageSpec] = {
             train_fields=("tracking",),  # its MLflow run logs the submission; no training here
             extras={
                 "runs": str,
+                "pseudo_threshold": float,
                 "tta": int,
                 "cv_folds": int,
                 "device": str,
                 "submit": bool,
                 "message": str,
             },  # fmt: skip
-            reads=(TRAINED_RUNS,),
+            reads=(ZOO_RUNS, TRAINED_RUNS, REFIT_RUNS),  # 03's and the refits when present
+            writes=(paths.RUN_LIST,),  # the submitted models, for `digits serve` and `predict`
         ),
     )
 }
@@ -197,3 +202,89 @@ def chosen_model(model: str) -> tuple[str, str]:
     except DigitsError:
         return "deep_cnn", "default (03_model_zoo has not run)"
     return choice["model"], f"03_model_zoo chose {choice['model']!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# The ensemble's members: 04's runs (and 03's when they held out the same rows), read by 05
+
+
+def _splits(group: Sequence[Path]) -> set[tuple]:
+    """How a member's runs split the rows: one (fold, n_folds, split_seed, holdout) per run."""
+    from . import runs  # torch: only the ensemble notebook gets here
+
+    out = set()
+    for run in group:
+        c = runs.read_config(run) or {}
+        kfold = c.get("fold") is not None
+        out.add((c.get("fold"), c.get("n_folds") if kfold else None, c.get("split_seed"),
+                 None if kfold else c.get("val_fraction")))  # fmt: skip
+    return out
+
+
+def _describe(splits: set[tuple]) -> str:
+    fold, n_folds, split_seed, holdout = next(iter(splits))
+    how = f"{n_folds} folds" if fold is not None else f"a {holdout:.0%} holdout"
+    return f"{how}, split_seed {split_seed}"
+
+
+def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], list[str]]:
+    """The ensemble notebook's ``runs`` parameter resolved: ``({member: [run folders]}, notes)``.
+
+    "auto": the runs 04_train_cnn recorded, plus each 03_model_zoo model whose runs held out
+    exactly the same rows in the same folds and that the zoo could not tell from its best (its
+    ``ties``): other architectures make the ensemble diverse, while one the best clearly beat
+    would only dilute an average. A zoo model left out gets a note that says why. Anything else
+    is a comma-separated list of run folders, used as given (the ensemble itself then refuses
+    runs whose validation rows differ).
+    """
+    from . import runs
+
+    if runs_param != "auto":
+        return runs.as_groups([p.strip() for p in runs_param.split(",") if p.strip()]), []
+    members = runs.load_run_list(TRAINED_RUNS)
+    try:
+        zoo = runs.load_run_list(ZOO_RUNS)
+    except DigitsError:
+        return members, ["03_model_zoo recorded no runs: the members are 04_train_cnn's only"]
+    try:  # the architectures the zoo could not tell from its best (McNemar)
+        ties = set(json.loads(paths.upstream(MODEL_CHOICE).read_text()).get("ties", []))
+    except DigitsError:
+        ties = None
+    reference = _splits(next(iter(members.values())))
+    added, other_rows, behind = [], [], []
+    for name, group in zoo.items():
+        if _splits(group) != reference:
+            other_rows.append(name)
+        elif ties is not None and (runs.read_config(group[0]) or {}).get("model") not in ties:
+            behind.append(name)
+        else:
+            members[f"zoo-{name}"] = group
+            added.append(name)
+    quote = lambda names: ", ".join(f"`{n}`" for n in names)  # noqa: E731
+    notes = []
+    if added:
+        notes.append(f"from 03_model_zoo, on the same folds as 04_train_cnn: {quote(added)}")
+    if behind:
+        notes.append(
+            f"left out from 03_model_zoo: {quote(behind)}, which the zoo's best beat (McNemar "
+            "p < 0.05)"
+        )
+    if other_rows:
+        notes.append(
+            f"left out from 03_model_zoo: {quote(other_rows)}, which held out other rows "
+            f"({_describe(_splits(zoo[other_rows[0]]))}, against 04_train_cnn's "
+            f"{_describe(reference)}); members must be scored on the same rows, so give 03 "
+            "the same n_folds to combine them"
+        )
+    return members, notes
+
+
+def refit_members() -> dict[str, list[Path]]:
+    """04_train_cnn's refits on every labelled row (``{name: [run folder]}``), or {} when it
+    trained none (``refit=False``)."""
+    from . import runs
+
+    try:
+        return runs.load_run_list(REFIT_RUNS)
+    except DigitsError:
+        return {}

@@ -3,10 +3,13 @@ test rows train a second round without ever entering its out-of-fold score."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from digit_utils import experiments, predict, pseudo, runs, splits
+from digit_utils import experiments, paths, predict, pseudo, runs, splits, stages
 from digit_utils.config import TrainConfig
 from digit_utils.data import data_fingerprint
 from digit_utils.errors import ConfigError
@@ -95,14 +98,85 @@ def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(dig
     np.testing.assert_allclose(averaged, np.mean(per_fold, axis=0), rtol=1e-5, atol=1e-6)
     assert predict.load_oof(grid.run_groups()).indices.tolist() == list(range(len(x)))
 
-    result, refit_proba = experiments.refit(base, x, y, test, epochs=3, root=tmp_path / "refit")
-    assert result.config.val_fraction == 0 and result.config.fold is None
-    assert result.config.epochs == 3 and len(result.history) == 3
-    assert result.metrics["n_train"] == len(x) and result.metrics["n_val"] == 0
+    refits = experiments.refit(base, x, y, seeds=[0, 1], epochs=3, root=tmp_path / "refit")
+    assert list(refits) == ["fast_cnn-s0-refit", "fast_cnn-s1-refit"]
+    for seed, [run] in enumerate(refits.values()):
+        cfg, metrics = runs.read_config(run), json.loads((Path(run) / "metrics.json").read_text())
+        assert (cfg["val_fraction"], cfg["fold"], cfg["epochs"], cfg["seed"]) == (0, None, 3, seed)
+        assert metrics["n_train"] == len(x) and metrics["n_val"] == 0
+    refit_proba = predict.predict_runs(refits, test).mean(axis=0)
     assert refit_proba.shape == (len(test), 10)
-    table = experiments.compare_refit(averaged, refit_proba, oof_accuracy=0.9, n_folds=3,
-                                      n_rows=len(x))  # fmt: skip
-    assert table["rows_per_model"].tolist() == [240, 360]
-    assert table["submit"].tolist() == [True, False]
     differ = int((averaged.argmax(1) != refit_proba.argmax(1)).sum())
-    assert (table["test_rows_that_differ"] == differ).all()
+
+    def choose(ensemble_oof, single_oof):
+        return experiments.compare_refit(
+            averaged, refit_proba, ensemble_oof=ensemble_oof, single_oof=single_oof,
+            member_rows=240, n_rows=len(x), kfold_models=3, refit_models=2,
+        )  # fmt: skip
+
+    gained = choose(0.92, 0.90)  # combining bought 2 points: the measured ensemble is submitted
+    assert gained.chosen == "k-fold" and "+2.00%" in gained.why
+    assert gained.table["rows_per_model"].tolist() == [240, 360]
+    assert gained.table["submit"].tolist() == [True, False]
+    assert np.isnan(gained.table["oof_accuracy"].iloc[1])  # no row can score a refit
+    assert (gained.table["test_rows_that_differ"] == differ).all()
+    assert f"differ on {differ:,} of {len(test)}" in gained.why
+    flat = choose(0.90, 0.90)  # combining bought nothing: the models that saw every row win
+    assert flat.chosen == "refit" and flat.table["submit"].tolist() == [False, True]
+
+
+def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):
+    x, y, test = digits
+    base = TrainConfig(**{**TINY, "epochs": 1})
+    first = experiments.run_grid(x, y, base, {"a": {}, "b": {"model": "simple_cnn"}}, folds=2,
+                                 root=tmp_path / "round1")  # fmt: skip
+    students, selected = pseudo.retrain(first.run_groups(), x, y, test, root=tmp_path / "r2",
+                                        threshold=0.3)  # fmt: skip
+    assert list(students) == ["a-s0+pl", "b-s0+pl"]
+    assert sorted(selected["fold"]) == [0, 1]
+    for name, group in students.items():
+        assert [Path(r).name for r in group] == [f"{name}-f0", f"{name}-f1"]
+        for fold, run in enumerate(group):
+            cfg = runs.read_config(run)
+            teacher = predict.predict_runs({n: [g[fold]] for n, g in first.run_groups().items()},
+                                           test).mean(axis=0)  # fmt: skip
+            n_extra = json.loads((Path(run) / "metrics.json").read_text())["n_extra"]
+            assert (cfg["fold"], cfg["n_folds"]) == (fold, 2)
+            assert cfg["model"] == ("fast_cnn" if name.startswith("a") else "simple_cnn")
+            assert n_extra == len(pseudo.select(teacher, 0.3).rows)
+    both = predict.load_oof({**first.run_groups(), **students})  # the same rows, combinable
+    assert both.indices.tolist() == list(range(len(x)))
+
+
+def test_ensemble_members_add_the_zoo_only_on_the_same_folds(digits, isolated):
+    x, y, _ = digits
+    base = TrainConfig(**{**TINY, "epochs": 1})
+    trained = experiments.run_grid(x, y, base, {"cnn": {}}, folds=2,
+                                   root=paths.runs_dir("04_train_cnn"))  # fmt: skip
+    runs.save_run_list(trained.run_groups(), paths.stage_dir("04_train_cnn") / paths.RUN_LIST)
+    given, notes = stages.ensemble_members(",".join(trained.run_groups()["cnn-s0"]) + ",")
+    assert list(given) == ["cnn-s0-f0", "cnn-s0-f1"] and notes == []  # used as given, so two
+    with pytest.raises(ConfigError, match="hold out different rows"):  # folds as two members
+        predict.load_oof(given)
+    members, notes = stages.ensemble_members()
+    assert list(members) == ["cnn-s0"] and "recorded no runs" in notes[0]
+    zoo_root = paths.runs_dir("03_model_zoo")
+    zoo = experiments.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}}, folds=2,
+                               root=zoo_root)  # fmt: skip
+    runs.save_run_list(zoo.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
+    members, notes = stages.ensemble_members()
+    assert list(members) == ["cnn-s0", "zoo-simple_cnn-s0"] and "simple_cnn" in notes[0]
+    assert predict.load_oof(members).probas.shape == (2, len(x), 10)
+    stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn", ties=["fast_cnn"])
+    members, notes = stages.ensemble_members()  # the zoo's best beat simple_cnn: left out
+    assert list(members) == ["cnn-s0"] and "`simple_cnn-s0`, which the zoo's best beat" in notes[0]
+    stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn",
+                             ties=["fast_cnn", "simple_cnn"])  # fmt: skip
+    holdout = experiments.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}},
+                                   root=zoo_root)  # fmt: skip
+    runs.save_run_list(holdout.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
+    members, notes = stages.ensemble_members()
+    assert list(members) == ["cnn-s0"]
+    assert "left out from 03_model_zoo: `simple_cnn-s0`" in notes[0]
+    assert "a 10% holdout" in notes[0] and "2 folds" in notes[0]
+    assert stages.refit_members() == {}

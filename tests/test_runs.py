@@ -95,7 +95,7 @@ def test_runs_table_has_one_row_per_run_name(digits, tmp_path):
     assert table.set_index("name").loc["s0", "seed"] == 0
 
 
-def test_default_runs_are_the_newest_run_lists_members(digits, isolated):
+def test_default_runs_are_the_last_stages_run_list_members(digits, isolated):
     with pytest.raises(Exception, match="no trained run"):
         runs.default_runs()
     cfg = TrainConfig.from_dict({**TINY, "epochs": 1})
@@ -106,3 +106,8 @@ def test_default_runs_are_the_newest_run_lists_members(digits, isolated):
     groups = {"m-s0": [root / "m-s0"], "m-s1": [root / "m-s1"]}
     runs.save_run_list(groups, paths.stage_dir("04_train_cnn") / paths.RUN_LIST)
     assert runs.default_runs() == [root / "m-s0", root / "m-s1"]
+    # the zoo's list, even written later, does not displace 04's; 05's submitted models do
+    runs.save_run_list({"m-s1": [root / "m-s1"]}, paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
+    assert runs.default_runs() == [root / "m-s0", root / "m-s1"]
+    runs.save_run_list({"m-s0": [root / "m-s0"]}, paths.stage_dir("05_x") / paths.RUN_LIST)
+    assert runs.default_runs() == [root / "m-s0"]

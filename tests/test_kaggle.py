@@ -227,7 +227,8 @@ def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
     code, out, err = digits("kaggle", "kernel", "push", "05", capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
-        "error: Kaggle dropped the upstream kernel(s) alice/digit-recognizer-04-train-cnn of "
+        "error: Kaggle dropped the upstream kernel(s) alice/digit-recognizer-03-model-zoo, "
+        "alice/digit-recognizer-04-train-cnn of "
         "alice/digit-recognizer-05-ensemble-submission"
     )
     assert "not valid kernel sources" in err and "--wait" in err

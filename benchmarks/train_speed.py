@@ -33,9 +33,10 @@ from digit_utils.train import train
 RECIPES: dict[str, dict] = {
     "simple_cnn": {"epochs": 3, "batch_size": 64, "lr": 0.05},
     # one epoch to 99.0% (#11): batch 96 costs no more per epoch than 128 on a 2-core CPU
-    # (measured side by side), and a hotter, shorter warm-up uses the extra steps
-    "fast_cnn": {"epochs": 1, "batch_size": 96, "optimizer": "adamw", "lr": 0.02,
-                 "warmup_epochs": 0.2},
+    # (measured side by side); a hotter, shorter warm-up uses the extra steps, and lighter label
+    # smoothing (0.05) lets one epoch's logits commit: every seed 0-4 at 99.00% or more
+    "fast_cnn": {"epochs": 1, "batch_size": 96, "optimizer": "adamw", "lr": 0.04,
+                 "warmup_epochs": 0.2, "label_smoothing": 0.05},
     "deep_cnn": {
         "epochs": 15, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
         "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,

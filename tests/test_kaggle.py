@@ -442,7 +442,8 @@ def test_built_kernels_hold_no_credentials(fake_kaggle, isolated, tmp_path, caps
     assert_no_secret(out, err, tree=tmp_path)
     folder = isolated / "outputs/kernels" / kernels.kernel_slug("05_ensemble_submission")
     assert json.loads((folder / "kernel-metadata.json").read_text())["kernel_sources"] == [
-        "alice/digit-recognizer-04-train-cnn"  # 05 reads only 04's runs (stages.STAGES)
+        "alice/digit-recognizer-03-model-zoo",  # 05 reads 03's and 04's runs (stages.STAGES)
+        "alice/digit-recognizer-04-train-cnn",
     ]
 
 

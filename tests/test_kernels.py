@@ -230,10 +230,13 @@ def test_real_notebooks_read_hand_offs_only_through_the_stage_graph():
 
 
 def test_kernel_sources_follow_the_declared_reads():
-    assert stages.STAGES["05_ensemble_submission"].upstream == ("04_train_cnn",)
+    assert stages.STAGES["05_ensemble_submission"].upstream == ("03_model_zoo", "04_train_cnn")
     assert stages.STAGES["04_train_cnn"].upstream == ("02_augmentation", "03_model_zoo")
     meta = kernels.kernel_metadata("05_ensemble_submission.ipynb", "alice")
-    assert meta["kernel_sources"] == ["alice/digit-recognizer-04-train-cnn"]
+    assert meta["kernel_sources"] == [
+        "alice/digit-recognizer-03-model-zoo",
+        "alice/digit-recognizer-04-train-cnn",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

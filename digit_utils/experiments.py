@@ -170,7 +170,7 @@ def refit(
     accuracy can only be inferred from the CV of the same recipe.
     """
     groups = {}
-    for seed in bar(seeds, desc="refit", unit="run", disable=quiet or len(seeds) < 2):
+    for seed in seeds:  # each run draws its own epoch bar unless quiet
         name = f"{cfg.name or cfg.model}-s{seed}-refit"
         run_cfg = cfg.replace(
             val_fraction=0.0, fold=None, seed=seed, epochs=epochs or cfg.epochs,

@@ -418,9 +418,10 @@ def train(
         )
         row["eval_seconds"] = time.perf_counter() - t1
         run.rows.append({k: row[k] for k in runs.HISTORY_COLUMNS})
-        epochs_bar.set_postfix(
-            train_loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}"
-        )
+        scores = {"train_loss": f"{row['train_loss']:.4f}"}
+        if len(run.x_val):  # a refit on every row has no validation accuracy to show
+            scores["val_acc"] = f"{row['val_acc']:.4f}"
+        epochs_bar.set_postfix(scores)
         _save_epoch(run)
         tracker.epoch(run.rows[-1])
     result = _finish(run, time.perf_counter() - started)

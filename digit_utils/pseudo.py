@@ -24,9 +24,8 @@ from .errors import ConfigError
 from .experiments import Grid, run_grid
 from .predict import predict_runs
 from .progress import bar
+from .splits import SPLIT_KEYS, split_key
 from .train import train
-
-SPLIT_KEYS = ("fold", "n_folds", "split_seed", "val_fraction")  # what decides a run's val rows
 
 
 @dataclass(frozen=True)
@@ -71,13 +70,6 @@ def extra_rows(test_images: np.ndarray, pseudo: PseudoLabels) -> tuple[np.ndarra
     return test_images[pseudo.rows], pseudo.labels
 
 
-def _split_of(cfg: Mapping) -> tuple:
-    """The settings that decide a run's validation rows (a holdout ignores fold counts)."""
-    if cfg.get("fold") is None:
-        return (None, None, cfg.get("split_seed"), cfg.get("val_fraction"))
-    return (cfg["fold"], cfg.get("n_folds"), cfg.get("split_seed"), None)
-
-
 def teacher_proba(
     teachers: Mapping[str, Sequence[Path]],
     student: TrainConfig,
@@ -89,10 +81,10 @@ def teacher_proba(
     """The averaged test probabilities of the first-round runs that held out exactly the
     student's validation rows (one run per base model); ConfigError when a base model has none.
     """
-    wanted = _split_of(student.to_dict())
+    wanted = split_key(student.to_dict())
     chosen = {}
     for name, group in runs.as_groups(teachers).items():
-        match = [run for run in group if _split_of(runs.read_config(run) or {}) == wanted]
+        match = [run for run in group if split_key(runs.read_config(run) or {}) == wanted]
         if not match:
             raise ConfigError(
                 f"teachers: {name!r} has no run that held out the student's rows "
@@ -102,6 +94,34 @@ def teacher_proba(
             )
         chosen[name] = match[:1]
     return predict_runs(chosen, test_images, tta=tta, device=device).mean(axis=0)
+
+
+class _FoldTeachers:
+    """``extra(config)`` for a second-round run: the test rows (and pseudo-labels) that the
+    teachers holding out the run's own rows are sure of, worked out once per split."""
+
+    def __init__(self, teachers, test_images: np.ndarray, threshold: float, tta: int):
+        self.teachers, self.test_images = teachers, test_images
+        self.threshold, self.tta = threshold, tta
+        self.cache: dict[tuple, PseudoLabels] = {}
+
+    def __call__(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+        key = split_key(cfg.to_dict())
+        if key not in self.cache:
+            proba = teacher_proba(
+                self.teachers, cfg, self.test_images, tta=self.tta, device=cfg.device
+            )
+            self.cache[key] = select(proba, self.threshold)
+        return extra_rows(self.test_images, self.cache[key])
+
+    def selected(self) -> pd.DataFrame:
+        """One row per split: its keys and the rows selected."""
+        return pd.DataFrame(
+            [
+                {**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()}
+                for k, p in self.cache.items()
+            ]
+        )
 
 
 def run_pseudo_grid(
@@ -122,22 +142,12 @@ def run_pseudo_grid(
     """A second round: :func:`experiments.run_grid` where each run also trains on the test rows
     its fold's teacher is sure of. Returns the grid and one row per split: rows selected.
     """
-    cache: dict[tuple, PseudoLabels] = {}
-
-    def extra(cfg: TrainConfig):
-        key = _split_of(cfg.to_dict())
-        if key not in cache:
-            proba = teacher_proba(teachers, cfg, test_images, tta=tta, device=cfg.device)
-            cache[key] = select(proba, threshold)
-        return extra_rows(test_images, cache[key])
-
+    teachers_by_fold = _FoldTeachers(teachers, test_images, threshold, tta)
     grid = run_grid(
         images, labels, base, variants, seeds=seeds, folds=folds, root=root, quiet=quiet,
-        extra=extra,
+        extra=teachers_by_fold,
     )  # fmt: skip
-    selected = pd.DataFrame(
-        [{**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()} for k, p in cache.items()]
-    )
+    selected = teachers_by_fold.selected()
     return grid, selected
 
 
@@ -172,18 +182,11 @@ def retrain(
             jobs.append(
                 (f"{name}+pl", cfg.replace(name=folder, **({"device": device} if device else {})))
             )
-    cache: dict[tuple, PseudoLabels] = {}
+    teachers_by_fold = _FoldTeachers(groups, test_images, threshold, tta)
     students: dict[str, list[str]] = {}
     for student, cfg in bar(jobs, desc="second round", unit="run", disable=quiet):
-        key = _split_of(cfg.to_dict())
-        if key not in cache:
-            proba = teacher_proba(groups, cfg, test_images, tta=tta, device=cfg.device)
-            cache[key] = select(proba, threshold)
-        x_extra, y_extra = extra_rows(test_images, cache[key])
+        x_extra, y_extra = teachers_by_fold(cfg)
         result = train(cfg, images, labels, run_dir=Path(root) / cfg.name, quiet=True,
                        extra_images=x_extra, extra_labels=y_extra)  # fmt: skip
         students.setdefault(student, []).append(str(result.run_dir))
-    selected = pd.DataFrame(
-        [{**dict(zip(SPLIT_KEYS, k, strict=True)), **p.summary()} for k, p in cache.items()]
-    )
-    return students, selected
+    return students, teachers_by_fold.selected()

@@ -49,6 +49,18 @@ def split_for(cfg: TrainConfig, labels) -> tuple[np.ndarray, np.ndarray]:
     return holdout_split(labels, cfg.val_fraction, cfg.split_seed)
 
 
+SPLIT_KEYS = ("fold", "n_folds", "split_seed", "val_fraction")  # what decides a run's val rows
+
+
+def split_key(cfg) -> tuple:
+    """The settings that decide a run's validation rows, from a config dict, as a tuple in
+    SPLIT_KEYS order (a holdout ignores fold counts, a fold ignores the holdout fraction): two
+    runs with equal keys held out the same rows."""
+    if cfg.get("fold") is None:
+        return (None, None, cfg.get("split_seed"), cfg.get("val_fraction"))
+    return (cfg["fold"], cfg.get("n_folds"), cfg.get("split_seed"), None)
+
+
 def describe(configs) -> str:
     """How a base model's runs were split, in words, from their ``config.json`` dicts:
     ``"5-fold, split_seed 0, fold(s) 0, 1, 2, 3, 4"`` or ``"holdout 10%, split_seed 0"``."""

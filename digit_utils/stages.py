@@ -20,6 +20,7 @@ from . import atomic, paths, typed
 from .config import FIELDS
 from .errors import ConfigError, DigitsError
 from .policy import AugmentPolicy
+from .splits import split_key
 
 DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
 POLICY = "02_augmentation/policy.json"  # 02's chosen augmentation, read by 03 and 04
@@ -156,6 +157,14 @@ def check_values(name: str, values: Mapping[str, Any]) -> dict:
 # The augmentation policy: 02 writes it, 03 and 04 read it
 
 
+def _upstream_json(relative: str) -> dict | None:
+    """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run."""
+    try:
+        return json.loads(paths.upstream(relative).read_text())
+    except DigitsError:
+        return None
+
+
 def save_policy(folder: Path, policy: str, **facts) -> dict:
     """Record the policy 02_augmentation chose (with the figures that chose it)."""
     choice = {"policy": policy, "augment": AugmentPolicy.parse(policy).to_dict(), **facts}
@@ -171,9 +180,7 @@ def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
     """
     if augment != "auto":
         return augment, "parameter"
-    try:
-        choice = json.loads(paths.upstream(POLICY).read_text())
-    except DigitsError:
+    if (choice := _upstream_json(POLICY)) is None:
         return "affine", "default (02_augmentation has not run)"
     return choice["augment"], f"02_augmentation chose {choice['policy']!r}"
 
@@ -197,9 +204,7 @@ def chosen_model(model: str) -> tuple[str, str]:
     """
     if model != "auto":
         return model, "parameter"
-    try:
-        choice = json.loads(paths.upstream(MODEL_CHOICE).read_text())
-    except DigitsError:
+    if (choice := _upstream_json(MODEL_CHOICE)) is None:
         return "deep_cnn", "default (03_model_zoo has not run)"
     return choice["model"], f"03_model_zoo chose {choice['model']!r}"
 
@@ -212,13 +217,7 @@ def _splits(group: Sequence[Path]) -> set[tuple]:
     """How a member's runs split the rows: one (fold, n_folds, split_seed, holdout) per run."""
     from . import runs  # torch: only the ensemble notebook gets here
 
-    out = set()
-    for run in group:
-        c = runs.read_config(run) or {}
-        kfold = c.get("fold") is not None
-        out.add((c.get("fold"), c.get("n_folds") if kfold else None, c.get("split_seed"),
-                 None if kfold else c.get("val_fraction")))  # fmt: skip
-    return out
+    return {split_key(runs.read_config(run) or {}) for run in group}
 
 
 def _describe(splits: set[tuple]) -> str:
@@ -246,10 +245,8 @@ def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], l
         zoo = runs.load_run_list(ZOO_RUNS)
     except DigitsError:
         return members, ["03_model_zoo recorded no runs: the members are 04_train_cnn's only"]
-    try:  # the architectures the zoo could not tell from its best (McNemar)
-        ties = set(json.loads(paths.upstream(MODEL_CHOICE).read_text()).get("ties", []))
-    except DigitsError:
-        ties = None
+    choice = _upstream_json(MODEL_CHOICE)  # its ties: the models it could not tell from its best
+    ties = None if choice is None else set(choice.get("ties", []))
     reference = _splits(next(iter(members.values())))
     added, other_rows, behind = [], [], []
     for name, group in zoo.items():

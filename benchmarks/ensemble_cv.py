@@ -7,8 +7,8 @@ rows), else one run on a shared stratified holdout. Every member shares ``split_
 validation rows are the same. Prints each member's out-of-fold accuracy and each method's (stacking
 and greedy selection scored by an inner 5-fold CV). With ``--pseudo T`` a second round retrains
 every member with the test rows its fold's first-round ensemble is at least T sure of (the
-teacher of fold f never trained on fold f's rows; see ``digit_utils.pseudo``) and prints the same
-table for it; out-of-fold rows are train rows only.
+teacher of fold f never trained on fold f's rows; see ``digit_utils.train.pseudo``) and prints
+the same table for it; out-of-fold rows are train rows only.
 
     .venv/bin/python benchmarks/ensemble_cv.py
     .venv/bin/python benchmarks/ensemble_cv.py --folds 3 --epochs 1 -k 3 --pseudo 0.995
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from digit_utils import atomic, data, ensemble, experiments, paths, predict, pseudo
+from digit_utils import atomic, data, ensemble, paths
 from digit_utils.config import TrainConfig
-from digit_utils.profiles import parse_overrides
+from digit_utils.pipeline.profiles import parse_overrides
+from digit_utils.train import grids, inference, pseudo
 
 REPLICA = Path(__file__).resolve().parents[2] / "shared" / "data" / "digit-recognizer.zip"
 
@@ -112,7 +113,7 @@ def train_members(args, images, labels, root, round_fn) -> tuple[dict, dict]:
 
 
 def score(groups, labels, seconds) -> tuple[pd.DataFrame, float]:
-    oof = predict.load_oof(groups)
+    oof = inference.load_oof(groups)
     start = time.perf_counter()
     table = ensemble.compare_methods(oof.probas, labels[oof.indices], names=oof.names)
     table["train_s"] = table["method"].map(seconds).round(0)
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     if args.rows:
         images, labels = images[: args.rows], labels[: args.rows]
 
-    groups, seconds = train_members(args, images, labels, runs_root, experiments.run_grid)
+    groups, seconds = train_members(args, images, labels, runs_root, grids.run_grid)
     tables = {"first round": score(groups, labels, seconds)}
     if args.pseudo:
         chosen = []

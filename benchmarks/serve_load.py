@@ -33,7 +33,7 @@ from PIL import Image
 
 from digit_utils import atomic, data, paths
 from digit_utils.config import TrainConfig
-from digit_utils.train import train
+from digit_utils.train.loop import train
 
 MODELS = ("fast_cnn", "deep_cnn")
 

@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from digit_utils import data, tracking
+from digit_utils import data
 from digit_utils.config import TrainConfig
-from digit_utils.train import train
+from digit_utils.train import tracking
+from digit_utils.train.loop import train
 
 
 def timed(method, bucket: list):

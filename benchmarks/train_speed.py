@@ -26,8 +26,8 @@ import torch
 
 from digit_utils import atomic, data, paths
 from digit_utils.config import TrainConfig
-from digit_utils.profiles import parse_overrides
-from digit_utils.train import train
+from digit_utils.pipeline.profiles import parse_overrides
+from digit_utils.train.loop import train
 
 # Per-model recipes: the settings each model is benchmarked with unless --set overrides them.
 RECIPES: dict[str, dict] = {

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the same folder, then a rename.
+"""Atomic file writes (a temp file in the same folder, then a rename) and the one file hash.
 
 A crash, a kill or an exception mid-write leaves the previous file intact and no half file behind.
 Every file the package writes goes through here.
@@ -6,6 +6,7 @@ Every file the package writes goes through here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,3 +44,12 @@ def write_json(obj: Any, path: str | Path) -> Path:
 def write_csv(frame, path: str | Path) -> Path:
     """A pandas DataFrame as CSV without its index."""
     return atomic_write(path, lambda fh: frame.to_csv(fh, index=False))
+
+
+def file_hash(path: str | Path) -> str:
+    """A short blake2b hash of a file's bytes: cache keys, run-folder manifests, submissions."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -12,9 +12,9 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from . import typed
-from .errors import ConfigError
-from .policy import MAX_TTA, AugmentPolicy
+from digit_utils import typed
+from digit_utils.augment_policy import AugmentPolicy, tta_shifts
+from digit_utils.errors import ConfigError
 
 DEFAULT_EMA_DECAY = 0.999
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -61,7 +61,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     precision: str = "auto"  # "auto" (bf16 from sm_80, fp16 below, fp32 on CPU) | fp32/bf16/fp16
     compile: bool = False  # torch.compile the training forward pass
-    tta: int = 0  # shifts averaged for the saved validation probabilities (augment.SHIFTS)
+    tta: int = 0  # shifts averaged for the saved validation probabilities (augment_policy.SHIFTS)
     name: str | None = None  # run folder name; default <model>-seed<seed>-<timestamp>
     tracking: str = "none"  # "none" | "mlflow" | "tensorboard" | "mlflow,tensorboard"
     tracking_artifacts: str = "small"  # "small" | "all" (also the checkpoints, which are large)
@@ -76,10 +76,7 @@ class TrainConfig:
         def bad(field, why):
             raise ConfigError(f"{field}: {getattr(self, field)!r} {why}")
 
-        from .models import list_models  # the registry imports torch; a bare config need not
-
-        if self.model not in list_models():
-            bad("model", f"is not a known model ({', '.join(list_models())})")
+        # the model's name is checked by the registry (train.models.check_name), above this layer
         for field in ("epochs", "batch_size", "n_folds"):
             if getattr(self, field) < (2 if field == "n_folds" else 1):
                 bad(field, "is too small")
@@ -103,8 +100,7 @@ class TrainConfig:
             bad("fold", f"must be in [0, n_folds={self.n_folds})")
         if self.precision not in PRECISIONS:
             bad("precision", "must be 'auto', 'fp32', 'bf16' or 'fp16'")
-        if not 0 <= self.tta <= MAX_TTA:
-            bad("tta", f"must be in [0, {MAX_TTA}]")
+        tta_shifts(self.tta)
         if not DEVICE_NAME.match(self.device):
             bad("device", "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')")
         if self.name is not None and (not self.name or set(self.name) & set("/\\:")):

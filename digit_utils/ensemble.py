@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from digit_utils.errors import ConfigError
 
 METHODS = ("average", "vote", "stack", "greedy")
 EPS = 1e-6  # floor before log: a confident model's 0.0 must not become -inf

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import DigitsError
+from digit_utils.errors import DigitsError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 KAGGLE_WORKING = Path("/kaggle/working")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import TrainConfig
-from .errors import ConfigError
+from digit_utils.config import TrainConfig
+from digit_utils.errors import ConfigError
 
 
 def holdout_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@ A notebook's parameters are the TrainConfig fields it shows (their types come fr
 plus a few of its own. Hand-off files (one stage writes, a later one reads) are declared as
 ``reads``; the upstream stages of a notebook (its Kaggle ``kernel_sources``) follow from them.
 The writer and reader of each hand-off file sit together: the augmentation policy and the
-architecture choice here, run lists in :mod:`runs`.
+architecture choice here, run lists in :mod:`digit_utils.train.runs`, and the ensemble's
+members (04's runs and the zoo's ties) in :mod:`digit_utils.train.members`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic, paths, typed
-from .config import FIELDS
-from .errors import ConfigError, DigitsError
-from .policy import AugmentPolicy
-from .splits import split_key
+from digit_utils import atomic, paths, typed
+from digit_utils.augment_policy import AugmentPolicy
+from digit_utils.config import FIELDS
+from digit_utils.errors import ConfigError, DigitsError
 
 DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
 POLICY = "02_augmentation/policy.json"  # 02's chosen augmentation, read by 03 and 04
@@ -157,7 +157,7 @@ def check_values(name: str, values: Mapping[str, Any]) -> dict:
 # The augmentation policy: 02 writes it, 03 and 04 read it
 
 
-def _upstream_json(relative: str) -> dict | None:
+def upstream_json(relative: str) -> dict | None:
     """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run."""
     try:
         return json.loads(paths.upstream(relative).read_text())
@@ -180,7 +180,7 @@ def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
     """
     if augment != "auto":
         return augment, "parameter"
-    if (choice := _upstream_json(POLICY)) is None:
+    if (choice := upstream_json(POLICY)) is None:
         return "affine", "default (02_augmentation has not run)"
     return choice["augment"], f"02_augmentation chose {choice['policy']!r}"
 
@@ -204,84 +204,6 @@ def chosen_model(model: str) -> tuple[str, str]:
     """
     if model != "auto":
         return model, "parameter"
-    if (choice := _upstream_json(MODEL_CHOICE)) is None:
+    if (choice := upstream_json(MODEL_CHOICE)) is None:
         return "deep_cnn", "default (03_model_zoo has not run)"
     return choice["model"], f"03_model_zoo chose {choice['model']!r}"
-
-
-# --------------------------------------------------------------------------------------------
-# The ensemble's members: 04's runs (and 03's when they held out the same rows), read by 05
-
-
-def _splits(group: Sequence[Path]) -> set[tuple]:
-    """How a member's runs split the rows: one (fold, n_folds, split_seed, holdout) per run."""
-    from . import runs  # torch: only the ensemble notebook gets here
-
-    return {split_key(runs.read_config(run) or {}) for run in group}
-
-
-def _describe(splits: set[tuple]) -> str:
-    fold, n_folds, split_seed, holdout = next(iter(splits))
-    how = f"{n_folds} folds" if fold is not None else f"a {holdout:.0%} holdout"
-    return f"{how}, split_seed {split_seed}"
-
-
-def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], list[str]]:
-    """The ensemble notebook's ``runs`` parameter resolved: ``({member: [run folders]}, notes)``.
-
-    "auto": the runs 04_train_cnn recorded, plus each 03_model_zoo model whose runs held out
-    exactly the same rows in the same folds and that the zoo could not tell from its best (its
-    ``ties``): other architectures make the ensemble diverse, while one the best clearly beat
-    would only dilute an average. A zoo model left out gets a note that says why. Anything else
-    is a comma-separated list of run folders, used as given (the ensemble itself then refuses
-    runs whose validation rows differ).
-    """
-    from . import runs
-
-    if runs_param != "auto":
-        return runs.as_groups([p.strip() for p in runs_param.split(",") if p.strip()]), []
-    members = runs.load_run_list(TRAINED_RUNS)
-    try:
-        zoo = runs.load_run_list(ZOO_RUNS)
-    except DigitsError:
-        return members, ["03_model_zoo recorded no runs: the members are 04_train_cnn's only"]
-    choice = _upstream_json(MODEL_CHOICE)  # its ties: the models it could not tell from its best
-    ties = None if choice is None else set(choice.get("ties", []))
-    reference = _splits(next(iter(members.values())))
-    added, other_rows, behind = [], [], []
-    for name, group in zoo.items():
-        if _splits(group) != reference:
-            other_rows.append(name)
-        elif ties is not None and (runs.read_config(group[0]) or {}).get("model") not in ties:
-            behind.append(name)
-        else:
-            members[f"zoo-{name}"] = group
-            added.append(name)
-    quote = lambda names: ", ".join(f"`{n}`" for n in names)  # noqa: E731
-    notes = []
-    if added:
-        notes.append(f"from 03_model_zoo, on the same folds as 04_train_cnn: {quote(added)}")
-    if behind:
-        notes.append(
-            f"left out from 03_model_zoo: {quote(behind)}, which the zoo's best beat (McNemar "
-            "p < 0.05)"
-        )
-    if other_rows:
-        notes.append(
-            f"left out from 03_model_zoo: {quote(other_rows)}, which held out other rows "
-            f"({_describe(_splits(zoo[other_rows[0]]))}, against 04_train_cnn's "
-            f"{_describe(reference)}); members must be scored on the same rows, so give 03 "
-            "the same n_folds to combine them"
-        )
-    return members, notes
-
-
-def refit_members() -> dict[str, list[Path]]:
-    """04_train_cnn's refits on every labelled row (``{name: [run folder]}``), or {} when it
-    trained none (``refit=False``)."""
-    from . import runs
-
-    try:
-        return runs.load_run_list(REFIT_RUNS)
-    except DigitsError:
-        return {}

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError
+from digit_utils.errors import ConfigError
 
 NoneType = type(None)
 

@@ -88,7 +88,8 @@ class FakeKaggle:
     def kernel_statuses(self, **by_slug: str) -> None:
         """Status sequences per kernel of user alice, e.g. ``{"02": "QUEUED,COMPLETE"}`` given as
         keyword ``s02="QUEUED,COMPLETE"`` (by the stage's prefix); see fake_kaggle.py."""
-        from digit_utils import kernels, stages
+        from digit_utils import stages
+        from digit_utils.kaggle import kernels
 
         mapping = {}
         for key, states in by_slug.items():
@@ -132,8 +133,8 @@ def sample_arrays(sample_dir: Path):
 
 def train_tiny(recipe: dict, images, labels, run_dir: Path, **settings) -> Path:
     """Train one tiny CPU run on the first 2,000 rows; returns its folder."""
-    from digit_utils import train
     from digit_utils.config import TrainConfig
+    from digit_utils.train import loop as train
 
     cfg = TrainConfig.from_dict({**recipe, "device": "cpu", **settings})
     train.train(cfg, images[:2000], labels[:2000], run_dir=run_dir, quiet=True)

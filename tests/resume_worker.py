@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digit_utils import train
+from digit_utils.train import loop as train
 
 data, run_dir, config, threads, stall_after, marker = sys.argv[1:7]
 resume = sys.argv[7:8] != ["fresh"]

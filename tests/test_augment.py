@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from digit_utils.augment import augment_batch, augmentation_gallery
+from digit_utils.augment_policy import PRESETS, AugmentPolicy
 from digit_utils.errors import ConfigError
-from digit_utils.policy import PRESETS, AugmentPolicy
+from digit_utils.train.augment import augment_batch, augmentation_gallery
 
 
 def _digit_batch(n: int = 16) -> torch.Tensor:

@@ -10,10 +10,10 @@ import torch
 from test_devices import _first_epoch_checkpoint
 
 from digit_utils import config as C
-from digit_utils import devices, experiments, runs
-from digit_utils import train as T
-from digit_utils.models import build_model
-from digit_utils.predict import predict_proba
+from digit_utils.train import devices, grids, runs
+from digit_utils.train import loop as T
+from digit_utils.train.inference import predict_proba
+from digit_utils.train.models import build_model
 
 pytestmark = pytest.mark.cuda
 
@@ -95,7 +95,7 @@ def test_compile_runs_or_falls_back_on_this_gpu(digits, tmp_path):
 def test_a_grid_uses_every_gpu(digits, tmp_path):
     images, labels = digits
     base = C.TrainConfig.from_dict({**TINY, "epochs": 1, "device": "auto"})
-    grid = experiments.run_grid(images, labels, base, {"a": {}}, seeds=[0, 1], root=tmp_path)
+    grid = grids.run_grid(images, labels, base, {"a": {}}, seeds=[0, 1], root=tmp_path)
     assert sorted(grid.results["device"]) == ["cuda:0", "cuda:1"]
 
 

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPLICA
-from digit_utils import data
+from digit_utils import atomic, data
+from digit_utils.data import arrays, sources
 from digit_utils.errors import DataError, DataWarning, KaggleError
 
 TRAIN_HEADER = ",".join(data.TRAIN_HEADER)
@@ -65,7 +66,7 @@ def test_second_load_uses_the_cache_and_a_change_invalidates_it(tiny, monkeypatc
     def no_parse(*a, **k):
         raise AssertionError("parsed again although the cache is valid")
 
-    monkeypatch.setattr(data, "_parse", no_parse)
+    monkeypatch.setattr(arrays, "_parse", no_parse)
     again, _ = data.load_train(tiny)
     assert np.array_equal(first, again)
     assert (tiny / "train.csv").read_bytes() == before  # raw file untouched
@@ -84,7 +85,7 @@ def test_cache_of_a_read_only_folder_goes_under_data_cache(tiny, isolated, monke
     # Kaggle's /kaggle/input is read-only; as root chmod would not stop us, so say it is.
     real_access = os.access
     monkeypatch.setattr(
-        data.os, "access", lambda p, mode: False if Path(p) == tiny else real_access(p, mode)
+        arrays.os, "access", lambda p, mode: False if Path(p) == tiny else real_access(p, mode)
     )
     with pytest.warns(DataWarning):
         data.load_train(tiny)
@@ -376,7 +377,7 @@ def test_locate_downloads_with_credentials(isolated, fake_kaggle):
 
 
 def test_locate_falls_back_to_the_sample_loudly_once(isolated, monkeypatch):
-    monkeypatch.setattr(data, "_warned_sample", False)
+    monkeypatch.setattr(sources, "_warned_sample", False)
     with pytest.warns(DataWarning, match="OFFLINE SAMPLE"):
         source = data.locate()
     assert source.is_sample and source.path == isolated / "data" / "sample"
@@ -398,7 +399,7 @@ def test_explicit_zip_never_touches_data_raw(isolated, competition_zip, tiny, mo
             monkeypatch.setenv("DIGITS_DATA_DIR", str(competition_zip))
         source = data.locate(competition_zip if given == "path" else None)
         assert source.path.parent == isolated / "data" / "cache"
-        assert source.path.name == f"zip-{data.fingerprint(competition_zip)}"
+        assert source.path.name == f"zip-{atomic.file_hash(competition_zip)}"
         assert (source.path / "sample_submission.csv").is_file()
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
     monkeypatch.delenv("DIGITS_DATA_DIR")

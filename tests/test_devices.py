@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from digit_utils import config as C
-from digit_utils import device_pool, devices, experiments, runs
-from digit_utils import train as T
 from digit_utils.errors import ConfigError
-from digit_utils.models import build_model
+from digit_utils.train import devices, grids, parallel, runs
+from digit_utils.train import loop as T
+from digit_utils.train.models import build_model
 
 T4, A100, P100 = (7, 5), (8, 0), (6, 0)
 
@@ -108,17 +108,17 @@ def test_devices_carry_their_index_and_a_grid_sees_every_gpu(fake_gpus):
         devices.resolve_device("cuda:2")
     both = [torch.device("cuda", 0), torch.device("cuda", 1)]
     assert devices.visible_devices("auto") == both
-    assert device_pool.worker_devices("auto") == both  # Kaggle's T4 kernel: two workers
-    assert device_pool.worker_devices("cuda:1") == [torch.device("cuda", 1)]
+    assert parallel.worker_devices("auto") == both  # Kaggle's T4 kernel: two workers
+    assert parallel.worker_devices("cuda:1") == [torch.device("cuda", 1)]
 
 
 def test_worker_devices_on_the_cpu():
     cpu = torch.device("cpu")
-    assert device_pool.worker_devices("auto") == [cpu]  # one worker: trains in this process
-    assert device_pool.worker_devices("cpu", 2) == [cpu, cpu]
+    assert parallel.worker_devices("auto") == [cpu]  # one worker: trains in this process
+    assert parallel.worker_devices("cpu", 2) == [cpu, cpu]
     for bad in (0, -1, True, "two"):
         with pytest.raises(ConfigError, match="workers"):
-            device_pool.worker_devices("cpu", bad)
+            parallel.worker_devices("cpu", bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +230,8 @@ def test_two_cpu_workers_give_the_sequential_results_bit_for_bit(digits, tmp_pat
     images, labels = digits
     base = C.TrainConfig.from_dict({**TINY, "epochs": 1, "model": "fast_cnn", "lr": 0.003})
     variants = {"none": {"augment": "none"}, "affine": {"augment": "affine"}}
-    grids = {
-        workers: experiments.run_grid(
+    by_workers = {
+        workers: grids.run_grid(
             images,
             labels,
             base,
@@ -243,7 +243,7 @@ def test_two_cpu_workers_give_the_sequential_results_bit_for_bit(digits, tmp_pat
         )  # fmt: skip
         for workers in (1, 2)
     }
-    one, two = grids[1], grids[2]
+    one, two = by_workers[1], by_workers[2]
     assert list(two.results["device"]) == ["cpu", "cpu"]
     cols = ["variant", "seed", "val_acc", "best_val_acc", "params", "device"]
     assert one.results[cols].equals(two.results[cols])

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from digit_utils import config as C
-from digit_utils import ensemble, predict, runs, splits
+from digit_utils import ensemble, splits
 from digit_utils.errors import CheckpointError, ConfigError
+from digit_utils.train import inference, runs
 
 
 def onehot(labels, confidence=0.9) -> np.ndarray:
@@ -193,8 +194,8 @@ def test_load_oof_intersects_rows_only_when_asked(tmp_path):
     a = fake_run(tmp_path / "a", [5, 1, 3], onehot([5, 1, 3]))
     b = fake_run(tmp_path / "b", [3, 9, 5], onehot([3, 9, 5]))
     with pytest.raises(ConfigError, match="'a' .* and 'b' .*hold out different rows"):
-        predict.load_oof([a, b])
-    oof = predict.load_oof([a, b], rows="intersect")
+        inference.load_oof([a, b])
+    oof = inference.load_oof([a, b], rows="intersect")
     assert oof.names == ["a", "b"]
     assert oof.indices.tolist() == [3, 5]
     assert oof.probas.shape == (2, 2, 10)
@@ -205,32 +206,32 @@ def test_load_oof_intersects_rows_only_when_asked(tmp_path):
 def test_load_oof_joins_the_folds_of_one_base_model(tmp_path):
     folds = [fake_run(tmp_path / f"f{i}", [i, i + 3], onehot([i, i + 3])) for i in range(3)]
     other = [fake_run(tmp_path / f"o{i}", [i, i + 3], onehot([i, i + 3], 0.5)) for i in range(3)]
-    oof = predict.load_oof({"cnn_5fold": folds, "other": other})
+    oof = inference.load_oof({"cnn_5fold": folds, "other": other})
     assert oof.names == ["cnn_5fold", "other"]
     assert oof.indices.tolist() == [0, 1, 2, 3, 4, 5]
     assert oof.probas[0].argmax(1).tolist() == [0, 1, 2, 3, 4, 5]
     clash = fake_run(tmp_path / "clash", [0], onehot([0]))
     with pytest.raises(ConfigError, match="share validation rows"):
-        predict.load_oof({"x": [folds[0], clash]})
+        inference.load_oof({"x": [folds[0], clash]})
 
 
 def test_load_oof_refuses_disjoint_rows_and_missing_files(tmp_path):
     a = fake_run(tmp_path / "a", [0, 1], onehot([0, 1]))
     b = fake_run(tmp_path / "b", [2, 3], onehot([2, 3]))
     with pytest.raises(ConfigError, match="different rows"):
-        predict.load_oof([a, b])
+        inference.load_oof([a, b])
     with pytest.raises(ConfigError, match="no validation row is shared"):
-        predict.load_oof([a, b], rows="intersect")
+        inference.load_oof([a, b], rows="intersect")
     with pytest.raises(ConfigError, match="rows: 'some'"):
-        predict.load_oof([a, b], rows="some")
+        inference.load_oof([a, b], rows="some")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="val_indices.npy: missing"):
-        predict.load_oof([tmp_path / "empty"])
+        inference.load_oof([tmp_path / "empty"])
     bad = fake_run(tmp_path / "bad", [0, 1, 2], onehot([0, 1]))
     with pytest.raises(CheckpointError, match="do not match"):
-        predict.load_oof([bad])
+        inference.load_oof([bad])
     with pytest.raises(ConfigError, match="train images"):
-        predict.load_oof([a], tta=2)
+        inference.load_oof([a], tta=2)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")
@@ -276,21 +277,21 @@ def test_runs_with_different_splits_are_refused_with_the_reason(tmp_path):
     holdout = fold_runs(tmp_path / "d", labels, [{"val_fraction": 0.2}])
     # the same folds: combined on all 100 rows
     same = fold_runs(tmp_path / "e", labels, [{"fold": f, "n_folds": 5} for f in range(5)])
-    oof = predict.load_oof({"cnn": k5, "zoo": same})
+    oof = inference.load_oof({"cnn": k5, "zoo": same})
     assert oof.indices.tolist() == list(range(100))
     with pytest.raises(ConfigError) as e:
-        predict.load_oof({"cnn": k5, "other": k5_other_seed})
+        inference.load_oof({"cnn": k5, "other": k5_other_seed})
     assert "'cnn' (5-fold, split_seed 0, fold(s) 0, 1, 2, 3, 4)" in str(e.value)
     assert "'other' (5-fold, split_seed 1" in str(e.value)
     assert "split the same 100 rows into different folds" in str(e.value)
     with pytest.raises(ConfigError, match=r"\(4-fold, split_seed 0"):
-        predict.load_oof({"cnn": k5, "k4": k4})
+        inference.load_oof({"cnn": k5, "k4": k4})
     with pytest.raises(ConfigError, match=r"'one' \(holdout 20%, split_seed 0\).*20 vs 100"):
-        predict.load_oof({"one": holdout, "cnn": k5})
+        inference.load_oof({"one": holdout, "cnn": k5})
     # a k-fold model missing a fold covers fewer rows: refused too
     with pytest.raises(ConfigError, match="80 rows"):
-        predict.load_oof({"cnn": k5, "four_of_five": same[:4]})
-    oof = predict.load_oof({"one": holdout, "cnn": k5}, rows="intersect")
+        inference.load_oof({"cnn": k5, "four_of_five": same[:4]})
+    oof = inference.load_oof({"one": holdout, "cnn": k5}, rows="intersect")
     assert len(oof.indices) == 20
 
 

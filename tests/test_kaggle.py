@@ -11,8 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from digit_utils import cli, kernel_push, kernels, stages
+from digit_utils import cli, stages
 from digit_utils.errors import KaggleError
+from digit_utils.kaggle import kernels
+from digit_utils.kaggle import push as kernel_push
 
 KEY = "s3cr3t-key-value"  # what FakeKaggle.login puts in KAGGLE_KEY
 
@@ -494,7 +496,7 @@ def test_the_user_name_comes_from_xdg_kaggle_json(fake_kaggle, isolated, tmp_pat
 
 
 def test_token_and_oauth_values_are_redacted(tmp_path):
-    from digit_utils import kaggle
+    from digit_utils.kaggle import client as kaggle
 
     _token_file(tmp_path / "home")
     (tmp_path / "home" / ".kaggle" / "credentials.json").write_text(
@@ -508,7 +510,7 @@ def test_submit_true_inside_a_kernel_says_why_instead_of_calling(
     fake_kaggle, tmp_path, monkeypatch
 ):
     """The 05 notebook's last step; a kernel has the internet off (and no credentials)."""
-    from digit_utils import submit
+    from digit_utils.data import submission as submit
 
     fake_kaggle.login()
     path = write_submission(tmp_path / "submission.csv")

@@ -21,7 +21,8 @@ import pytest
 from test_notebooks import STAGES, TINY
 
 from conftest import REPO
-from digit_utils import data, kernels, stages
+from digit_utils import data, stages
+from digit_utils.kaggle import kernels, local_run
 
 TINY_KERNEL = {
     **TINY,
@@ -60,7 +61,7 @@ def chain(tmp_path_factory, sample_dir):
         params = dict(TINY_KERNEL[stage])
         if "device" in stages.STAGES[stage].schema:
             params["device"] = "cpu"  # Kaggle's GPU is not here; the code path is the same
-        kernels.run_kernel_locally(
+        local_run.run_kernel_locally(
             folder, inputs, working[stage], params, temp_dir=root / "temp" / stage
         )
     return working

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import data, kernels, paths, stages
+from digit_utils import data, paths, stages
 from digit_utils.errors import DigitsError, KaggleError
+from digit_utils.kaggle import kernels, local_run
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -250,7 +251,7 @@ def test_kernel_runs_self_contained_in_simulated_kaggle(tmp_path, sample_dir, la
     folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
     input_root = kaggle_input(tmp_path / "input", sample_dir, layout)
     working, temp = tmp_path / "working", tmp_path / "kaggle-temp"
-    executed = kernels.run_kernel_locally(
+    executed = local_run.run_kernel_locally(
         folder, input_root, working, {"n_rows": 300}, temp_dir=temp
     )
 
@@ -296,7 +297,7 @@ submit.write_submission(proba, paths.outputs_dir() / "submission.csv", expected_
     np.save(run / "test_proba.npy", proba)
 
     working = tmp_path / "working"
-    kernels.run_kernel_locally(folder, input_root, working)
+    local_run.run_kernel_locally(folder, input_root, working)
     submission = pd.read_csv(working / "submission.csv")
     assert list(submission.columns) == ["ImageId", "Label"]
     assert submission["ImageId"].tolist() == list(range(1, 101))
@@ -309,4 +310,4 @@ def test_a_failing_kernel_names_its_cell(tmp_path):
     folder = kernels.build_kernel(notebook, "alice", dest=tmp_path / "kernel")
     (tmp_path / "input").mkdir()
     with pytest.raises(DigitsError, match=r"01_eda.ipynb failed in cell \d+: ValueError: boom"):
-        kernels.run_kernel_locally(folder, tmp_path / "input", tmp_path / "working")
+        local_run.run_kernel_locally(folder, tmp_path / "input", tmp_path / "working")

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from digit_utils.errors import ConfigError
-from digit_utils.models import MEAN, STD, build_model, count_parameters, list_models, normalize
+from digit_utils.train.models import (
+    MEAN,
+    STD,
+    build_model,
+    count_parameters,
+    list_models,
+    normalize,
+)
 
 REQUIRED = {
     "simple_cnn", "fast_cnn", "deep_cnn", "deep_cnn_wide", "se_vgg", "resnet18", "resnet34",
@@ -74,7 +81,7 @@ def test_builder_keywords_change_the_model():
 
 
 def test_residual_depths_and_widths_follow_the_papers():
-    from digit_utils import resnets
+    from digit_utils.train import resnets
 
     wrn = build_model("wrn16_4")
     assert sum(isinstance(m, resnets.BasicBlock) for m in wrn.modules()) == 6  # 2 per stage
@@ -95,7 +102,7 @@ def test_normalize_treats_uint8_and_unit_floats_alike():
 
 
 def test_describe_lists_layers_shapes_and_every_parameter():
-    from digit_utils.models import build_model, count_parameters, describe
+    from digit_utils.train.models import build_model, count_parameters, describe
 
     credit, layers = describe("deep_cnn")
     assert "Deotte" in credit

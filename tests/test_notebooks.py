@@ -16,8 +16,8 @@ import pytest
 
 from conftest import REPO
 from digit_utils import data, notebook, pipeline, stages
+from digit_utils.data.submission import validate_submission
 from digit_utils.errors import ConfigError
-from digit_utils.submit import validate_submission
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 STAGES = [p.stem for p in NOTEBOOKS]

@@ -17,9 +17,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from digit_utils import cli, pipeline, profiles
+import digit_utils
+from digit_utils import cli, pipeline
 from digit_utils.errors import ConfigError
-from digit_utils.pipeline import PipelineError
+from digit_utils.pipeline import PipelineError, profiles
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = Path(sys.executable).parent / "digits"
@@ -264,7 +265,7 @@ def test_run_pipeline_routes_records_and_renders(toy, isolated, sample_dir, caps
     on_disk = json.loads((out / "pipeline.json").read_text())
     assert on_disk == json.loads(json.dumps(record))
     assert record["status"] == "ok" and record["profile"] == "quick"
-    assert record["version"] == pipeline.__version__ and record["started"].startswith("20")
+    assert record["version"] == digit_utils.__version__ and record["started"].startswith("20")
     assert record["data"] == {"path": str(sample_dir), "origin": "env", "is_sample": True}
     by_name = {e["name"]: e for e in record["notebooks"]}
     assert list(by_name) == ["01_alpha", "02_beta", "03_gamma"]

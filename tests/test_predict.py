@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from digit_utils.augment_policy import SHIFTS, tta_shifts
 from digit_utils.errors import DataError
-from digit_utils.models import build_model
-from digit_utils.predict import SHIFTS, predict_proba, shift, tta_shifts
+from digit_utils.train.inference import predict_proba, shift
+from digit_utils.train.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,11 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import sample_arrays, train_tiny
-from digit_utils import cli, data, ensemble, predict, submit
+from digit_utils import cli, data, ensemble
+from digit_utils.data import submission as submit
 from digit_utils.errors import ConfigError, DataError, DataWarning
-from digit_utils.predictor import CENTRE, Predictor, is_mnist_style, preprocess
+from digit_utils.serve.predictor import CENTRE, Predictor, is_mnist_style, preprocess
+from digit_utils.train import inference
 
 # Recipes that reach ~95% (fast_cnn) and ~80% (simple_cnn) on 1,600 sample rows in a few CPU
 # seconds; two different models make the ensemble tests meaningful.
@@ -223,15 +225,15 @@ def test_cli_reports_a_bad_image_cleanly(world, tmp_path, capsys):
 def test_from_run_folders_to_a_valid_submission(world, tmp_path):
     """The ensemble notebook's path: runs -> OOF -> compare -> combine -> submission.csv."""
     images, labels = world["train"]
-    oof = predict.load_oof(world["runs"])
+    oof = inference.load_oof(world["runs"])
     assert oof.names == ["s0", "s1"] and oof.probas.shape == (2, len(oof.indices), 10)
     table = ensemble.compare_methods(oof.probas, labels[oof.indices], names=oof.names, folds=3)
     method, accuracy = ensemble.pick_best(table)
     assert accuracy > 0.85
     # Re-predicting the validation rows with TTA goes through the checkpoints themselves.
-    again = predict.load_oof(world["runs"], images=images, tta=0, device="cpu")
+    again = inference.load_oof(world["runs"], images=images, tta=0, device="cpu")
     np.testing.assert_allclose(again.probas, oof.probas, atol=1e-4)
-    test = predict.predict_runs(world["runs"], world["digits"], tta=1, device="cpu")
+    test = inference.predict_runs(world["runs"], world["digits"], tta=1, device="cpu")
     assert test.shape == (2, 4, 10)
     pred, _ = ensemble.combine(
         method, test, oof_probas=oof.probas, oof_labels=labels[oof.indices], names=oof.names

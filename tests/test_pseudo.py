@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digit_utils import experiments, paths, predict, pseudo, runs, splits, stages
+from digit_utils import paths, splits, stages
 from digit_utils.config import TrainConfig
-from digit_utils.data import data_fingerprint
+from digit_utils.data.arrays import data_fingerprint
 from digit_utils.errors import ConfigError
-from digit_utils.train import train
+from digit_utils.train import grids, inference, members, pseudo, runs
+from digit_utils.train.loop import train
 
 TINY = dict(model="fast_cnn", epochs=2, batch_size=32, lr=0.01, device="cpu")
 
@@ -65,7 +66,7 @@ def test_extra_rows_train_but_never_validate(digits, tmp_path):
 def test_pseudo_second_round_scores_train_rows_only_and_uses_fold_teachers(digits, tmp_path):
     x, y, test = digits
     base = TrainConfig(**TINY)
-    first = experiments.run_grid(x, y, base, {"cnn": {}}, folds=2, root=tmp_path / "round1")
+    first = grids.run_grid(x, y, base, {"cnn": {}}, folds=2, root=tmp_path / "round1")
     teachers = first.run_groups()
     grid, selected = pseudo.run_pseudo_grid(
         x, y, test, base, {"cnn_pl": {}}, teachers, threshold=0.5, folds=2,
@@ -75,13 +76,13 @@ def test_pseudo_second_round_scores_train_rows_only_and_uses_fold_teachers(digit
     for run in grid.runs:
         fold = run.config.fold
         # the teacher of fold f is the first round's fold-f run, which never saw fold f's rows
-        teacher = predict.predict_runs([first.runs[fold].run_dir], test)[0]
+        teacher = inference.predict_runs([first.runs[fold].run_dir], test)[0]
         expected = pseudo.select(teacher, 0.5)
         assert run.metrics["n_extra"] == len(expected.rows)
         assert int(selected.set_index("fold").loc[fold, "selected"]) == len(expected.rows)
-    oof = predict.load_oof(grid.run_groups())
+    oof = inference.load_oof(grid.run_groups())
     assert oof.indices.tolist() == list(range(len(x)))  # every train row, and no test row
-    both = predict.load_oof({**teachers, **grid.run_groups()})  # same folds: combinable
+    both = inference.load_oof({**teachers, **grid.run_groups()})  # same folds: combinable
     assert both.probas.shape == (2, len(x), 10)
     with pytest.raises(ConfigError, match="held out the student's rows"):
         pseudo.teacher_proba(teachers, base.replace(fold=0, n_folds=3), test)
@@ -90,26 +91,26 @@ def test_pseudo_second_round_scores_train_rows_only_and_uses_fold_teachers(digit
 def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(digits, tmp_path):
     x, y, test = digits
     base = TrainConfig(**TINY)
-    grid = experiments.run_grid(x, y, base, {"cnn": {}}, folds=3, root=tmp_path / "kfold")
+    grid = grids.run_grid(x, y, base, {"cnn": {}}, folds=3, root=tmp_path / "kfold")
     (member,) = grid.run_groups().values()
     assert len(member) == 3
-    averaged = predict.predict_runs({"cnn": member}, test)[0]
-    per_fold = [predict.predict_runs([run], test)[0] for run in member]
+    averaged = inference.predict_runs({"cnn": member}, test)[0]
+    per_fold = [inference.predict_runs([run], test)[0] for run in member]
     np.testing.assert_allclose(averaged, np.mean(per_fold, axis=0), rtol=1e-5, atol=1e-6)
-    assert predict.load_oof(grid.run_groups()).indices.tolist() == list(range(len(x)))
+    assert inference.load_oof(grid.run_groups()).indices.tolist() == list(range(len(x)))
 
-    refits = experiments.refit(base, x, y, seeds=[0, 1], epochs=3, root=tmp_path / "refit")
+    refits = grids.refit(base, x, y, seeds=[0, 1], epochs=3, root=tmp_path / "refit")
     assert list(refits) == ["fast_cnn-s0-refit", "fast_cnn-s1-refit"]
     for seed, [run] in enumerate(refits.values()):
         cfg, metrics = runs.read_config(run), json.loads((Path(run) / "metrics.json").read_text())
         assert (cfg["val_fraction"], cfg["fold"], cfg["epochs"], cfg["seed"]) == (0, None, 3, seed)
         assert metrics["n_train"] == len(x) and metrics["n_val"] == 0
-    refit_proba = predict.predict_runs(refits, test).mean(axis=0)
+    refit_proba = inference.predict_runs(refits, test).mean(axis=0)
     assert refit_proba.shape == (len(test), 10)
     differ = int((averaged.argmax(1) != refit_proba.argmax(1)).sum())
 
     def choose(ensemble_oof, single_oof):
-        return experiments.compare_refit(
+        return grids.compare_refit(
             averaged, refit_proba, ensemble_oof=ensemble_oof, single_oof=single_oof,
             member_rows=240, n_rows=len(x), kfold_models=3, refit_models=2,
         )  # fmt: skip
@@ -128,7 +129,7 @@ def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(dig
 def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):
     x, y, test = digits
     base = TrainConfig(**{**TINY, "epochs": 1})
-    first = experiments.run_grid(x, y, base, {"a": {}, "b": {"model": "simple_cnn"}}, folds=2,
+    first = grids.run_grid(x, y, base, {"a": {}, "b": {"model": "simple_cnn"}}, folds=2,
                                  root=tmp_path / "round1")  # fmt: skip
     students, selected = pseudo.retrain(first.run_groups(), x, y, test, root=tmp_path / "r2",
                                         threshold=0.3)  # fmt: skip
@@ -138,45 +139,45 @@ def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):
         assert [Path(r).name for r in group] == [f"{name}-f0", f"{name}-f1"]
         for fold, run in enumerate(group):
             cfg = runs.read_config(run)
-            teacher = predict.predict_runs({n: [g[fold]] for n, g in first.run_groups().items()},
+            teacher = inference.predict_runs({n: [g[fold]] for n, g in first.run_groups().items()},
                                            test).mean(axis=0)  # fmt: skip
             n_extra = json.loads((Path(run) / "metrics.json").read_text())["n_extra"]
             assert (cfg["fold"], cfg["n_folds"]) == (fold, 2)
             assert cfg["model"] == ("fast_cnn" if name.startswith("a") else "simple_cnn")
             assert n_extra == len(pseudo.select(teacher, 0.3).rows)
-    both = predict.load_oof({**first.run_groups(), **students})  # the same rows, combinable
+    both = inference.load_oof({**first.run_groups(), **students})  # the same rows, combinable
     assert both.indices.tolist() == list(range(len(x)))
 
 
 def test_ensemble_members_add_the_zoo_only_on_the_same_folds(digits, isolated):
     x, y, _ = digits
     base = TrainConfig(**{**TINY, "epochs": 1})
-    trained = experiments.run_grid(x, y, base, {"cnn": {}}, folds=2,
-                                   root=paths.runs_dir("04_train_cnn"))  # fmt: skip
+    trained = grids.run_grid(x, y, base, {"cnn": {}}, folds=2,
+                             root=paths.runs_dir("04_train_cnn"))  # fmt: skip
     runs.save_run_list(trained.run_groups(), paths.stage_dir("04_train_cnn") / paths.RUN_LIST)
-    given, notes = stages.ensemble_members(",".join(trained.run_groups()["cnn-s0"]) + ",")
+    given, notes = members.ensemble_members(",".join(trained.run_groups()["cnn-s0"]) + ",")
     assert list(given) == ["cnn-s0-f0", "cnn-s0-f1"] and notes == []  # used as given, so two
     with pytest.raises(ConfigError, match="hold out different rows"):  # folds as two members
-        predict.load_oof(given)
-    members, notes = stages.ensemble_members()
-    assert list(members) == ["cnn-s0"] and "recorded no runs" in notes[0]
+        inference.load_oof(given)
+    found, notes = members.ensemble_members()
+    assert list(found) == ["cnn-s0"] and "recorded no runs" in notes[0]
     zoo_root = paths.runs_dir("03_model_zoo")
-    zoo = experiments.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}}, folds=2,
+    zoo = grids.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}}, folds=2,
                                root=zoo_root)  # fmt: skip
     runs.save_run_list(zoo.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
-    members, notes = stages.ensemble_members()
-    assert list(members) == ["cnn-s0", "zoo-simple_cnn-s0"] and "simple_cnn" in notes[0]
-    assert predict.load_oof(members).probas.shape == (2, len(x), 10)
+    found, notes = members.ensemble_members()
+    assert list(found) == ["cnn-s0", "zoo-simple_cnn-s0"] and "simple_cnn" in notes[0]
+    assert inference.load_oof(found).probas.shape == (2, len(x), 10)
     stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn", ties=["fast_cnn"])
-    members, notes = stages.ensemble_members()  # the zoo's best beat simple_cnn: left out
-    assert list(members) == ["cnn-s0"] and "`simple_cnn-s0`, which the zoo's best beat" in notes[0]
+    found, notes = members.ensemble_members()  # the zoo's best beat simple_cnn: left out
+    assert list(found) == ["cnn-s0"] and "`simple_cnn-s0`, which the zoo's best beat" in notes[0]
     stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn",
                              ties=["fast_cnn", "simple_cnn"])  # fmt: skip
-    holdout = experiments.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}},
-                                   root=zoo_root)  # fmt: skip
+    holdout = grids.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}},
+                             root=zoo_root)  # fmt: skip
     runs.save_run_list(holdout.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
-    members, notes = stages.ensemble_members()
-    assert list(members) == ["cnn-s0"]
+    found, notes = members.ensemble_members()
+    assert list(found) == ["cnn-s0"]
     assert "left out from 03_model_zoo: `simple_cnn-s0`" in notes[0]
     assert "a 10% holdout" in notes[0] and "2 folds" in notes[0]
-    assert stages.refit_members() == {}
+    assert members.refit_members() == {}

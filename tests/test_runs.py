@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from digit_utils import paths, predict, runs
-from digit_utils import train as T
+from digit_utils import paths
 from digit_utils.config import TrainConfig
 from digit_utils.errors import CheckpointError
+from digit_utils.train import inference, runs
+from digit_utils.train import loop as T
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 TINY = dict(model="simple_cnn", epochs=2, batch_size=32, lr=0.05, val_fraction=0.2)
@@ -58,21 +59,21 @@ def test_a_killed_rerun_is_unfinished_and_readers_refuse_it_until_resumed(digits
     first = TrainConfig.from_dict(TINY)
     T.train(first, *digits, run_dir=run, quiet=True)
     old_proba = np.load(run / runs.VAL_PROBA)
-    assert (run / runs.COMPLETE).is_file() and len(predict.load_oof([run]).indices) == 80
+    assert (run / runs.COMPLETE).is_file() and len(inference.load_oof([run]).indices) == 80
 
     rerun = first.replace(seed=1)  # a different run in the same folder, killed in epoch 2
     kill_mid_epoch(rerun, digits, run, tmp_path, resume=False)
     assert not (run / runs.COMPLETE).exists()
     assert not (run / runs.VAL_PROBA).exists()  # the old run's results went first
     assert runs.load_checkpoint(run / runs.LAST)["config"]["seed"] == 1
-    for read in (lambda: predict.load_oof([run]), lambda: runs.load_run(run, "last")):
+    for read in (lambda: inference.load_oof([run]), lambda: runs.load_run(run, "last")):
         with pytest.raises(CheckpointError, match="unfinished run.*resume it"):
             read()
     with pytest.raises(CheckpointError, match="unfinished"):
-        predict.predict_runs([run], digits[0][:5])
+        inference.predict_runs([run], digits[0][:5])
 
     T.train(rerun, *digits, run_dir=run, resume=True, quiet=True)
-    new_proba = predict.load_oof([run]).probas[0]
+    new_proba = inference.load_oof([run]).probas[0]
     assert new_proba.shape == old_proba.shape and not np.array_equal(new_proba, old_proba)
 
 
@@ -82,7 +83,7 @@ def test_a_file_changed_after_the_run_finished_is_a_mixed_folder(digits, tmp_pat
     proba = np.load(run / runs.VAL_PROBA)
     np.save(run / runs.VAL_PROBA, proba[::-1].copy())  # another run's predictions, say
     with pytest.raises(CheckpointError, match="mixed run folder: val_proba.npy"):
-        predict.load_oof([run])
+        inference.load_oof([run])
     runs.load_run(run, "last")  # the checkpoint itself is still the finished one
 
 

@@ -25,9 +25,10 @@ from PIL import Image, ImageDraw
 
 from conftest import REPO, sample_arrays, train_tiny
 from digit_utils import cli, paths
-from digit_utils.predictor import Predictor, preprocess
-from digit_utils.serve import Batcher, Limits, create_app
-from digit_utils.serve_cli import DEFAULT_SOURCE, describe
+from digit_utils.cli.serve import DEFAULT_SOURCE, describe
+from digit_utils.serve.app import Batcher, create_app
+from digit_utils.serve.inputs import Limits
+from digit_utils.serve.predictor import Predictor, preprocess
 
 # fast_cnn for 3 epochs on 1,800 sample rows: ~96% in a few CPU seconds. No label smoothing, so
 # that the digits it knows come out with confidence near 1.

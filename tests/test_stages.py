@@ -6,9 +6,9 @@ import pytest
 
 from conftest import REPO
 from digit_utils import notebook, paths, pipeline, stages, typed
+from digit_utils.augment_policy import AugmentPolicy
 from digit_utils.config import FIELDS, TrainConfig
 from digit_utils.errors import ConfigError
-from digit_utils.policy import AugmentPolicy
 
 
 def test_the_checker_coerces_ints_to_floats_and_never_takes_a_bool_for_a_number():
@@ -102,7 +102,7 @@ def test_a_bad_value_fails_before_any_notebook_starts(isolated, sample_dir):
 @pytest.mark.parametrize("name", ["quick", "cpu", "full"])
 def test_every_shipped_profile_routes_to_the_notebooks_and_checks(name):
     """A profile's keys reach notebooks that declare them, with values their stages accept."""
-    from digit_utils import profiles
+    from digit_utils.pipeline import profiles
 
     books = pipeline.discover_notebooks(REPO / "notebooks")
     declared = {p.stem: pipeline.declared_parameters(p) for p in books}

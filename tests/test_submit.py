@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import submit
+from digit_utils.data import submission as submit
+from digit_utils.data.submission import SubmissionError, build_submission, validate_submission
 from digit_utils.errors import DataError
-from digit_utils.submit import SubmissionError, build_submission, validate_submission
 
 GOOD = "ImageId,Label\n1,3\n2,0\n3,9\n"
 

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils import cli, experiments, runs, tracking
+from digit_utils import cli
 from digit_utils import config as C
 from digit_utils import notebook as nb
-from digit_utils import train as T
 from digit_utils.errors import ConfigError, TrackingWarning
+from digit_utils.train import grids, runs, tracking
+from digit_utils.train import loop as T
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is not installed")
 pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
@@ -104,7 +105,7 @@ def test_a_missing_package_is_one_line_and_no_tracking(monkeypatch, caplog):
     monkeypatch.setattr(tracking.importlib.util, "find_spec",
                         lambda name: None if name == "mlflow" else real(name))  # fmt: skip
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
-    with caplog.at_level("WARNING", logger="digit_utils.tracking"):
+    with caplog.at_level("WARNING", logger="digit_utils.train.tracking"):
         assert tracking.usable(("mlflow", "tensorboard")) == ("tensorboard",)
         assert tracking.usable(("mlflow",)) == ()
     [line] = [r.getMessage() for r in caplog.records]
@@ -169,9 +170,9 @@ def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypa
     stage = nb.start("03_model_zoo", params)
     base = stage.train_config()
     assert base.tracking == "mlflow"
-    grid = experiments.run_grid(*digits, base, {"simple_cnn": {}}, seeds=[0, 1],
+    grid = grids.run_grid(*digits, base, {"simple_cnn": {}}, seeds=[0, 1],
                                 root=stage.runs_dir())  # fmt: skip
-    from digit_utils import plots
+    from digit_utils.notebook import plots
 
     stage.show(plots.class_balance(digits[1]), "balance")
     stage.finish(best_val_acc=float(grid.results.val_acc.max()), models=1)

@@ -1,0 +1,95 @@
+"""The `digits` command. Each stage module adds its own subcommands through ``register_cli``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from digit_utils import __version__, atomic
+from digit_utils.errors import DigitsError
+
+# Modules that contribute subcommands; each defines register_cli(subparsers). Keep their
+# top-level imports light: `digits data validate` should not pay for importing torch.
+COMMAND_MODULES = [
+    "digit_utils.cli.data",
+    "digit_utils.cli.kaggle",
+    "digit_utils.cli.pipeline",
+    "digit_utils.cli.predict",
+    "digit_utils.cli.runs",
+    "digit_utils.cli.serve",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digits", description="Kaggle Digit Recognizer: data, training, pipeline, submission."
+    )
+    parser.add_argument("--version", action="version", version=f"digit-utils {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register_cli(sub)
+    return parser
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one ``warning:`` line: the user needs the message, not our source line."""
+    return f"warning: {message}\n"
+
+
+def _save_traceback() -> Path | None:
+    """Write the current exception's traceback to a temp file (atomically); None if we cannot."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"digits-traceback-{stamp}-{os.getpid()}.txt"
+    try:
+        return atomic.write_text(traceback.format_exc(), path)
+    except OSError:
+        return None
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError with a file name is the environment's doing (permissions, a full disk, a
+    folder where a file should be), not a bug: name the path and the reason."""
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or e.__class__.__name__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
+    )
+    warnings.simplefilter("default")
+    warnings.formatwarning = _warning_line
+    try:
+        return int(args.func(args) or 0)
+    except DigitsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.filename is None:
+            return _bug(e)
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else is our bug: one line here, the traceback in a file
+        return _bug(e)
+
+
+def _bug(e: BaseException) -> int:
+    saved = _save_traceback()
+    where = f"full traceback in {saved}" if saved else "the traceback could not be saved"
+    text = f"{e.__class__.__name__}: {e}".splitlines()[0]
+    print(f"error: {text} (this is a bug in digit-utils; {where})", file=sys.stderr)
+    return 1

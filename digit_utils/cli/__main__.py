@@ -1,0 +1,3 @@
+from digit_utils.cli import main
+
+raise SystemExit(main())

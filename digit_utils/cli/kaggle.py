@@ -1,0 +1,139 @@
+"""`digits kaggle submit|submissions|kernel build|push|status|output`."""
+
+from __future__ import annotations
+
+import sys
+
+from digit_utils.cli.options import verb, verbs
+from digit_utils.data import submission as submit
+from digit_utils.errors import KaggleError
+from digit_utils.kaggle import client as kaggle
+from digit_utils.kaggle import kernels
+from digit_utils.kaggle import push as kernel_push
+
+
+def _user(args) -> str:
+    name = args.user or kaggle.username()
+    if not name:
+        raise KaggleError(f"no Kaggle user name for the kernel id: {kaggle.NO_USERNAME}")
+    return name
+
+
+def _submit(args) -> int:
+    print(submit.submit(args.file, args.message).rstrip())
+    return 0
+
+
+def _submissions(args) -> int:
+    rows = kaggle.submissions()
+    if not rows:
+        print("no submissions yet")
+    for row in rows:
+        score = row.get("publicScore") or "-"
+        print(
+            f"{row.get('date', '')}  {score:>8}  {row.get('status', '')}  "
+            f"{row.get('fileName', '')}  {row.get('description', '')}"
+        )
+    return 0
+
+
+def _build_all(args) -> list:
+    user = _user(args)
+    built = []
+    for notebook in kernels.find_notebooks(args.notebooks):
+        folder = kernels.build_kernel(notebook, user, public=args.public)
+        meta = kernels.read_metadata(folder)
+        gpu = "GPU" if meta["enable_gpu"] else "CPU"
+        sources = ", ".join(meta["kernel_sources"]) or "competition data only"
+        print(f"built {meta['id']} ({gpu}; reads {sources}) in {folder}")
+        built.append(folder)
+    return built
+
+
+def _build(args) -> int:
+    _build_all(args)
+    return 0
+
+
+def _push(args) -> int:
+    kernels.check_accelerator(args.accelerator)  # before building anything
+    # Built and pushed in pipeline order, so an upstream kernel comes before its readers.
+    poller = kernel_push.Poller(poll=args.poll, timeout=args.timeout * 60)
+    kernel_push.push_in_order(
+        _build_all(args), accelerator=args.accelerator, wait=args.wait, poller=poller
+    )
+    return 0
+
+
+def _status(args) -> int:
+    state, failure = kernels.status(args.slug)
+    ref = kernels.kernel_ref(args.slug, kaggle.username())
+    print(f"{ref}: {state}")
+    if state in kernels.FAILED_STATES:
+        print(
+            f"error: kernel {ref} did not complete: {failure or state}; its log is at "
+            f"https://www.kaggle.com/code/{ref}/log",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _output(args) -> int:
+    dest = kernels.output(args.slug, args.path)
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    print(f"{len(files)} output file(s) in {dest}: {', '.join(files[:10])}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    group = verbs(sub, "kaggle", "submit to the competition; notebooks as Kaggle kernels")
+
+    v = verb(group, "submit", _submit, "validate a submission file, then submit it")
+    v.add_argument("file", help="the submission CSV (ImageId,Label; 28,000 rows)")
+    v.add_argument("-m", "--message", required=True, help="what this submission is")
+
+    verb(group, "submissions", _submissions, "list your past submissions and their scores")
+
+    kverbs = verbs(
+        group, "kernel", "build, push and follow the notebooks as Kaggle kernels", "kernel_verb"
+    )
+    for name, func, text in (
+        ("build", _build, "write outputs/kernels/<slug>/ for each notebook"),
+        ("push", _push, "build, then upload and run each kernel on Kaggle"),
+    ):
+        v = verb(kverbs, name, func, text)
+        v.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="path, stem or prefix")
+        v.add_argument("--user", help="Kaggle user name (default: from the credentials)")
+        v.add_argument("--public", action="store_true", help="make the kernels public")
+    v.add_argument(
+        "--accelerator",
+        default=kernels.ACCELERATOR,
+        help="GPU for the kernels that need one (default %(default)s: two T4s; the P100 is "
+        "refused, today's Kaggle image cannot use it)",
+    )
+    v.add_argument(
+        "--wait",
+        action="store_true",
+        help="push stage by stage: each kernel once its upstream kernels are complete, then wait "
+        "for all (without it, a kernel whose upstream is not complete is refused)",
+    )
+    v.add_argument(
+        "--poll", type=float, default=60, metavar="SECONDS", help="between status calls (--wait)"
+    )
+    v.add_argument(
+        "--timeout",
+        type=float,
+        default=720,
+        metavar="MINUTES",
+        help="longest wait for one kernel (--wait; default %(default)s)",
+    )
+
+    v = verb(kverbs, "status", _status, "a pushed kernel's run status")
+    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem such as 04_train_cnn")
+
+    v = verb(kverbs, "output", _output, "download a kernel's output files")
+    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem")
+    v.add_argument(
+        "-p", "--path", help="folder to download into (default: outputs/kernels/<slug>/output)"
+    )

@@ -1,0 +1,115 @@
+"""Pushing several kernels in dependency order: a kernel mounts its upstream kernels' outputs from
+their latest *complete* run, so an upstream must have finished before its reader starts.
+
+Without waiting, a push is refused (before anything is sent) when a kernel's upstream is part of
+the same push or its latest run is not complete. With waiting, kernels go stage by stage: each
+one is pushed once its upstream kernels are complete, polling ``kaggle kernels status``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from digit_utils.errors import KaggleError
+from digit_utils.kaggle import kernels
+
+
+def log_url(ref: str) -> str:
+    return f"https://www.kaggle.com/code/{ref}/log"
+
+
+@dataclass
+class Poller:
+    """Polls a kernel's status until it completes, fails or the time is up."""
+
+    poll: float = 60.0  # seconds between status calls
+    timeout: float = 12 * 3600.0  # seconds to wait for one kernel (Kaggle's GPU session limit)
+    say: Callable[[str], None] = print
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    every: int = 10  # an unchanged state is reported again every this many polls
+    complete: set[str] = field(default_factory=set)
+
+    def wait(self, ref: str, *, just_pushed: bool = False) -> None:
+        """Return once ``ref``'s latest run is complete; KaggleError on failure or timeout."""
+        if ref in self.complete:
+            return
+        start, last, polls = self.clock(), None, 0
+        if just_pushed:  # give Kaggle a moment to register the new version's run
+            self.sleep(self.poll)
+        while True:
+            state, failure = kernels.status(ref)
+            elapsed = self.clock() - start
+            if state == "complete":
+                self.say(f"{ref}: complete after {elapsed / 60:.0f} min")
+                self.complete.add(ref)
+                return
+            if state in kernels.FAILED_STATES:
+                raise KaggleError(
+                    f"kernel {ref} did not complete: {failure or state}; its log is at "
+                    f"{log_url(ref)}. Fix it, then push again with --wait"
+                )
+            if elapsed >= self.timeout:
+                raise KaggleError(
+                    f"kernel {ref} is still {state} after {self.timeout / 60:.0f} min; follow it "
+                    f"with `digits kaggle kernel status {ref}` (log: {log_url(ref)}) and push "
+                    "the kernels that read it once it is complete"
+                )
+            if state != last or polls % self.every == 0:
+                self.say(f"{ref}: {state} ({elapsed / 60:.0f} min), waiting…")
+            last, polls = state, polls + 1
+            self.sleep(self.poll)
+
+
+def refuse_unready(metas: list[dict]) -> None:
+    """KaggleError, before anything is pushed, if a kernel's upstream is pushed alongside it or
+    its latest run is not complete."""
+    pushing = {meta["id"] for meta in metas}
+    for meta in metas:
+        for source in meta["kernel_sources"]:
+            if source in pushing:
+                raise KaggleError(
+                    f"{meta['id']} reads {source}, which this push starts: it would run "
+                    f"before {source} completes. Push with --wait (stage by stage), or push "
+                    f"{source} alone first and wait until it is complete"
+                )
+            state, failure = kernels.status(source)
+            if state != "complete":
+                why = f"{state}: {failure}" if failure else state
+                raise KaggleError(
+                    f"{meta['id']} reads {source}, whose latest run is {why} (log: "
+                    f"{log_url(source)}): wait until it is complete, or push with --wait"
+                )
+
+
+def push_in_order(
+    folders: list[Path],
+    *,
+    accelerator: str = kernels.ACCELERATOR,
+    wait: bool = False,
+    poller: Poller | None = None,
+) -> list[str]:
+    """Push built kernels (in pipeline order); returns the pushed kernel ids.
+
+    ``wait`` pushes each kernel once its upstream kernels are complete and finally waits for
+    every pushed kernel; otherwise unready upstreams refuse the push (see :func:`refuse_unready`).
+    """
+    kernels.check_accelerator(accelerator)
+    poller = poller or Poller()
+    metas = [kernels.read_metadata(folder) for folder in folders]
+    if not wait:
+        refuse_unready(metas)
+    pushed: list[str] = []
+    for folder, meta in zip(folders, metas, strict=True):
+        if wait:
+            for source in meta["kernel_sources"]:
+                poller.wait(source, just_pushed=source in pushed)
+        poller.say(kernels.push(folder, accelerator=accelerator).rstrip())
+        pushed.append(meta["id"])
+    if wait:
+        for ref in pushed:
+            poller.wait(ref, just_pushed=True)
+    return pushed

@@ -1,0 +1,158 @@
+"""How sure a notebook may be: binomial intervals, McNemar's paired test, the simplest option
+within the noise, and the sentences that state a decision (built from the numbers, never typed).
+
+Every comparison here is paired: two classifiers scored on the *same* rows differ only where one
+is right and the other wrong, and McNemar's exact test asks whether those discordant rows split
+more unevenly than a fair coin would. Candidates come simplest first; the choice is the simplest
+one that the best does not beat at ``alpha``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from digit_utils.errors import ConfigError
+
+ALPHA = 0.05  # a difference with p below this is taken as real
+
+
+def wilson(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound near 0% and 100%, unlike ± 2 se)."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(correct), int(total)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def accuracy(correct) -> dict:
+    """``{"accuracy", "low", "high", "errors", "rows"}`` of a boolean vector, 95% Wilson."""
+    correct = np.asarray(correct, dtype=bool)
+    low, high = wilson(int(correct.sum()), len(correct))
+    acc = float(correct.mean()) if len(correct) else float("nan")
+    return {"accuracy": acc, "low": low, "high": high,
+            "errors": int((~correct).sum()), "rows": len(correct)}  # fmt: skip
+
+
+def p_value(p: float) -> str:
+    """``p = 0.03`` or ``p < 0.001`` (a p-value printed as 0.000 reads as impossible)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """McNemar's exact test of A against B on the same rows."""
+
+    only_a: int  # rows A gets right and B wrong
+    only_b: int  # rows B gets right and A wrong
+    p: float  # two-sided; 1.0 when they never disagree
+
+    @property
+    def differ(self) -> bool:
+        return self.p < ALPHA
+
+
+def mcnemar(correct_a, correct_b) -> Paired:
+    """Paired comparison of two classifiers' per-row correctness (boolean vectors, same rows)."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ConfigError(f"mcnemar: need two boolean vectors of one length: {a.shape} {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    if only_a + only_b == 0:
+        return Paired(0, 0, 1.0)
+    return Paired(only_a, only_b, float(binomtest(only_a, only_a + only_b).pvalue))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`simplest_within_noise`: a table and the choice it supports."""
+
+    table: pd.DataFrame  # one row per candidate, simplest first (see simplest_within_noise)
+    chosen: str
+    best: str
+    what: str  # what is being chosen ("policy", "architecture", ...), for the sentences
+
+    @property
+    def ties(self) -> list[str]:
+        """Candidates the best does not beat (the chosen one among them)."""
+        return list(self.table.index[self.table["within_noise"]])
+
+    def verdict(self) -> str:
+        """The decision in words, every figure taken from the table."""
+        t, c, b = self.table, self.chosen, self.best
+        rows = int(t.loc[b, "rows"])
+        head = (
+            f"**{self.what.capitalize()}: `{c}`.** The best score is `{b}`'s "
+            f"{t.loc[b, 'accuracy']:.2%} (95% interval {t.loc[b, 'low']:.2%}–"
+            f"{t.loc[b, 'high']:.2%}, {rows:,} rows)."
+        )
+        if c == b:
+            simpler = list(t.index[: t.index.get_loc(b)])
+            if len(t) == 1:
+                return head + " It is the only candidate."
+            if not simpler:
+                return head + " It is also the simplest candidate, so it is chosen."
+            tests = ", ".join(f"`{n}` {p_value(t.loc[n, 'p'])}" for n in simpler)
+            return head + (
+                f" It beats every simpler candidate beyond the noise (McNemar: {tests}), so the "
+                "extra complexity is paid for."
+            )
+        gap = t.loc[b, "accuracy"] - t.loc[c, "accuracy"]
+        return head + (
+            f" `{c}` is {gap:.2%} behind ({int(t.loc[c, 'only_best'])} rows only `{b}` gets "
+            f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar "
+            f"{p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is chosen. These "
+            f"{rows:,} rows are too few to tell the two apart."
+        )
+
+
+def simplest_within_noise(
+    correct: Mapping[str, np.ndarray], *, what: str = "option", alpha: float = ALPHA
+) -> Decision:
+    """Choose among candidates given simplest first (``{name: per-row correctness}``, all on
+    the same rows): the simplest one the most accurate does not beat at ``alpha`` (McNemar).
+
+    Table columns: accuracy, low, high (95% Wilson), errors, rows, only_best / only_self (the
+    discordant rows against the best), p, within_noise, chosen.
+    """
+    if not correct:
+        raise ConfigError(f"{what}: no candidates to choose from")
+    names = list(correct)
+    scores = {n: float(np.mean(correct[n])) for n in names}
+    best = max(names, key=lambda n: (scores[n], -names.index(n)))  # ties go to the simpler
+    rows = []
+    for name in names:
+        test = mcnemar(correct[best], correct[name])
+        rows.append({"name": name, **accuracy(correct[name]), "only_best": test.only_a,
+                     "only_self": test.only_b, "p": test.p,
+                     "within_noise": name == best or test.p >= alpha})  # fmt: skip
+    table = pd.DataFrame(rows).set_index("name")
+    chosen = next(n for n in names if table.loc[n, "within_noise"])
+    table["chosen"] = table.index == chosen
+    return Decision(table, chosen, best, what)
+
+
+def correct_by(
+    probas: np.ndarray, names: Sequence[str], labels, key: Callable[[str], str] = str
+) -> dict[str, np.ndarray]:
+    """Per-row correctness of base models (``probas [K,N,10]``), grouped by ``key(name)``.
+
+    Seeds of one variant (``key`` maps ``affine-s1`` to ``affine``) are concatenated, so they
+    are paired with the other variants' runs of the same seed on the same rows.
+    """
+    labels = np.asarray(labels)
+    out: dict[str, list[np.ndarray]] = {}
+    for name, p in zip(names, probas, strict=True):
+        out.setdefault(key(name), []).append(p.argmax(axis=1) == labels)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def smoothing_floor(label_smoothing: float, classes: int = 10) -> float:
+    """The lowest training loss label smoothing allows: the entropy of the smoothed target."""
+    eps = label_smoothing
+    on, off = 1 - eps + eps / classes, eps / classes
+    return float(-(on * np.log(on)) - (classes - 1) * (off * np.log(off) if off else 0.0))

@@ -1,0 +1,401 @@
+"""The run folder: the one module that writes and reads it.
+
+(Over 300 lines: everything that knows the run folder's layout lives here.)
+
+A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
+
+    config.json      the TrainConfig, written before the first epoch
+    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here)
+    best.pt          the weights of the epoch with the best validation accuracy (inspection only)
+    history.csv      one row per epoch
+    val_indices.npy  int64 [n_val]: rows of the train set this run held out
+    val_proba.npy    float32 [n_val, 10]: the final model's probabilities on them
+    metrics.json     headline figures and provenance
+    complete.json    written last, atomically: the run's files and their hashes
+
+and a row in ``runs.csv`` beside the folders (one row per run name). A folder without
+``complete.json``, or whose files no longer match it, is unfinished or mixed (a rerun killed
+half-way beside an older run's results): every reader refuses it, saying to resume or rerun.
+
+A stage hands its runs to the next as a run list (``{base model: [run folders]}``), also written
+and read here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from digit_utils import __version__, atomic, paths
+from digit_utils.config import TrainConfig
+from digit_utils.errors import CheckpointError, ConfigError, DigitsError
+from digit_utils.train.models import build_model
+
+CHECKPOINT_FORMAT = "digit_utils.checkpoint/1"
+CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
+BEST, LAST = "best.pt", "last.pt"
+VAL_INDICES, VAL_PROBA = "val_indices.npy", "val_proba.npy"
+COMPLETE = "complete.json"
+RESULTS = (METRICS, VAL_INDICES, VAL_PROBA)  # what a finished run adds to its checkpoints
+RUN_FILES = (CONFIG, HISTORY, BEST, LAST, *RESULTS)
+RUNS_TABLE = "runs.csv"
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+    "eval_seconds",
+)  # fmt: skip
+
+
+def default_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
+    """``outputs/runs/<name>``; without a name ``<model>-seed<seed>[-fold<k>]-<timestamp>``."""
+    if cfg.name is not None:
+        return paths.runs_dir() / cfg.name
+    if resume:
+        raise ConfigError("resume=True needs a run name (config 'name') or run_dir")
+    fold = f"-fold{cfg.fold}" if cfg.fold is not None else ""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return paths.runs_dir() / f"{cfg.model}-seed{cfg.seed}{fold}-{stamp}"
+
+
+# --------------------------------------------------------------------------------------------
+# Complete or unfinished
+
+
+def start_fresh(run_dir: Path, *, keep_checkpoints: bool) -> None:
+    """Before a run's first checkpoint: mark the folder unfinished and remove an earlier run's
+    results (and, unless resuming, its checkpoints), so nothing old passes for this run's."""
+    (run_dir / COMPLETE).unlink(missing_ok=True)  # first: from here on the folder is unfinished
+    for name in RESULTS if keep_checkpoints else RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def mark_complete(run_dir: Path) -> Path:
+    """Write ``complete.json`` last: the names and hashes of the run's files."""
+    files = {n: atomic.file_hash(run_dir / n) for n in RUN_FILES if (run_dir / n).is_file()}
+    record = {"files": files, "finished": datetime.now().isoformat(timespec="seconds")}
+    return atomic.write_json(record, run_dir / COMPLETE)
+
+
+def check_complete(run_dir: str | Path, names=RUN_FILES) -> None:
+    """CheckpointError unless the run finished and ``names`` are the files it finished with."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{run_dir}: unfinished run (no valid {COMPLETE}): it was interrupted or is still "
+            "training; resume it (train(..., resume=True)) or rerun it"
+        ) from None
+    for name in names:
+        path = run_dir / name
+        if name in recorded and (not path.is_file() or atomic.file_hash(path) != recorded[name]):
+            raise CheckpointError(
+                f"{run_dir}: mixed run folder: {name} is not the file this run finished with "
+                "(changed or left from another run); rerun it"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(payload: dict, path: Path) -> Path:
+    """torch.save atomically (a kill or error mid-write leaves the previous file intact)."""
+    return atomic.atomic_write(path, lambda fh: torch.save(payload, fh), mode="wb")
+
+
+def checkpoint_header(cfg: TrainConfig, fingerprint: str) -> dict:
+    """The provenance every checkpoint of a run carries."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "data_fingerprint": fingerprint,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's payload (tensors on CPU); CheckpointError if missing, truncated, foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged zip/pickle
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a digit_utils checkpoint (no {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Every RNG the loop draws from, for an exact resume, with the machine they belong to."""
+    np_state = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {
+        "device_type": gen.device.type,  # a CUDA generator's state means nothing to a CPU one
+        "gpus": len(cuda),
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+        "generator": gen.get_state(),  # the per-epoch permutation and augmentation draws
+    }
+
+
+def rng_fits(state: dict, gen: torch.Generator) -> bool:
+    """Whether saved RNG states can be restored here: same kind of generator, same GPU count."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # checkpoints from before the device was recorded: a generator state's size tells its kind
+    same_kind = state.get("device_type", gen.device.type) == gen.device.type and len(
+        state["generator"]
+    ) == len(gen.get_state())
+    return same_kind and state.get("gpus", len(state["cuda"])) in (0, gpus)
+
+
+def set_rng_state(state: dict, gen: torch.Generator, *, seed: int, epoch: int) -> bool:
+    """Restore the saved RNG states; True when all of them were.
+
+    The CPU, numpy and Python states always restore. On another kind of machine (a CUDA run
+    resumed on the CPU, two GPUs' states on a one-GPU machine) the device generators are reseeded
+    from ``(seed, epoch)`` instead and False is returned: the run goes on, but not bit-identically.
+    """
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if not rng_fits(state, gen):
+        derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        gen.manual_seed(derived)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(derived)
+        return False
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen.set_state(state["generator"])
+    return True
+
+
+def load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the model ({str(e)[:300]})") from None
+
+
+def load_run(
+    run_dir: str | Path,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    *,
+    require_complete: bool = True,
+) -> tuple[nn.Module, TrainConfig]:
+    """The model of a run folder's ``best.pt`` or ``last.pt`` in eval mode, and its config.
+
+    A checkpoint of an unfinished or mixed run folder is refused unless ``require_complete``
+    is off (training itself, reloading its final weights before the folder is complete)."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"which: expected 'best' or 'last', got {which!r}")
+    path = Path(run_dir) / (BEST if which == "best" else LAST)
+    payload = load_checkpoint(path)
+    try:
+        cfg = TrainConfig.from_dict(payload["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: stored config is invalid ({e})") from None
+    model = build_model(cfg.model)
+    # last.pt also holds the raw weights; the EMA weights are the ones that were evaluated
+    load_weights(model, payload.get("ema") or payload["model"], path)
+    if require_complete:
+        check_complete(run_dir, [path.name])
+    return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The other files of a run
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> Path:
+    return atomic.write_json(cfg.to_dict(), run_dir / CONFIG)
+
+
+def read_config(run_dir: str | Path) -> dict | None:
+    """The run's ``config.json`` as a dict, or None when it has none (or not a readable one)."""
+    try:
+        return json.loads((Path(run_dir) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """A finished run's ``metrics.json`` (refused, like its checkpoints, when the folder is
+    unfinished or mixed)."""
+    check_complete(run_dir, [METRICS])
+    path = Path(run_dir) / METRICS
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the run's metrics ({e})") from None
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of metrics")
+    return metrics
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> Path:
+    return atomic.write_csv(pd.DataFrame(rows), run_dir / HISTORY)
+
+
+def write_validation(run_dir: Path, val_idx: np.ndarray, val_proba: np.ndarray) -> None:
+    """The held-out rows and the final model's probabilities on them (out-of-fold data)."""
+    idx, proba = val_idx.astype(np.int64), val_proba.astype(np.float32)
+    atomic.atomic_write(run_dir / VAL_INDICES, lambda fh: np.save(fh, idx), mode="wb")
+    atomic.atomic_write(run_dir / VAL_PROBA, lambda fh: np.save(fh, proba), mode="wb")
+
+
+def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(val_indices int64 [M], val_proba float32 [M,10])`` of a finished run."""
+    run = Path(run)
+    if any((run / n).is_file() for n in RUN_FILES):
+        check_complete(run, [VAL_INDICES, VAL_PROBA])  # a run folder, but is it finished?
+    files = [run / VAL_INDICES, run / VAL_PROBA]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing; is {run} a finished training run?")
+    idx, proba = np.load(files[0]), np.load(files[1])
+    if idx.ndim != 1 or proba.shape != (len(idx), 10):
+        raise CheckpointError(
+            f"{run}: val_indices {idx.shape} and val_proba {proba.shape} do not match"
+        )
+    return idx.astype(np.int64), proba.astype(np.float32)
+
+
+def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
+    """metrics.json, then the run's row in runs.csv beside the run folders."""
+    atomic.write_json(metrics, run_dir / METRICS)
+    row = {
+        **{k: metrics[k] for k in ("name", "model", "best_val_acc", "final_val_acc")},
+        "seed": cfg.seed,
+        "fold": cfg.fold,
+        "epochs": cfg.epochs,
+        "train_seconds": metrics["train_seconds"],
+        "device": metrics["device"],
+        "run_dir": str(run_dir),
+        "finished": metrics["finished"],
+    }
+    table = run_dir.parent / RUNS_TABLE
+    frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
+    if "name" in frame:  # one row per run name: a rerun replaces its row
+        frame = frame[frame["name"] != row["name"]]
+    return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+
+
+def default_runs() -> list[Path]:
+    """What to predict with when no run is named: the runs of the run list that the last stage
+    in pipeline order recorded (05's submitted models, else 04's members, else 03's), else the
+    newest finished run folder."""
+    lists = sorted(paths.outputs_dir().glob(f"*/{paths.RUN_LIST}"), key=lambda p: p.parent.name)
+    if lists:
+        rel = lists[-1].relative_to(paths.outputs_dir()).as_posix()
+        return [run for group in load_run_list(rel).values() for run in group]
+    found = [p for root in paths.all_runs_dirs() for p in root.glob(f"*/{BEST}")]
+    if not found:
+        raise DigitsError(
+            f"no trained run in {paths.outputs_dir()}; train one first (make pipeline, or "
+            "notebooks/04_train_cnn.ipynb) or pass --run RUN_DIR"
+        )
+    return [max(found, key=lambda p: p.stat().st_mtime).parent]
+
+
+# --------------------------------------------------------------------------------------------
+# Run lists: how a stage hands its runs to the next
+
+
+def save_run_list(groups: dict[str, list[str | Path]], path: Path) -> Path:
+    """Record ``{base model: [run folders]}`` (folds of one recipe form one base model).
+
+    Paths are relative to the outputs folder so that an upstream Kaggle kernel's mounted copy
+    resolves them too (see :func:`paths.upstream`).
+    """
+    outputs = paths.outputs_dir()
+    listing = {
+        name: [str(Path(r).resolve().relative_to(outputs)) for r in runs]
+        for name, runs in groups.items()
+    }
+    return atomic.write_json({"models": listing}, path)
+
+
+def load_run_list(relative: str) -> dict[str, list[Path]]:
+    """The ``{base model: [run folders]}`` a stage recorded, resolved locally or on Kaggle."""
+    listing = json.loads(paths.upstream(relative).read_text())
+    return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
+
+
+def as_groups(runs) -> dict[str, list[Path]]:
+    """``{base model: [run folders]}`` from a run folder, a list of them (one base model each),
+    or such a mapping already (several fold runs of one recipe form one base model)."""
+    if isinstance(runs, str | Path):
+        runs = [runs]
+    if isinstance(runs, Mapping):
+        groups = {
+            str(k): [Path(p) for p in (v if isinstance(v, list | tuple) else [v])]
+            for k, v in runs.items()
+        }
+    else:
+        groups = {}
+        for p in map(Path, runs):
+            if p.name in groups:
+                raise ConfigError(f"runs: two runs are named {p.name!r}; pass {{name: path}}")
+            groups[p.name] = [p]
+    if not groups or not all(groups.values()):
+        raise ConfigError("runs: no run folders given")
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# Every finished run: the table `digits runs` prints
+
+
+def finished_runs() -> pd.DataFrame:
+    """One row per finished run folder (one with metrics.json) under every runs root, oldest
+    first: name, stage, model, seed, fold, val_acc (the final model's), best_val_acc, epochs,
+    train_seconds, device, finished (ISO time), run_dir. Read from the folders themselves, so a
+    rerun shows once, as it is now."""
+    rows = []
+    for root in paths.all_runs_dirs():
+        stage = None if root == paths.runs_dir() else root.parent.name
+        for folder in sorted(p for p in root.iterdir() if (p / METRICS).is_file()):
+            try:
+                m = json.loads((folder / METRICS).read_text())
+                c = json.loads((folder / CONFIG).read_text())
+            except (OSError, ValueError):
+                continue  # half-written or damaged: not a finished run to list
+            rows.append(
+                {
+                    "name": folder.name,
+                    "stage": stage,
+                    "model": m.get("model", c.get("model")),
+                    "seed": c.get("seed"),
+                    "fold": c.get("fold"),
+                    "val_acc": m.get("final_val_acc"),
+                    "best_val_acc": m.get("best_val_acc"),
+                    "epochs": m.get("epochs", c.get("epochs")),
+                    "train_seconds": m.get("train_seconds"),
+                    "device": m.get("device"),
+                    "finished": m.get("finished"),
+                    "run_dir": str(folder),
+                }
+            )
+    columns = ["name", "stage", "model", "seed", "fold", "val_acc", "best_val_acc", "epochs",
+               "train_seconds", "device", "finished", "run_dir"]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("finished", kind="stable", na_position="first").reset_index(drop=True)

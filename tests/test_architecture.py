@@ -1,0 +1,140 @@
+"""docs/architecture.md's layer table against the package's real imports: the map cannot drift."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "digit_utils"
+PAGE = REPO / "docs" / "architecture.md"
+
+
+def module_name(path: Path) -> str:
+    """``digit_utils/train/loop.py`` -> ``train/loop``; a wing's ``__init__`` is the wing."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return "/".join(parts) or "__init__"
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py"}
+
+
+def layer_table() -> tuple[dict[str, str], dict[str, set[str]]]:
+    """``({module: wing}, {wing: wings it may import})`` from the page's table."""
+    text = PAGE.read_text()
+    section = text.split("## The wings, as layers", 1)[1].split("\n## ", 1)[0]
+    wing_of, allowed = {}, {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or cells[0] in ("wing", "---") or set(cells[0]) <= {"-"}:
+            continue
+        wing = cells[0]
+        for module in re.findall(r"`([\w/]+)`", cells[1]):
+            wing_of[module] = wing
+        allowed[wing] = {w.strip() for w in cells[2].split(",") if w.strip() not in ("", "—")}
+    return wing_of, allowed
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every package module ``path`` imports, at the top or inside a function."""
+    here = module_name(path).split("/")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1] if node.level > 1 else package
+                base = [*base, *(node.module.split(".") if node.module else [])]
+            elif node.module and node.module.split(".")[0] == "digit_utils":
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                candidate = "/".join([*base, alias.name])
+                found.add(candidate if candidate in modules else "/".join(base))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "digit_utils":
+                    found.add("/".join(alias.name.split(".")[1:]))
+    return {m or "__init__" for m in found if (m or "__init__") in modules}
+
+
+def wing(module: str, wing_of: dict[str, str]) -> str:
+    return wing_of.get(module) or wing_of.get(module.split("/")[0], "?")
+
+
+def test_every_module_has_a_row_and_every_row_a_module():
+    wing_of, allowed = layer_table()
+    modules = package_modules()
+    # a wing's __init__ re-exports its own modules and belongs to the wing itself
+    listed = set(wing_of) | {m for m in modules if m == "__init__" or m in allowed}
+    assert sorted(set(modules) - listed) == [], "modules missing from docs/architecture.md"
+    assert sorted(set(wing_of) - set(modules)) == [], "the page names modules that do not exist"
+    assert all(w in allowed for deps in allowed.values() for w in deps), "an unknown wing"
+
+
+def test_no_import_breaks_the_stated_layering():
+    wing_of, allowed = layer_table()
+    wing_of = {**wing_of, **{w: w for w in allowed if w in package_modules()}}
+    modules = package_modules()
+    broken = []
+    for module, path in modules.items():
+        if module == "__init__":
+            continue
+        mine = wing(module, wing_of)
+        for target in imports_of(path, modules):
+            theirs = wing(target, wing_of)
+            if target != "__init__" and theirs != mine and theirs not in allowed[mine]:
+                broken.append(f"{module} ({mine}) imports {target} ({theirs})")
+    assert broken == []
+
+
+def test_the_checker_sees_function_level_imports(tmp_path, monkeypatch):
+    # a late import of a higher wing from a foundation is caught like a top-level one
+    wing_of, allowed = layer_table()
+    modules = package_modules()
+    probe = PACKAGE / "stages.py"
+    source = probe.read_text() + "\n\ndef _late():\n    from digit_utils.train import runs\n"
+    fake = tmp_path / "digit_utils" / "stages.py"
+    fake.parent.mkdir()
+    fake.write_text(source)
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "digit_utils")
+    assert "train/runs" in imports_of(fake, modules)
+    assert wing("train/runs", wing_of) not in allowed[wing("stages", wing_of)]
+
+
+def test_no_import_cycles():
+    modules = package_modules()
+    graph = {m: imports_of(p, modules) - {m} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(m, path):
+        for n in graph[m]:
+            if n in path:
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(n) :], n]))
+            if n not in done:
+                visit(n, [*path, n])
+        done.add(m)
+
+    for m in graph:
+        visit(m, [m])
+
+
+def test_the_page_names_real_files_and_stages():
+    text = PAGE.read_text()
+    for rel in re.findall(r"`(digit_utils/[\w/]+\.py)`", text):
+        assert (REPO / rel).is_file(), rel
+    for stem in re.findall(r"\b(\d\d_[a-z_]+)\b", text):
+        if stem != "NN_name":
+            assert (REPO / "notebooks" / f"{stem}.ipynb").is_file(), stem
+    quick = (REPO / "params" / "quick.yaml").read_text()
+    epochs = re.search(r"`params/quick.yaml` sets `04_train_cnn: \{epochs: (\d+)\}`", text)
+    block = quick.split("04_train_cnn:", 1)[1]
+    assert epochs and re.search(rf"\n\s+epochs: {epochs.group(1)}\b", block.split("\n0", 1)[0])

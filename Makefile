@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check digit_utils tests benchmarks
+	$(VENV)/bin/ruff check digit_utils tests benchmarks notebooks
 	$(VENV)/bin/ruff format --check digit_utils tests benchmarks
 
 strip: $(STAMP)

@@ -164,8 +164,9 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
     built = kernels.kernel_notebook(original, sources, notebook_name="04_train_cnn.ipynb")
 
     # Every module of the package as it is now, listed from disk (new modules are picked up).
-    on_disk = {f"digit_utils/{p.name}" for p in paths.PACKAGE_DIR.glob("*.py")}
-    assert on_disk <= set(sources) and "digit_utils/kernels.py" in sources
+    root = paths.PACKAGE_DIR.parent
+    on_disk = {p.relative_to(root).as_posix() for p in paths.PACKAGE_DIR.rglob("*.py")}
+    assert on_disk <= set(sources) and "digit_utils/kaggle/kernels.py" in sources
     # written under the kernel's scratch folder, found at run time (not /kaggle/working)
     prefix = '%%writefile "{_INLINE}/'
     heads = [c.source.split("\n", 1) for c in built.cells if c.source.startswith(prefix)]
@@ -278,7 +279,8 @@ def test_submission_kernel_reads_upstream_kernel_outputs(tmp_path, sample_dir):
     """05 reads a run folder from the 03 kernel's mounted output; writes /kaggle/working/…csv."""
     body = """\
 import numpy as np
-from digit_utils import data, paths, submit
+from digit_utils import data, paths
+from digit_utils.data import submission as submit
 
 run = paths.upstream("04_train_cnn/runs/cnn_seed0")
 proba = np.load(run / "test_proba.npy")  # (N,10) float32

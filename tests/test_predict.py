@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from digit_utils.augment_policy import SHIFTS, tta_shifts
-from digit_utils.errors import DataError
+from digit_utils.errors import ConfigError, DataError
 from digit_utils.train.inference import predict_proba, shift
 from digit_utils.train.models import build_model
 
@@ -79,5 +79,6 @@ def test_bad_images_raise_data_error(model, bad):
 
 @pytest.mark.parametrize("tta", [-1, 9, 1.5, True])
 def test_bad_tta_raises(model, images, tta):
-    with pytest.raises(DataError, match="tta"):
+    # one check of a TTA value (augment_policy.tta_shifts), the same for configs and inference
+    with pytest.raises(ConfigError, match="tta"):
         predict_proba(model, images, tta=tta)

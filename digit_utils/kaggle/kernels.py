@@ -140,6 +140,13 @@ print(f"digit_utils {digit_utils.__version__} ({FINGERPRINT}) from {digit_utils.
 """
 
 
+def _write_cell(name: str, text: str) -> str:
+    """A cell that writes one package file (``%%writefile`` refuses an empty body)."""
+    if text.strip():
+        return f'%%writefile "{{_INLINE}}/{name}"\n{text}'
+    return f'open(f"{{_INLINE}}/{name}", "w").write({text!r})'
+
+
 def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
     """The self-contained kernel notebook: intro, package cells, then ``nb``'s cells unchanged."""
     fingerprint = sources_fingerprint(sources)
@@ -159,9 +166,7 @@ def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
         _cell("markdown", intro),
         _cell("code", locate),
     ]
-    cells += [
-        _cell("code", f'%%writefile "{{_INLINE}}/{n}"\n{t}', hide=True) for n, t in sources.items()
-    ]
+    cells += [_cell("code", _write_cell(n, t), hide=True) for n, t in sources.items()]
     cells.append(_cell("code", _ACTIVATE.replace("{FINGERPRINT}", fingerprint)))
     out = copy.deepcopy(nb)
     out.cells = cells + out.cells

@@ -81,6 +81,14 @@ class Decision:
         """Candidates the best does not beat (the chosen one among them)."""
         return list(self.table.index[self.table["within_noise"]])
 
+    def facts(self, rule: str, *, ties: bool = False) -> dict:
+        """What a stage records beside its choice (02's policy.json, 03's choice.json)."""
+        chosen = self.table.loc[self.chosen]
+        facts = {"oof_accuracy": float(chosen["accuracy"]), "best": self.best}
+        if ties:
+            facts["ties"] = self.ties
+        return {**facts, "rows": int(chosen["rows"]), "rule": rule}
+
     def verdict(self) -> str:
         """The decision in words, every figure taken from the table."""
         t, c, b = self.table, self.chosen, self.best

@@ -138,3 +138,95 @@ def test_the_page_names_real_files_and_stages():
     epochs = re.search(r"`params/quick.yaml` sets `04_train_cnn: \{epochs: (\d+)\}`", text)
     block = quick.split("04_train_cnn:", 1)[1]
     assert epochs and re.search(rf"\n\s+epochs: {epochs.group(1)}\b", block.split("\n0", 1)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The page's "to add a notebook" recipe, followed in a copy of the project
+
+
+PROBE_SPEC = """        StageSpec(
+            "06_probe",
+            gpu=False,
+            extras={"rows": int},
+            reads=(TRAINED_RUNS,),
+            writes=("probe.json",),
+        ),
+"""
+
+
+def _probe_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('data_dir = ""  # the data\nrows = 5  # rows to count')
+    params.metadata["tags"] = ["parameters"]
+    body = (
+        "from digit_utils import data\nfrom digit_utils import notebook as nb\n\n"
+        'stage = nb.start("06_probe", globals())\n'
+        "images, labels = data.load_train(stage.source)\n"
+        'stage.save_json({"rows": min(rows, len(labels))}, "probe.json")\n'
+        "stage.finish(rows=min(rows, len(labels)))"
+    )
+    title, code = nbformat.v4.new_markdown_cell("# 06 · probe"), nbformat.v4.new_code_cell(body)
+    nb.cells = [title, params, code]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(nb, path)
+
+
+def test_the_add_a_notebook_recipe_is_complete(tmp_path, sample_dir):
+    """The three edits the page lists are all a new stage needs: the pipeline runs it, the
+    kernel builder derives its upstream kernels, and the notebook tests' table covers it."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "project"
+    shutil.copytree(PACKAGE, copy / "digit_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "notebooks", copy / "notebooks")
+    (copy / "tests").mkdir()
+    # edit 1: the notebook
+    _probe_notebook(copy / "notebooks" / "06_probe.ipynb")
+    # edit 2: its StageSpec, last in STAGES
+    stages_py = copy / "digit_utils" / "stages.py"
+    text = stages_py.read_text()
+    end = text.index("    )\n}\n", text.index("STAGES: dict[str, StageSpec]"))
+    stages_py.write_text(text[:end] + PROBE_SPEC + text[end:])
+    # edit 3: its tiny parameters in the notebook tests' table
+    tests_py = (REPO / "tests" / "test_notebooks.py").read_text()
+    tests_py = tests_py.replace("TINY = {\n", 'TINY = {\n    "06_probe": {"rows": 3},\n', 1)
+    (copy / "tests" / "test_notebooks.py").write_text(tests_py)
+
+    tiny = copy / "tiny"
+    tiny.mkdir()
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        shutil.copy(sample_dir / name, tiny / name)
+    check = f"""
+import ast, json, sys
+from digit_utils import pipeline, stages
+from digit_utils.kaggle import kernels
+tiny = ast.literal_eval(open("tests/test_notebooks.py").read().split("TINY = ", 1)[1]
+                        .split("\\n}}\\n", 1)[0] + "\\n}}")
+stems = [p.stem for p in pipeline.discover_notebooks()]
+assert stems == list(stages.STAGES) == sorted(tiny), (stems, list(tiny))
+record = pipeline.run_pipeline(profile=None, only="06", render_html=False,
+                               overrides={{"data_dir": {str(tiny)!r}, "rows": 3}})
+assert record["status"] == "ok", record
+meta = kernels.kernel_metadata("notebooks/06_probe.ipynb", "alice")
+print(json.dumps({{"probe": json.load(open("outputs/06_probe/probe.json")),
+                  "sources": meta["kernel_sources"]}}))
+"""
+    env = {
+        **__import__("os").environ,
+        "PYTHONPATH": str(copy),
+        "DIGITS_ROOT": str(copy),
+        "MPLBACKEND": "Agg",
+    }
+    env.pop("DIGITS_OUTPUTS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=copy, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert result["probe"] == {"rows": 3}
+    assert result["sources"] == ["alice/digit-recognizer-04-train-cnn"]

@@ -9,6 +9,7 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
   dropped-sources: `kernels push` succeeds but prints the line the real CLI prints (exit 0) when
   it drops the metadata's kernel_sources because they do not exist (yet);
+  dropped-competition: the same for competition_sources (the rules not accepted, or a typo);
   old-cli: an argparse error on `--accelerator`, as a kaggle CLI older than 1.8.4 gives;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
 - `competitions submit ...`: print the real success line;
@@ -112,6 +113,11 @@ def main(args):
             print(
                 "The following are not valid kernel sources and could not be added to the "
                 f"kernel: {meta['kernel_sources']}"
+            )
+        if fail == "dropped-competition":
+            print(
+                "The following are not valid competition sources and could not be added to the "
+                f"kernel: {meta['competition_sources']}"
             )
         print(
             f"Kernel version 1 successfully pushed.  Please check progress at "

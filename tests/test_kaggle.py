@@ -236,6 +236,23 @@ def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
     assert "not valid kernel sources" in err and "--wait" in err
 
 
+def test_a_dropped_competition_is_a_push_error(fake_kaggle, isolated, capsys):
+    """The real CLI prints 'not valid competition sources' (rules not accepted, or a typo) and
+    exits 0; the kernel would then find no data."""
+    fake_kaggle.login()
+    fake_kaggle.fail_with("dropped-competition")
+    notebooks(isolated, "01_eda")
+    code, out, err = digits("kaggle", "kernel", "push", "01", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: Kaggle dropped the competition digit-recognizer from alice/digit-recognizer-01-eda"
+    )
+    assert "accept the rules at https://www.kaggle.com/competitions/digit-recognizer/rules" in (
+        " ".join(err.split()).replace("Accept", "accept")
+    )
+    assert "check the slug" in err
+
+
 def test_push_without_wait_refuses_an_upstream_pushed_alongside(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     notebooks(isolated, "01_eda", "02_augmentation", "04_train_cnn")

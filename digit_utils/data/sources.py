@@ -96,7 +96,7 @@ def find_in_kaggle_input(root: Path | None = None) -> Path | None:
 NOT_MOUNTED = (
     "no competition data in this Kaggle kernel: train.csv and test.csv are not under {root} "
     f"(looked for {{root}}/{kaggle.COMPETITION}/ and {{root}}/competitions/{kaggle.COMPETITION}/)"
-    f". Add the competition as an input (competition_sources: [\"{kaggle.COMPETITION}\"]; "
+    f'. Add the competition as an input (competition_sources: ["{kaggle.COMPETITION}"]; '
     "`digits kaggle kernel build` writes it) and accept its rules with the kernel's account"
 )
 

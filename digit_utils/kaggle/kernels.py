@@ -298,7 +298,7 @@ def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
             f'Kaggle dropped the competition {kaggle.COMPETITION} from {meta["id"]} ("not valid '
             'competition sources"): the kernel would run without its data. Accept the rules at '
             f"https://www.kaggle.com/competitions/{kaggle.COMPETITION}/rules with the account "
-            f'that pushes, check the slug in competition_sources ({meta["competition_sources"]}),'
+            f"that pushes, check the slug in competition_sources ({meta['competition_sources']}),"
             " then push again"
         )
     return out

@@ -158,10 +158,16 @@ def check_values(name: str, values: Mapping[str, Any]) -> dict:
 
 
 def upstream_json(relative: str) -> dict | None:
-    """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run."""
+    """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run here.
+
+    Inside a Kaggle kernel a declared upstream that is missing is a broken chain, not a reason for
+    a default: DigitsError names the upstream kernel and its expected mount.
+    """
     try:
         return json.loads(paths.upstream(relative).read_text())
     except DigitsError:
+        if paths.in_kaggle_kernel():
+            raise
         return None
 
 
@@ -176,7 +182,8 @@ def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
     """Resolve a training notebook's ``augment`` parameter: ``(spec, where it came from)``.
 
     "auto" takes the policy that 02_augmentation chose, or the "affine" preset (with a message)
-    when that notebook has not run; anything else is a preset name used as given.
+    when that notebook has not run here (inside a Kaggle kernel that is an error); anything else
+    is a preset name used as given.
     """
     if augment != "auto":
         return augment, "parameter"
@@ -200,7 +207,8 @@ def chosen_model(model: str) -> tuple[str, str]:
     """Resolve a training notebook's ``model`` parameter: ``(name, where it came from)``.
 
     "auto" takes the architecture 03_model_zoo chose, or ``deep_cnn`` (with a message) when that
-    notebook has not run; anything else is a registered name used as given.
+    notebook has not run here (inside a Kaggle kernel that is an error); anything else is a
+    registered name used as given.
     """
     if model != "auto":
         return model, "parameter"

@@ -164,13 +164,19 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
     built = kernels.kernel_notebook(original, sources, notebook_name="04_train_cnn.ipynb")
 
     # Every module of the package as it is now, listed from disk (new modules are picked up).
-    on_disk = {f"digit_utils/{p.name}" for p in paths.PACKAGE_DIR.glob("*.py")}
-    assert on_disk <= set(sources) and "digit_utils/kernels.py" in sources
+    root = paths.PACKAGE_DIR.parent
+    on_disk = {p.relative_to(root).as_posix() for p in paths.PACKAGE_DIR.rglob("*.py")}
+    assert on_disk <= set(sources) and "digit_utils/kaggle/kernels.py" in sources
     # written under the kernel's scratch folder, found at run time (not /kaggle/working)
     prefix = '%%writefile "{_INLINE}/'
     heads = [c.source.split("\n", 1) for c in built.cells if c.source.startswith(prefix)]
     writes = {head.removeprefix(prefix).removesuffix('"'): body for head, body in heads}
-    assert writes == sources
+    assert writes == {name: text for name, text in sources.items() if text}
+    # an empty file (an __init__.py) is created in Python: %%writefile refuses an empty body
+    empty = sorted(name for name, text in sources.items() if not text)
+    assert empty and "digit_utils/kaggle/__init__.py" in empty
+    made = sorted(c.source.split('"')[1] for c in built.cells if c.source.startswith("open("))
+    assert made == empty
     assert writes["digit_utils/paths.py"] == (paths.PACKAGE_DIR / "paths.py").read_text()
 
     n_added = len(built.cells) - len(original.cells)
@@ -278,7 +284,8 @@ def test_submission_kernel_reads_upstream_kernel_outputs(tmp_path, sample_dir):
     """05 reads a run folder from the 03 kernel's mounted output; writes /kaggle/working/…csv."""
     body = """\
 import numpy as np
-from digit_utils import data, paths, submit
+from digit_utils import data, paths
+from digit_utils.data import submission as submit
 
 run = paths.upstream("04_train_cnn/runs/cnn_seed0")
 proba = np.load(run / "test_proba.npy")  # (N,10) float32
@@ -311,3 +318,56 @@ def test_a_failing_kernel_names_its_cell(tmp_path):
     (tmp_path / "input").mkdir()
     with pytest.raises(DigitsError, match=r"01_eda.ipynb failed in cell \d+: ValueError: boom"):
         local_run.run_kernel_locally(folder, tmp_path / "input", tmp_path / "working")
+
+
+# --------------------------------------------------------------------------------------------
+# A declared upstream missing inside a kernel is an error; locally the defaults stay
+
+
+def _kernel_mount(root: Path, stage: str, relative: str, text: str) -> Path:
+    """``relative`` (under outputs/) in the mounted output of ``stage``'s kernel."""
+    path = root / kernels.kernel_slug(stage) / "outputs" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_missing_upstreams_inside_a_kernel_name_the_kernel_and_its_mount(tmp_path, monkeypatch):
+    from digit_utils.train import members
+
+    root = tmp_path / "input"
+    root.mkdir()
+    # locally a notebook run alone gets the friendly defaults
+    assert stages.chosen_augmentation("auto") == (
+        "affine",
+        "default (02_augmentation has not run)",
+    )
+    assert stages.chosen_model("auto")[0] == "deep_cnn"
+
+    monkeypatch.setenv("DIGITS_KAGGLE_INPUT", str(root))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    for resolve, stage in (
+        (stages.chosen_augmentation, "02_augmentation"),
+        (stages.chosen_model, "03_model_zoo"),
+    ):
+        with pytest.raises(DigitsError) as e:
+            resolve("auto")
+        slug = kernels.kernel_slug(stage)
+        message = str(e.value)
+        assert f"it is the output of the {stage} kernel ({slug})" in message
+        assert f"expected at {root}/{slug}/outputs/{stage}/" in message
+        assert f"{root}/notebooks/<owner>/{slug}/" in message and "--wait" in message
+    assert stages.chosen_model("wide_cnn") == ("wide_cnn", "parameter")  # given, not read
+
+    # 05: 04's runs mounted, the zoo's missing is an error too (not 04's members alone)
+    _kernel_mount(root, "04_train_cnn", "04_train_cnn/runs/cnn_seed0/config.json", "{}")
+    _kernel_mount(
+        root, "04_train_cnn", stages.TRAINED_RUNS,
+        json.dumps({"models": {"cnn": ["04_train_cnn/runs/cnn_seed0"]}}),
+    )  # fmt: skip
+    with pytest.raises(DigitsError, match=r"03_model_zoo/runs.json is missing in this Kaggle"):
+        members.ensemble_members("auto")
+    assert members.refit_members() == {}  # 04 with refit=False writes no refit list
+
+    _kernel_mount(root, "02_augmentation", stages.POLICY, '{"policy": "p", "augment": {}}')
+    assert stages.chosen_augmentation("auto") == ({}, "02_augmentation chose 'p'")

@@ -21,8 +21,7 @@ from digit_utils import __version__, atomic, paths, stages
 from digit_utils.errors import DigitsError, KaggleError
 from digit_utils.kaggle import client as kaggle
 
-TITLE_PREFIX = "Digit Recognizer"
-SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of TITLE_PREFIX)
+SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of the title prefix)
 # Two T4s (sm_75). Kaggle's current image ships a torch without sm_60 kernels, so a P100 (what a
 # kernel gets when no accelerator is named) fails at the first CUDA operation.
 ACCELERATOR = "NvidiaTeslaT4"  # `kaggle kernels push --accelerator` and metadata `machine_shape`
@@ -40,14 +39,10 @@ INLINE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".txt")
 # Pure builders
 
 
-def kernel_title(notebook: str | Path) -> str:
-    """The kernel's title, e.g. ``Digit Recognizer 04 train cnn`` for ``04_train_cnn.ipynb``."""
-    return f"{TITLE_PREFIX} {Path(notebook).stem.replace('_', ' ')}"
-
-
-def kernel_slug(notebook: str | Path) -> str:
-    """The slug Kaggle derives from the title (push warns when the id's slug differs)."""
-    return re.sub(r"[^a-z0-9]+", "-", kernel_title(notebook).lower()).strip("-")
+# The one rule of a notebook's kernel title and slug lives in paths (a kernel names the mount of
+# its upstream's output by it); these names keep the kernel API in one place.
+kernel_title = paths.kernel_title
+kernel_slug = paths.kernel_slug
 
 
 def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False) -> dict:
@@ -140,6 +135,15 @@ print(f"digit_utils {digit_utils.__version__} ({FINGERPRINT}) from {digit_utils.
 """
 
 
+def _write_cell(name: str, text: str) -> str:
+    """The cell that writes one package file. IPython refuses ``%%writefile`` with an empty body
+    (a UsageError that stops the kernel), so an empty file (an ``__init__.py``) is created in
+    Python."""
+    if not text:
+        return f'open(os.path.join(_INLINE, "{name}"), "w").close()  # an empty {name}'
+    return f'%%writefile "{{_INLINE}}/{name}"\n{text}'
+
+
 def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
     """The self-contained kernel notebook: intro, package cells, then ``nb``'s cells unchanged."""
     fingerprint = sources_fingerprint(sources)
@@ -159,9 +163,7 @@ def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
         _cell("markdown", intro),
         _cell("code", locate),
     ]
-    cells += [
-        _cell("code", f'%%writefile "{{_INLINE}}/{n}"\n{t}', hide=True) for n, t in sources.items()
-    ]
+    cells += [_cell("code", _write_cell(n, t), hide=True) for n, t in sources.items()]
     cells.append(_cell("code", _ACTIVATE.replace("{FINGERPRINT}", fingerprint)))
     out = copy.deepcopy(nb)
     out.cells = cells + out.cells

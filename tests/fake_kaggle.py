@@ -20,7 +20,9 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   "QUEUED,RUNNING,COMPLETE": the n-th status call for a kernel since its last push answers the
   n-th word (the last one repeats), as a pushed kernel's run moves on. $FAKE_KAGGLE_KERNEL_STATUSES
   (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel;
-- `kernels output SLUG -p DIR`: write DIR/submission.csv.
+- `kernels output SLUG -p DIR`: write the files $FAKE_KAGGLE_OUTPUT names (a JSON list of paths
+  relative to DIR; default: 05's submission.csv and run list);
+- `--version`: "Kaggle CLI $FAKE_KAGGLE_VERSION" (default 2.2.5).
 """
 
 import json
@@ -92,6 +94,9 @@ def main(args):
         print(SOFT_FAILURES[fail])
         return 0
     group, verb = (args + ["", ""])[:2]
+    if group in ("-v", "--version"):
+        print(f"Kaggle CLI {os.environ.get('FAKE_KAGGLE_VERSION', '2.2.5')}")
+        return 0
     if fail == "old-cli" and "--accelerator" in args:
         usage = "usage: kaggle [-h] [-v] {competitions,c,datasets,d,kernels,k,config} ..."
         print(usage, file=sys.stderr)
@@ -129,8 +134,11 @@ def main(args):
             print(f'Failure message: "{failure}"')
     elif group == "kernels" and verb == "output":
         dest = Path(opt(args, "-p", "--path") or ".")
-        (dest / "submission.csv").write_text("ImageId,Label\n1,7\n")
-        print(f"Output file downloaded to {dest / 'submission.csv'}")
+        default = ["submission.csv", "outputs/05_ensemble_submission/runs.json"]
+        for name in json.loads(os.environ.get("FAKE_KAGGLE_OUTPUT", json.dumps(default))):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_text("ImageId,Label\n1,7\n" if name.endswith(".csv") else "{}")
+            print(f"Output file downloaded to {dest / name}")
     return 0
 
 

@@ -371,14 +371,18 @@ def test_kernel_status(fake_kaggle, capsys, monkeypatch):
     assert "did not complete: CUDA out of memory" in err and err.count("\n") == 1
 
 
-def test_kernel_status_and_output_read_a_prefix_as_build_does(fake_kaggle, isolated, capsys):
+def test_kernel_status_and_output_read_a_prefix_as_build_does(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
     # Issue #14 item 10: `status 03` asked for alice/digit-recognizer-03.
     fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/runs.json"]))
     notebooks(isolated, "01_eda", "04_train_cnn")
     code, out, _ = digits("kaggle", "kernel", "status", "04", capsys=capsys)
     assert code == 0 and out == "alice/digit-recognizer-04-train-cnn: complete\n"
     assert digits("kaggle", "kernel", "output", "04", capsys=capsys)[0] == 0
-    assert [c[2] for c in fake_kaggle.calls] == ["alice/digit-recognizer-04-train-cnn"] * 2
+    kernel_calls = [c for c in fake_kaggle.calls if c != ["--version"]]
+    assert [c[2] for c in kernel_calls] == ["alice/digit-recognizer-04-train-cnn"] * 2
     code, _, err = digits("kaggle", "kernel", "status", "0", capsys=capsys)
     assert code == 1 and "'0' names no notebook" in err and "04_train_cnn" in err
 
@@ -388,13 +392,72 @@ def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, c
     code, out, _ = digits("kaggle", "kernel", "output", "05_ensemble_submission", capsys=capsys)
     dest = isolated / "outputs/kernels/digit-recognizer-05-ensemble-submission/output"
     assert code == 0 and (dest / "submission.csv").is_file()
+    # the CLI's version first (it must page), then a forced download into a fresh folder
+    partial = dest.parent / ".output.partial"
     assert fake_kaggle.calls == [
-        ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(dest)]
+        ["--version"],
+        ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(partial)]
+        + ["-o"],
     ]
-    assert "submission.csv" in out
+    assert "2 output file(s)" in out and "submission.csv" in out and not partial.exists()
     other = isolated / "elsewhere"
     assert digits("kaggle", "kernel", "output", "bob/x", "-p", str(other), capsys=capsys)[0] == 0
-    assert fake_kaggle.calls[-1] == ["kernels", "output", "bob/x", "-p", str(other)]
+    assert fake_kaggle.calls[-1] == [
+        "kernels", "output", "bob/x", "-p", str(other.parent / ".elsewhere.partial"), "-o"
+    ]  # fmt: skip
+    assert (other / "submission.csv").is_file()
+
+
+def test_kernel_output_refuses_a_cli_that_does_not_page(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
+    """kaggle 1.8.4–2.2.1 download only the first page (about 20 files) and exit 0."""
+    fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_VERSION", "2.2.1")
+    code, out, err = digits("kaggle", "kernel", "output", "05", capsys=capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "the installed kaggle CLI is 2.2.1, older than 2.2.2" in err
+    assert "pip install -U 'kaggle>=2.2.2'" in err
+    assert fake_kaggle.calls == [["--version"]]  # nothing downloaded
+
+
+def test_kernel_output_replaces_stale_files_and_checks_the_promised_ones(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
+    fake_kaggle.login()
+    dest = isolated / "outputs/kernels/digit-recognizer-04-train-cnn/output"
+    (dest / "outputs/04_train_cnn/runs/old_seed9").mkdir(parents=True)  # an older version's run
+    # 04 promises its run list (stages.STAGES writes; refit_runs.json only with refit=True)
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/leaderboard.png"]))
+    code, out, err = digits("kaggle", "kernel", "output", "04", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert (
+        "its output lacks outputs/04_train_cnn/runs.json, which 04_train_cnn always writes" in err
+    )
+    assert (dest / "outputs/04_train_cnn/runs/old_seed9").is_dir()  # left as it was
+
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/runs.json"]))
+    code, out, err = digits("kaggle", "kernel", "output", "04", capsys=capsys)
+    assert (code, err) == (0, "") and "1 output file(s)" in out
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == [".digits-kernel-output", "outputs/04_train_cnn/runs.json"]  # no stale run
+
+    mine = isolated / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, out, err = digits("kaggle", "kernel", "output", "04", "-p", str(mine), capsys=capsys)
+    assert code == 1 and "is not empty and holds no earlier kernel output" in err
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_promised_files_follow_the_stage_graph():
+    assert stages.STAGES["05_ensemble_submission"].promised == (
+        "submission.csv",
+        "outputs/05_ensemble_submission/runs.json",
+    )
+    assert "outputs/04_train_cnn/refit_runs.json" not in stages.STAGES["04_train_cnn"].promised
+    assert "outputs/03_model_zoo/choice.json" in stages.STAGES["03_model_zoo"].promised
+    assert kernels.output_timeout("03_model_zoo") > kernels.output_timeout("01_eda")
 
 
 # --------------------------------------------------------------------------------------------

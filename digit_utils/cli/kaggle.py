@@ -80,8 +80,13 @@ def _status(args) -> int:
 
 
 def _output(args) -> int:
-    dest = kernels.output(args.slug, args.path)
-    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    timeout = args.timeout * 60 if args.timeout is not None else None
+    dest = kernels.output(args.slug, args.path, timeout=timeout)
+    files = sorted(
+        p.relative_to(dest).as_posix()
+        for p in dest.rglob("*")
+        if p.is_file() and p.name != kernels.OUTPUT_MARKER
+    )
     print(f"{len(files)} output file(s) in {dest}: {', '.join(files[:10])}")
     return 0
 
@@ -135,5 +140,14 @@ def register_cli(sub) -> None:
     v = verb(kverbs, "output", _output, "download a kernel's output files")
     v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem")
     v.add_argument(
-        "-p", "--path", help="folder to download into (default: outputs/kernels/<slug>/output)"
+        "-p",
+        "--path",
+        help="folder to download into, replacing an earlier download (default: "
+        "outputs/kernels/<slug>/output)",
+    )
+    v.add_argument(
+        "--timeout",
+        type=float,
+        metavar="MINUTES",
+        help="longest download (default: 60 for a training stage's runs, else 10)",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,25 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
     if done.returncode != 0:
         raise KaggleError(redact(explain_failure(done.stdout + "\n" + done.stderr)))
     return redact(done.stdout)
+
+
+def version() -> tuple[int, ...]:
+    """The installed kaggle CLI's version, from ``kaggle --version`` ("Kaggle CLI 2.2.5")."""
+    out = run(["--version"])
+    match = re.search(r"(\d+(?:\.\d+)+)", out)
+    if not match:
+        raise KaggleError(f"cannot read the kaggle CLI's version from `kaggle --version`: {out!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def require_version(minimum: str, why: str) -> None:
+    """KaggleError unless the installed CLI is at least ``minimum`` (``why`` it must be)."""
+    have = version()
+    if have < tuple(int(part) for part in minimum.split(".")):
+        raise KaggleError(
+            f"the installed kaggle CLI is {'.'.join(map(str, have))}, older than {minimum}, "
+            f"which {why}: run `pip install -U 'kaggle>={minimum}'`"
+        )
 
 
 # --------------------------------------------------------------------------------------------

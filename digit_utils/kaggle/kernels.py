@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 from digit_utils import __version__, atomic, paths, stages
@@ -306,12 +307,12 @@ def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
     return out
 
 
-def _run_about(ref: str, args: list[str]) -> str:
+def _run_about(ref: str, args: list[str], *, timeout: float = 600) -> str:
     """``kaggle.run`` with the kernel named in its errors (except the missing credentials)."""
     if not kaggle.has_credentials():
         raise KaggleError(kaggle.NO_CREDENTIALS)
     try:
-        return kaggle.run(args)
+        return kaggle.run(args, timeout=timeout)
     except KaggleError as e:
         raise KaggleError(f"kernel {ref}: {e}") from None
 
@@ -330,10 +331,71 @@ def status(ref: str) -> tuple[str, str]:
     return match.group(1).rsplit(".", 1)[-1].lower(), failure.group(1) if failure else ""
 
 
-def output(ref: str, dest: str | Path | None = None) -> Path:
-    """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output)."""
+# CLI 1.8.4–2.2.1 downloads only the first page (about 20) of a kernel's output files and still
+# exits 0; 03 writes hundreds, so submission.csv could silently never arrive.
+MIN_OUTPUT_CLI = "2.2.2"
+OUTPUT_MARKER = ".digits-kernel-output"  # names the kernel a folder's files were downloaded from
+# Seconds to wait for a download: a training stage's output holds its run folders (hundreds of
+# files, weights among them); the others hold a few small files.
+OUTPUT_TIMEOUT = {"training": 3600.0, "other": 600.0}
+
+
+def stage_of(ref: str) -> str | None:
+    """The stage whose kernel ``owner/slug`` is (None for a kernel outside the graph)."""
+    slug = ref.split("/")[1]
+    return next((name for name in stages.STAGES if kernel_slug(name) == slug), None)
+
+
+def output_args(ref: str, dest: str | Path) -> list[str]:
+    """The ``kaggle`` arguments that download a kernel's output (pure); ``-o`` overwrites, so a
+    newer file of the same size is never skipped on the CLI's time-zone-naive date check."""
+    return ["kernels", "output", ref, "-p", str(dest), "-o"]
+
+
+def output_timeout(stage: str | None) -> float:
+    spec = stages.STAGES.get(stage or "")
+    return OUTPUT_TIMEOUT["training" if spec and spec.gpu else "other"]
+
+
+def _check_replaceable(dest: Path, default: bool) -> None:
+    """KaggleError unless ``dest`` is missing, empty, ours by default, or an earlier download."""
+    if not dest.exists() or default or (dest / OUTPUT_MARKER).is_file():
+        return
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise KaggleError(
+            f"{dest} is not empty and holds no earlier kernel output: the download replaces the "
+            "folder's files, so pass a new or empty folder with -p"
+        )
+
+
+def output(ref: str, dest: str | Path | None = None, *, timeout: float | None = None) -> Path:
+    """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output),
+    replacing what an earlier download left there; KaggleError when a file its stage promises
+    (``StageSpec.promised``) did not arrive."""
     ref = kernel_ref(ref, kaggle.username())
+    default = dest is None
     dest = Path(dest or paths.outputs_dir() / "kernels" / ref.split("/")[1] / "output")
-    dest.mkdir(parents=True, exist_ok=True)
-    _run_about(ref, ["kernels", "output", ref, "-p", str(dest)])
+    _check_replaceable(dest, default)
+    if not kaggle.has_credentials():
+        raise KaggleError(kaggle.NO_CREDENTIALS)
+    try:
+        kaggle.require_version(MIN_OUTPUT_CLI, "downloads every page of a kernel's output files")
+    except KaggleError as e:
+        raise KaggleError(f"kernel {ref}: {e}") from None
+    stage = stage_of(ref)
+    partial = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _run_about(ref, output_args(ref, partial), timeout=timeout or output_timeout(stage))
+    promised = stages.STAGES[stage].promised if stage else ()
+    if missing := [name for name in promised if not (partial / name).is_file()]:
+        raise KaggleError(
+            f"kernel {ref}: its output lacks {', '.join(missing)}, which {stage} always writes "
+            f"(what did arrive is in {partial}): check its latest run with `digits kaggle kernel "
+            f"status {ref}` and its log at https://www.kaggle.com/code/{ref}/log"
+        )
+    (partial / OUTPUT_MARKER).write_text(ref + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    partial.rename(dest)
     return dest

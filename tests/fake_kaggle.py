@@ -19,7 +19,10 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   $FAKE_KAGGLE_KERNEL_FAILURE as the failure message when set). A status may be a sequence
   "QUEUED,RUNNING,COMPLETE": the n-th status call for a kernel since its last push answers the
   n-th word (the last one repeats), as a pushed kernel's run moves on. $FAKE_KAGGLE_KERNEL_STATUSES
-  (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel;
+  (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel. `kernels status OWNER/SLUG/N`
+  asks for version N (pushes are numbered 1, 2, … per kernel): an older version is COMPLETE;
+  with $FAKE_KAGGLE_STALE set, a status without a version answers COMPLETE (the previous
+  version's, as the real API may before the new run registers);
 - `kernels output SLUG -p DIR`: write the files $FAKE_KAGGLE_OUTPUT names (a JSON list of paths
   relative to DIR; default: 05's submission.csv and run list);
 - `--version`: "Kaggle CLI $FAKE_KAGGLE_VERSION" (default 2.2.5).
@@ -62,16 +65,35 @@ def opt(args, *names):
     return None
 
 
-def kernel_state(ref):
-    """This call's status of kernel ``ref``: the n-th word of its sequence (see the docstring)."""
-    per_kernel = json.loads(os.environ.get("FAKE_KAGGLE_KERNEL_STATUSES", "{}"))
-    words = per_kernel.get(ref, os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")).split(",")
-    calls = [
+def pushes(ref):
+    """How many times kernel ``ref`` has been pushed (its latest version number)."""
+    n = 0
+    for call in calls():
+        if call[:2] == ["kernels", "push"]:
+            kernel_dir = Path(opt(call, "-p", "--path"))
+            n += json.loads((kernel_dir / "kernel-metadata.json").read_text())["id"] == ref
+    return n
+
+
+def calls():
+    return [
         json.loads(line) for line in Path(os.environ["FAKE_KAGGLE_LOG"]).read_text().splitlines()
     ]
+
+
+def kernel_state(query):
+    """This call's status of ``query`` (OWNER/SLUG[/N]): the n-th word of its sequence."""
+    parts = query.split("/")
+    ref, version = "/".join(parts[:2]), parts[2] if len(parts) > 2 else ""
+    if version and int(version) < pushes(ref):
+        return "COMPLETE"
+    if not version and os.environ.get("FAKE_KAGGLE_STALE") and pushes(ref):
+        return "COMPLETE"
+    per_kernel = json.loads(os.environ.get("FAKE_KAGGLE_KERNEL_STATUSES", "{}"))
+    words = per_kernel.get(ref, os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")).split(",")
     n = 0  # status calls for ref since its last push, this one included
-    for call in calls:
-        if call[:2] == ["kernels", "status"] and call[2] == ref:
+    for call in calls():
+        if call[:2] == ["kernels", "status"] and call[2].split("/")[:2] == ref.split("/"):
             n += 1
         elif call[:2] == ["kernels", "push"]:
             kernel_dir = Path(opt(call, "-p", "--path"))
@@ -125,7 +147,7 @@ def main(args):
                 f"kernel: {meta['competition_sources']}"
             )
         print(
-            f"Kernel version 1 successfully pushed.  Please check progress at "
+            f"Kernel version {pushes(meta['id'])} successfully pushed.  Please check progress at "
             f"https://www.kaggle.com/code/{meta['id']}"
         )
     elif group == "kernels" and verb == "status":

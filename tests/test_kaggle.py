@@ -278,13 +278,16 @@ def test_push_wait_goes_stage_by_stage(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="QUEUED,RUNNING,COMPLETE", s03="RUNNING,COMPLETE")
     notebooks(isolated, *stages.STAGES)
-    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0")
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001")
     code, out, err = digits(*argv, capsys=capsys)
     assert (code, err) == (0, "")
+    assert fake_kaggle.calls[0] == ["--version"]  # before anything is sent
     short = [
         (c[1], re.sub(r".*digit-recognizer-(\d\d).*", r"\1", c[-1] if c[1] == "status" else c[3]))
-        for c in fake_kaggle.calls
+        for c in fake_kaggle.calls[1:]
     ]
+    # every kernel pushed here is followed by the version the push made
+    assert {c[2].rsplit("/", 1)[1] for c in fake_kaggle.calls if c[1:2] == ["status"]} == {"1"}
     assert short == [
         ("push", "01"),
         ("push", "02"),
@@ -307,13 +310,14 @@ def test_push_wait_stops_at_a_failed_upstream(fake_kaggle, isolated, capsys, mon
     fake_kaggle.kernel_statuses(s02="RUNNING,ERROR")
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "no kernel image is available")
     notebooks(isolated, "02_augmentation", "04_train_cnn")
-    code, out, err = digits("kaggle", "kernel", "push", "--wait", "--poll", "0", capsys=capsys)
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001")
+    code, out, err = digits(*argv, capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
         "error: kernel alice/digit-recognizer-02-augmentation did not complete: no kernel image"
     )
     assert "https://www.kaggle.com/code/alice/digit-recognizer-02-augmentation/log" in err
-    pushed = [c for c in fake_kaggle.calls if c[1] == "push"]
+    pushed = [c for c in fake_kaggle.calls if c[1:2] == ["push"]]
     assert len(pushed) == 1 and pushed[0][3].endswith("digit-recognizer-02-augmentation")
 
 
@@ -321,11 +325,79 @@ def test_push_wait_is_bounded(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="RUNNING")
     notebooks(isolated, "04_train_cnn")
-    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0", "--timeout", "0")
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001", "--timeout", "0")
     code, out, err = digits(*argv, capsys=capsys)
     assert code == 1
     assert "kernel alice/digit-recognizer-02-augmentation is still running after 0 min" in err
-    assert not [c for c in fake_kaggle.calls if c[1] == "push"]
+    assert not [c for c in fake_kaggle.calls if c[1:2] == ["push"]]
+
+
+def test_push_wait_follows_the_version_it_pushed(fake_kaggle, isolated, capsys, monkeypatch):
+    """A status without a version may still be the previous version's COMPLETE: the poller asks
+    for the version the push made, and 04 waits for 02's new run."""
+    fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_STALE", "1")
+    fake_kaggle.kernel_statuses(s02="QUEUED,RUNNING,COMPLETE")
+    notebooks(isolated, "02_augmentation", "03_model_zoo")
+    argv = ("kaggle", "kernel", "push", "02", "--wait", "--poll", "0.001")
+    assert digits(*argv, capsys=capsys)[0] == 0  # version 1 of 02
+    argv = ("kaggle", "kernel", "push", "02", "03", "--wait", "--poll", "0.001")
+    code, out, err = digits(*argv, capsys=capsys)
+    assert (code, err) == (0, "")
+    after = fake_kaggle.calls[fake_kaggle.calls.index(["--version"], 1) :]
+    order = [c[2] if c[1] == "status" else "push " + c[3].rsplit("/", 1)[1] for c in after[1:]]
+    v2 = "alice/digit-recognizer-02-augmentation/2"
+    assert order[:5] == ["push digit-recognizer-02-augmentation", v2, v2, v2,
+                         "push digit-recognizer-03-model-zoo"]  # fmt: skip
+    assert "alice/digit-recognizer-02-augmentation: queued (0 min), waiting…" in out
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--timeout", "nan"), ("--timeout", "-1"), ("--timeout", "inf"), ("--poll", "-1"),
+     ("--poll", "0"), ("--poll", "nan"), ("--poll", "soon")],
+)  # fmt: skip
+def test_push_refuses_a_wait_that_cannot_end_at_the_parser(fake_kaggle, isolated, capsys, option):
+    fake_kaggle.login()
+    notebooks(isolated, "01_eda")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["kaggle", "kernel", "push", "--wait", *option])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fake_kaggle.calls == []
+    [line] = [x for x in err.splitlines() if not x.startswith(("usage:", " "))]
+    assert line.endswith(
+        f"error: argument {option[0]}: expected a finite number, "
+        + ("zero or more" if option[0] == "--timeout" else "more than zero")
+        + f"; got {option[1]!r}"
+    )
+
+
+def test_push_checks_what_it_can_before_sending_anything(fake_kaggle, isolated, capsys):
+    notebooks(isolated, "01_eda", "04_train_cnn")
+    code, _, err = digits("kaggle", "kernel", "push", "--user", "alice", capsys=capsys)
+    assert code == 1 and err.startswith("error: no Kaggle credentials found")
+    assert fake_kaggle.calls == []
+
+    fake_kaggle.login()
+    assert digits("kaggle", "kernel", "build", capsys=capsys)[0] == 0
+    folder = isolated / "outputs/kernels/digit-recognizer-04-train-cnn"
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    edited = {**meta, "kernel_sources": meta["kernel_sources"][:1], "competition_sources": []}
+    (folder / "kernel-metadata.json").write_text(json.dumps(edited))
+    with pytest.raises(KaggleError) as e:
+        kernel_push.push_in_order([folder])
+    message = str(e.value)
+    assert "competition_sources is [], not ['digit-recognizer']" in message
+    assert "Rebuild it with `digits kaggle kernel build`" in message
+    (folder / "kernel-metadata.json").write_text(json.dumps({**edited, "competition_sources": [
+        "digit-recognizer"]}))  # fmt: skip
+    with pytest.raises(KaggleError, match="kernel_sources is .* but the stage graph gives 04"):
+        kernel_push.push_in_order([folder])
+    (folder / "04_train_cnn.ipynb").unlink()
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(KaggleError, match="its notebook 04_train_cnn.ipynb is missing"):
+        kernel_push.push_in_order([folder])
+    assert fake_kaggle.calls == []  # nothing sent, not even a status call
 
 
 def test_poller_reports_progress_and_times_out_on_its_clock(fake_kaggle):

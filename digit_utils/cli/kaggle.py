@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from digit_utils.cli.options import verb, verbs
+from digit_utils.cli.options import seconds_or_minutes, verb, verbs
 from digit_utils.data import submission as submit
 from digit_utils.errors import KaggleError
 from digit_utils.kaggle import client as kaggle
@@ -124,11 +124,15 @@ def register_cli(sub) -> None:
         "for all (without it, a kernel whose upstream is not complete is refused)",
     )
     v.add_argument(
-        "--poll", type=float, default=60, metavar="SECONDS", help="between status calls (--wait)"
+        "--poll",
+        type=seconds_or_minutes(allow_zero=False),
+        default=60,
+        metavar="SECONDS",
+        help="between status calls (--wait)",
     )
     v.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_or_minutes(allow_zero=True),
         default=720,
         metavar="MINUTES",
         help="longest wait for one kernel (--wait; default %(default)s)",
@@ -147,7 +151,7 @@ def register_cli(sub) -> None:
     )
     v.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_or_minutes(allow_zero=False),
         metavar="MINUTES",
         help="longest download (default: 60 for a training stage's runs, else 10)",
     )

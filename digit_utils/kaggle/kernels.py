@@ -273,6 +273,51 @@ def dropped_sources(out: str, declared: list[str]) -> list[str]:
     return named or list(declared)
 
 
+# `kernels status OWNER/SLUG/N` reads version N's run; this CLI is the one checked to send the
+# version as the API wants it (`v<N>`, a 404 otherwise). Only `push --wait` needs it.
+MIN_WAIT_CLI = "2.2.5"
+PUSHED_VERSION = re.compile(r"Kernel version (\d+) successfully")
+METADATA_KEYS = ("id", "code_file", "enable_gpu", "competition_sources", "kernel_sources")
+
+
+def check_built(kernel_dir: str | Path) -> dict:
+    """A built kernel's metadata, checked before anything is sent (its notebook, the competition,
+    and for a pipeline stage the upstream kernels and GPU the stage graph gives it)."""
+    meta = read_metadata(kernel_dir)
+    if missing := [key for key in METADATA_KEYS if key not in meta]:
+        raise KaggleError(f"{kernel_dir}: {METADATA_FILE} lacks {', '.join(missing)}; rebuild it")
+    problems = []
+    owner, _, slug = str(meta["id"]).partition("/")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", owner) or not re.fullmatch(r"[a-z0-9-]+", slug):
+        problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
+    if not (Path(kernel_dir) / str(meta["code_file"])).is_file():
+        problems.append(f"its notebook {meta['code_file']} is missing")
+    if meta["competition_sources"] != [kaggle.COMPETITION]:
+        problems.append(
+            f"competition_sources is {meta['competition_sources']}, not [{kaggle.COMPETITION!r}]"
+        )
+    stage = stage_of(meta["id"]) if not problems else None
+    if stage:
+        expected = kernel_metadata(stage, owner)
+        for key in ("kernel_sources", "enable_gpu", "machine_shape"):
+            if meta.get(key) != expected.get(key):
+                problems.append(
+                    f"{key} is {meta.get(key)!r}, but the stage graph gives {stage} "
+                    f"{expected.get(key)!r}"
+                )
+    if problems:
+        raise KaggleError(
+            f"{kernel_dir}: {'; '.join(problems)}. Rebuild it with `digits kaggle kernel build`"
+        )
+    return meta
+
+
+def pushed_version(out: str) -> int | None:
+    """The version number a push report names ("Kernel version 3 successfully pushed")."""
+    match = PUSHED_VERSION.search(out)
+    return int(match.group(1)) if match else None
+
+
 def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
     """Push a built kernel; returns the CLI's report (with the kernel's URL)."""
     meta = read_metadata(kernel_dir)

@@ -6,6 +6,10 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
 - $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | proxy-403 | network: print what the real CLI prints
   then and exit 1 (proxy-403: an HTTPS proxy refusing the CONNECT tunnel);
   leak: fail with the key's value in the output (our code must redact it);
+  leak-token: fail with the token read from the file KAGGLE_API_TOKEN names (the CLI takes a
+  token or a path to one);
+  non-utf8: answer with bytes that are not UTF-8 (a server's text in another encoding), exit 0;
+  non-utf8-error: the same on stderr, exit 1;
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
   dropped-sources: `kernels push` succeeds but prints the line the real CLI prints (exit 0) when
   it drops the metadata's kernel_sources because they do not exist (yet);
@@ -109,6 +113,13 @@ def main(args):
     if fail == "leak":
         print(f"Error: bad request with key {os.environ.get('KAGGLE_KEY')}", file=sys.stderr)
         return 1
+    if fail == "leak-token":
+        token = Path(os.environ["KAGGLE_API_TOKEN"]).read_text().strip()
+        print(f"Error: token {token} was refused", file=sys.stderr)
+        return 1
+    if fail == "non-utf8-error":
+        sys.stderr.buffer.write(b"Error: caf\xe9 \xff\xfe refused\n")
+        return 1
     if fail in FAILURES:
         print(FAILURES[fail], file=sys.stderr)
         return 1
@@ -131,6 +142,11 @@ def main(args):
         print(f"Downloading {slug}.zip to {dest}\n100%|##########| 15.3M/15.3M")
     elif group == "competitions" and verb == "submit":
         print("100%|##########| 208k/208k\nSuccessfully submitted to Digit Recognizer")
+    elif group == "competitions" and verb == "submissions" and fail == "non-utf8":
+        sys.stdout.buffer.write(
+            b"fileName,date,description,status,publicScore,privateScore\n"
+            b"sub.csv,2026-11-20 10:00:00,caf\xe9 \xff,complete,0.99757,\n"
+        )
     elif group == "competitions" and verb == "submissions":
         print("fileName,date,description,status,publicScore,privateScore")
         print("submission.csv,2026-11-20 10:00:00,ensemble,complete,0.99757,")

@@ -675,3 +675,51 @@ def test_submit_true_inside_a_kernel_says_why_instead_of_calling(
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     assert "Successfully submitted" in submit.submit_if_asked(path, "x", True)
     assert len(fake_kaggle.calls) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Small ones: a token file, a kaggle.json user name that is not a string, bytes that are not UTF-8
+
+
+def test_a_token_read_from_the_file_kaggle_api_token_names_is_redacted(
+    fake_kaggle, tmp_path, capsys, monkeypatch
+):
+    token = "KGAT_fromfile0123456789"
+    path = tmp_path / "token.txt"
+    path.write_text(token + "\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(path))
+    fake_kaggle.fail_with("leak-token")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert code == 1 and err == "error: the Kaggle CLI failed: Error: token *** was refused\n"
+    assert token not in out + err
+
+
+@pytest.mark.parametrize("name", [["a"], 7, "", None])
+def test_a_kaggle_json_user_name_that_is_not_a_string_is_a_clear_error(
+    fake_kaggle, isolated, tmp_path, capsys, name
+):
+    (tmp_path / "home" / ".kaggle").mkdir()
+    fields = {"username": name, "key": "0123456789abcdef"}
+    (tmp_path / "home" / ".kaggle" / "kaggle.json").write_text(json.dumps(fields))
+    notebooks(isolated, "01_eda")
+    code, out, err = digits("kaggle", "kernel", "build", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    if name is None:  # no user name at all: the usual advice
+        assert "pass --user NAME" in err
+    else:
+        assert f'kaggle.json: "username" is {json.dumps(name)}, not a user name' in err
+        assert "digit-recognizer-01-eda" not in out  # no kernel owned by "['a']"
+    assert digits("kaggle", "kernel", "build", "--user", "dana", capsys=capsys)[0] == 0
+
+
+def test_output_that_is_not_utf8_is_decoded_with_replacement(fake_kaggle, capsys):
+    fake_kaggle.login()
+    fake_kaggle.fail_with("non-utf8")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert (code, err) == (0, "") and "caf\ufffd \ufffd" in out and "0.99757" in out
+    fake_kaggle.fail_with("non-utf8-error")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert (
+        code == 1
+        and err == "error: the Kaggle CLI failed: Error: caf\ufffd \ufffd\ufffd refused\n"
+    )

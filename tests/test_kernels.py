@@ -371,3 +371,49 @@ def test_missing_upstreams_inside_a_kernel_name_the_kernel_and_its_mount(tmp_pat
 
     _kernel_mount(root, "02_augmentation", stages.POLICY, '{"policy": "p", "augment": {}}')
     assert stages.chosen_augmentation("auto") == ({}, "02_augmentation chose 'p'")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints inside a kernel: the resumable one in scratch, the final weights in the output
+
+
+def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
+    tmp_path, sample_dir, monkeypatch
+):
+    import torch
+
+    from conftest import sample_arrays
+    from digit_utils.config import TrainConfig
+    from digit_utils.train import loop, runs
+
+    images, labels, _, _ = sample_arrays(sample_dir)
+    images, labels = images[:300], labels[:300]
+    scratch, working = tmp_path / "kaggle-temp", tmp_path / "working"
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setenv("DIGITS_KAGGLE_TEMP", str(scratch))
+    cfg = TrainConfig.from_dict(
+        {"model": "fast_cnn", "epochs": 2, "batch_size": 64, "device": "cpu", "ema": 0.9,
+         "val_fraction": 0.2, "name": "cnn_seed0"}
+    )  # fmt: skip
+    run_dir = working / "outputs" / "04_train_cnn" / "runs" / "cnn_seed0"
+    result = loop.train(cfg, images, labels, run_dir=run_dir, quiet=True)
+
+    resumable = runs.resume_path(run_dir)
+    assert resumable.is_relative_to(scratch) and not resumable.is_relative_to(working)
+    full = torch.load(resumable, weights_only=True)
+    final = torch.load(run_dir / runs.LAST, weights_only=True)
+    assert "optimizer" in full and "optimizer" not in final and final["ema"] is None
+    # the output's last.pt holds the evaluated (EMA) weights: what every reader loads
+    assert all(torch.equal(final["model"][k], full["ema"][k]) for k in full["ema"])
+    model, _ = runs.load_run(run_dir, "last")  # complete.json covers the slim file
+    assert sum(p.numel() for p in model.parameters()) == result.metrics["params"]
+    size = lambda p: p.stat().st_size  # noqa: E731
+    assert size(run_dir / runs.LAST) < size(resumable) / 2
+
+    # resuming reads the scratch checkpoint (the slim one has no optimizer state to load)
+    resumed = loop.train(cfg, images, labels, run_dir=run_dir, resume=True, quiet=True)
+    assert resumed.history["epoch"].tolist() == [1, 2]
+    assert (resumed.val_proba == result.val_proba).all()
+
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")  # locally one last.pt, resumable, in the folder
+    assert runs.resume_path(run_dir) == run_dir / runs.LAST

@@ -417,3 +417,15 @@ def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
 
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")  # locally one last.pt, resumable, in the folder
     assert runs.resume_path(run_dir) == run_dir / runs.LAST
+
+
+def test_a_stage_reports_its_output_size(sample_dir, isolated):
+    from digit_utils import notebook as nb
+
+    stage = nb.start("01_eda", {"data_dir": str(sample_dir), "tsne_samples": 10, "seed": 0})
+    (stage.out / "runs" / "a").mkdir(parents=True)
+    (stage.out / "runs" / "a" / "last.pt").write_bytes(b"x" * 1234)
+    (stage.out / "table.csv").write_text("a,b\n")
+    record = stage.finish(rows=1)
+    on_disk = json.loads((isolated / "outputs" / "01_eda" / "metrics.json").read_text())
+    assert record["output_bytes"] == on_disk["output_bytes"] == 1234 + 4

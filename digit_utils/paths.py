@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from digit_utils.errors import DigitsError
 PACKAGE_DIR = Path(__file__).resolve().parent
 KAGGLE_WORKING = Path("/kaggle/working")
 RUN_LIST = "runs.json"  # how a stage hands its runs to the next, in its outputs folder
+KERNEL_TITLE_PREFIX = "Digit Recognizer"
 
 
 def in_kaggle_kernel() -> bool:
@@ -26,6 +28,16 @@ def kaggle_input_root() -> Path:
 def kaggle_working_root() -> Path:
     """Kaggle's writable working folder; DIGITS_KAGGLE_WORKING overrides it."""
     return Path(os.environ.get("DIGITS_KAGGLE_WORKING", str(KAGGLE_WORKING)))
+
+
+def kernel_title(notebook: str | Path) -> str:
+    """A notebook's Kaggle kernel title, e.g. ``Digit Recognizer 04 train cnn``."""
+    return f"{KERNEL_TITLE_PREFIX} {Path(notebook).stem.replace('_', ' ')}"
+
+
+def kernel_slug(notebook: str | Path) -> str:
+    """The slug Kaggle derives from the title; the kernel's output mounts at <input>/<slug>/."""
+    return re.sub(r"[^a-z0-9]+", "-", kernel_title(notebook).lower()).strip("-")
 
 
 def project_root() -> Path:
@@ -122,5 +134,20 @@ def upstream(relative: str) -> Path:
     for path in candidates:
         if path.exists():
             return path
+    if in_kaggle_kernel():
+        raise DigitsError(missing_in_kernel(relative))
     where = ", ".join(str(c) for c in candidates[:3])
     raise DigitsError(f"{relative} not found (looked in {where}); run the notebook that makes it")
+
+
+def missing_in_kernel(relative: str) -> str:
+    """Why a kernel lacks an upstream stage's file: the upstream kernel and where it mounts."""
+    stage = relative.split("/", 1)[0]
+    slug, root = kernel_slug(stage), kaggle_input_root()
+    return (
+        f"{relative} is missing in this Kaggle kernel: it is the output of the {stage} kernel "
+        f"({slug}), expected at {root}/{slug}/outputs/{relative} (or under "
+        f"{root}/notebooks/<owner>/{slug}/). Add {slug} as a kernel source (`digits kaggle "
+        f"kernel build` does) and push this kernel once {stage} has completed (`digits kaggle "
+        "kernel push --wait`)"
+    )

@@ -41,11 +41,19 @@ class StageSpec:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # training settings it does not show
     reads: tuple[str, ...] = ()  # hand-off files of earlier stages (paths under outputs/)
     writes: tuple[str, ...] = ()  # its own hand-off files, under outputs/<name>/
+    optional: tuple[str, ...] = ()  # those of ``writes`` it may leave out (a setting turns off)
+    delivers: tuple[str, ...] = ()  # files for the user, relative to the kernel's working folder
 
     @property
     def upstream(self) -> tuple[str, ...]:
         """The stages whose outputs this one reads, in pipeline order."""
         return tuple(dict.fromkeys(r.split("/", 1)[0] for r in self.reads))
+
+    @property
+    def promised(self) -> tuple[str, ...]:
+        """The files its run always leaves, relative to the working folder (a kernel's output)."""
+        own = [f"outputs/{self.name}/{w}" for w in self.writes if w not in self.optional]
+        return (*self.delivers, *own)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -103,6 +111,7 @@ STAGES: dict[str, StageSpec] = {
             extras={"n_folds": int, "seeds": int, "refit": bool},
             reads=(POLICY, MODEL_CHOICE),
             writes=(paths.RUN_LIST, Path(REFIT_RUNS).name),
+            optional=(Path(REFIT_RUNS).name,),  # refit=False removes it
         ),
         StageSpec(
             "05_ensemble_submission",
@@ -119,6 +128,7 @@ STAGES: dict[str, StageSpec] = {
             },  # fmt: skip
             reads=(ZOO_RUNS, TRAINED_RUNS, REFIT_RUNS),  # 03's and the refits when present
             writes=(paths.RUN_LIST,),  # the submitted models, for `digits serve` and `predict`
+            delivers=("submission.csv",),  # /kaggle/working/submission.csv, what Kaggle submits
         ),
     )
 }
@@ -158,10 +168,16 @@ def check_values(name: str, values: Mapping[str, Any]) -> dict:
 
 
 def upstream_json(relative: str) -> dict | None:
-    """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run."""
+    """An earlier stage's hand-off file (e.g. POLICY), or None when that stage has not run here.
+
+    Inside a Kaggle kernel a declared upstream that is missing is a broken chain, not a reason for
+    a default: DigitsError names the upstream kernel and its expected mount.
+    """
     try:
         return json.loads(paths.upstream(relative).read_text())
     except DigitsError:
+        if paths.in_kaggle_kernel():
+            raise
         return None
 
 
@@ -176,7 +192,8 @@ def chosen_augmentation(augment: str) -> tuple[str | dict, str]:
     """Resolve a training notebook's ``augment`` parameter: ``(spec, where it came from)``.
 
     "auto" takes the policy that 02_augmentation chose, or the "affine" preset (with a message)
-    when that notebook has not run; anything else is a preset name used as given.
+    when that notebook has not run here (inside a Kaggle kernel that is an error); anything else
+    is a preset name used as given.
     """
     if augment != "auto":
         return augment, "parameter"
@@ -200,7 +217,8 @@ def chosen_model(model: str) -> tuple[str, str]:
     """Resolve a training notebook's ``model`` parameter: ``(name, where it came from)``.
 
     "auto" takes the architecture 03_model_zoo chose, or ``deep_cnn`` (with a message) when that
-    notebook has not run; anything else is a registered name used as given.
+    notebook has not run here (inside a Kaggle kernel that is an error); anything else is a
+    registered name used as given.
     """
     if model != "auto":
         return model, "parameter"

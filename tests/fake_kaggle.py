@@ -6,9 +6,14 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
 - $FAKE_KAGGLE_FAIL = 403 | 401 | 404 | proxy-403 | network: print what the real CLI prints
   then and exit 1 (proxy-403: an HTTPS proxy refusing the CONNECT tunnel);
   leak: fail with the key's value in the output (our code must redact it);
+  leak-token: fail with the token read from the file KAGGLE_API_TOKEN names (the CLI takes a
+  token or a path to one);
+  non-utf8: answer with bytes that are not UTF-8 (a server's text in another encoding), exit 0;
+  non-utf8-error: the same on stderr, exit 1;
   push-rejected | submit-rejected: print the refusal the real CLI prints and still exit 0;
   dropped-sources: `kernels push` succeeds but prints the line the real CLI prints (exit 0) when
   it drops the metadata's kernel_sources because they do not exist (yet);
+  dropped-competition: the same for competition_sources (the rules not accepted, or a typo);
   old-cli: an argparse error on `--accelerator`, as a kaggle CLI older than 1.8.4 gives;
 - `competitions download -c SLUG -p DIR`: copy $FAKE_KAGGLE_ZIP to DIR/SLUG.zip;
 - `competitions submit ...`: print the real success line;
@@ -18,8 +23,13 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   $FAKE_KAGGLE_KERNEL_FAILURE as the failure message when set). A status may be a sequence
   "QUEUED,RUNNING,COMPLETE": the n-th status call for a kernel since its last push answers the
   n-th word (the last one repeats), as a pushed kernel's run moves on. $FAKE_KAGGLE_KERNEL_STATUSES
-  (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel;
-- `kernels output SLUG -p DIR`: write DIR/submission.csv.
+  (JSON, {"owner/slug": "QUEUED,COMPLETE"}) sets it per kernel. `kernels status OWNER/SLUG/N`
+  asks for version N (pushes are numbered 1, 2, … per kernel): an older version is COMPLETE;
+  with $FAKE_KAGGLE_STALE set, a status without a version answers COMPLETE (the previous
+  version's, as the real API may before the new run registers);
+- `kernels output SLUG -p DIR`: write the files $FAKE_KAGGLE_OUTPUT names (a JSON list of paths
+  relative to DIR; default: 05's submission.csv and run list);
+- `--version`: "Kaggle CLI $FAKE_KAGGLE_VERSION" (default 2.2.5).
 """
 
 import json
@@ -59,16 +69,35 @@ def opt(args, *names):
     return None
 
 
-def kernel_state(ref):
-    """This call's status of kernel ``ref``: the n-th word of its sequence (see the docstring)."""
-    per_kernel = json.loads(os.environ.get("FAKE_KAGGLE_KERNEL_STATUSES", "{}"))
-    words = per_kernel.get(ref, os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")).split(",")
-    calls = [
+def pushes(ref):
+    """How many times kernel ``ref`` has been pushed (its latest version number)."""
+    n = 0
+    for call in calls():
+        if call[:2] == ["kernels", "push"]:
+            kernel_dir = Path(opt(call, "-p", "--path"))
+            n += json.loads((kernel_dir / "kernel-metadata.json").read_text())["id"] == ref
+    return n
+
+
+def calls():
+    return [
         json.loads(line) for line in Path(os.environ["FAKE_KAGGLE_LOG"]).read_text().splitlines()
     ]
+
+
+def kernel_state(query):
+    """This call's status of ``query`` (OWNER/SLUG[/N]): the n-th word of its sequence."""
+    parts = query.split("/")
+    ref, version = "/".join(parts[:2]), parts[2] if len(parts) > 2 else ""
+    if version and int(version) < pushes(ref):
+        return "COMPLETE"
+    if not version and os.environ.get("FAKE_KAGGLE_STALE") and pushes(ref):
+        return "COMPLETE"
+    per_kernel = json.loads(os.environ.get("FAKE_KAGGLE_KERNEL_STATUSES", "{}"))
+    words = per_kernel.get(ref, os.environ.get("FAKE_KAGGLE_KERNEL_STATUS", "COMPLETE")).split(",")
     n = 0  # status calls for ref since its last push, this one included
-    for call in calls:
-        if call[:2] == ["kernels", "status"] and call[2] == ref:
+    for call in calls():
+        if call[:2] == ["kernels", "status"] and call[2].split("/")[:2] == ref.split("/"):
             n += 1
         elif call[:2] == ["kernels", "push"]:
             kernel_dir = Path(opt(call, "-p", "--path"))
@@ -84,6 +113,13 @@ def main(args):
     if fail == "leak":
         print(f"Error: bad request with key {os.environ.get('KAGGLE_KEY')}", file=sys.stderr)
         return 1
+    if fail == "leak-token":
+        token = Path(os.environ["KAGGLE_API_TOKEN"]).read_text().strip()
+        print(f"Error: token {token} was refused", file=sys.stderr)
+        return 1
+    if fail == "non-utf8-error":
+        sys.stderr.buffer.write(b"Error: caf\xe9 \xff\xfe refused\n")
+        return 1
     if fail in FAILURES:
         print(FAILURES[fail], file=sys.stderr)
         return 1
@@ -91,6 +127,9 @@ def main(args):
         print(SOFT_FAILURES[fail])
         return 0
     group, verb = (args + ["", ""])[:2]
+    if group in ("-v", "--version"):
+        print(f"Kaggle CLI {os.environ.get('FAKE_KAGGLE_VERSION', '2.2.5')}")
+        return 0
     if fail == "old-cli" and "--accelerator" in args:
         usage = "usage: kaggle [-h] [-v] {competitions,c,datasets,d,kernels,k,config} ..."
         print(usage, file=sys.stderr)
@@ -103,6 +142,11 @@ def main(args):
         print(f"Downloading {slug}.zip to {dest}\n100%|##########| 15.3M/15.3M")
     elif group == "competitions" and verb == "submit":
         print("100%|##########| 208k/208k\nSuccessfully submitted to Digit Recognizer")
+    elif group == "competitions" and verb == "submissions" and fail == "non-utf8":
+        sys.stdout.buffer.write(
+            b"fileName,date,description,status,publicScore,privateScore\n"
+            b"sub.csv,2026-11-20 10:00:00,caf\xe9 \xff,complete,0.99757,\n"
+        )
     elif group == "competitions" and verb == "submissions":
         print("fileName,date,description,status,publicScore,privateScore")
         print("submission.csv,2026-11-20 10:00:00,ensemble,complete,0.99757,")
@@ -113,8 +157,13 @@ def main(args):
                 "The following are not valid kernel sources and could not be added to the "
                 f"kernel: {meta['kernel_sources']}"
             )
+        if fail == "dropped-competition":
+            print(
+                "The following are not valid competition sources and could not be added to the "
+                f"kernel: {meta['competition_sources']}"
+            )
         print(
-            f"Kernel version 1 successfully pushed.  Please check progress at "
+            f"Kernel version {pushes(meta['id'])} successfully pushed.  Please check progress at "
             f"https://www.kaggle.com/code/{meta['id']}"
         )
     elif group == "kernels" and verb == "status":
@@ -123,8 +172,11 @@ def main(args):
             print(f'Failure message: "{failure}"')
     elif group == "kernels" and verb == "output":
         dest = Path(opt(args, "-p", "--path") or ".")
-        (dest / "submission.csv").write_text("ImageId,Label\n1,7\n")
-        print(f"Output file downloaded to {dest / 'submission.csv'}")
+        default = ["submission.csv", "outputs/05_ensemble_submission/runs.json"]
+        for name in json.loads(os.environ.get("FAKE_KAGGLE_OUTPUT", json.dumps(default))):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_text("ImageId,Label\n1,7\n" if name.endswith(".csv") else "{}")
+            print(f"Output file downloaded to {dest / name}")
     return 0
 
 

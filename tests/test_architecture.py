@@ -169,7 +169,9 @@ def _probe_notebook(path: Path) -> None:
     )
     title, code = nbformat.v4.new_markdown_cell("# 06 · probe"), nbformat.v4.new_code_cell(body)
     nb.cells = [title, params, code]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3", "display_name": "Python 3", "language": "python"
+    }  # fmt: skip
     nbformat.write(nb, path)
 
 

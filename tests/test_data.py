@@ -351,6 +351,31 @@ def test_locate_order(tmp_path, isolated, monkeypatch, fake_kaggle):
     assert fake_kaggle.calls == []  # nothing downloaded while files were found
 
 
+def test_inside_a_kernel_no_competition_data_is_an_error_not_the_sample(
+    tmp_path, isolated, monkeypatch, fake_kaggle
+):
+    """A kernel whose competition input is missing never falls back to data/raw, a download or
+    the offline sample: the error names the mount it looked in."""
+    root = tmp_path / "kaggle" / "input"
+    _files(root / "some-other-dataset" / "nested")  # holds train.csv but under another name
+    (root / "some-other-dataset" / "nested" / "train.csv").unlink()
+    _files(isolated / "data" / "raw")  # a local copy is not what the kernel was given
+    monkeypatch.setenv("DIGITS_KAGGLE_INPUT", str(root))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    fake_kaggle.login()
+    with pytest.raises(DataError) as e:
+        data.locate()
+    message = str(e.value)
+    assert message.startswith("no competition data in this Kaggle kernel")
+    assert f"{root}/digit-recognizer/" in message
+    assert f"{root}/competitions/digit-recognizer/" in message
+    assert "accept its rules" in message
+    assert fake_kaggle.calls == []
+    assert not (isolated / "data" / "sample").exists()
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")  # on a local machine data/raw still serves
+    assert data.locate().origin == "repo"
+
+
 def test_kaggle_input_classic_layout(tmp_path, monkeypatch):
     root = tmp_path / "input"
     found = _files(root / "digit-recognizer")

@@ -236,6 +236,23 @@ def test_a_dropped_upstream_is_a_push_error(fake_kaggle, isolated, capsys):
     assert "not valid kernel sources" in err and "--wait" in err
 
 
+def test_a_dropped_competition_is_a_push_error(fake_kaggle, isolated, capsys):
+    """The real CLI prints 'not valid competition sources' (rules not accepted, or a typo) and
+    exits 0; the kernel would then find no data."""
+    fake_kaggle.login()
+    fake_kaggle.fail_with("dropped-competition")
+    notebooks(isolated, "01_eda")
+    code, out, err = digits("kaggle", "kernel", "push", "01", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: Kaggle dropped the competition digit-recognizer from alice/digit-recognizer-01-eda"
+    )
+    assert "accept the rules at https://www.kaggle.com/competitions/digit-recognizer/rules" in (
+        " ".join(err.split()).replace("Accept", "accept")
+    )
+    assert "check the slug" in err
+
+
 def test_push_without_wait_refuses_an_upstream_pushed_alongside(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     notebooks(isolated, "01_eda", "02_augmentation", "04_train_cnn")
@@ -261,13 +278,16 @@ def test_push_wait_goes_stage_by_stage(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="QUEUED,RUNNING,COMPLETE", s03="RUNNING,COMPLETE")
     notebooks(isolated, *stages.STAGES)
-    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0")
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001")
     code, out, err = digits(*argv, capsys=capsys)
     assert (code, err) == (0, "")
+    assert fake_kaggle.calls[0] == ["--version"]  # before anything is sent
     short = [
         (c[1], re.sub(r".*digit-recognizer-(\d\d).*", r"\1", c[-1] if c[1] == "status" else c[3]))
-        for c in fake_kaggle.calls
+        for c in fake_kaggle.calls[1:]
     ]
+    # every kernel pushed here is followed by the version the push made
+    assert {c[2].rsplit("/", 1)[1] for c in fake_kaggle.calls if c[1:2] == ["status"]} == {"1"}
     assert short == [
         ("push", "01"),
         ("push", "02"),
@@ -290,13 +310,14 @@ def test_push_wait_stops_at_a_failed_upstream(fake_kaggle, isolated, capsys, mon
     fake_kaggle.kernel_statuses(s02="RUNNING,ERROR")
     monkeypatch.setenv("FAKE_KAGGLE_KERNEL_FAILURE", "no kernel image is available")
     notebooks(isolated, "02_augmentation", "04_train_cnn")
-    code, out, err = digits("kaggle", "kernel", "push", "--wait", "--poll", "0", capsys=capsys)
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001")
+    code, out, err = digits(*argv, capsys=capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
         "error: kernel alice/digit-recognizer-02-augmentation did not complete: no kernel image"
     )
     assert "https://www.kaggle.com/code/alice/digit-recognizer-02-augmentation/log" in err
-    pushed = [c for c in fake_kaggle.calls if c[1] == "push"]
+    pushed = [c for c in fake_kaggle.calls if c[1:2] == ["push"]]
     assert len(pushed) == 1 and pushed[0][3].endswith("digit-recognizer-02-augmentation")
 
 
@@ -304,11 +325,79 @@ def test_push_wait_is_bounded(fake_kaggle, isolated, capsys):
     fake_kaggle.login()
     fake_kaggle.kernel_statuses(s02="RUNNING")
     notebooks(isolated, "04_train_cnn")
-    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0", "--timeout", "0")
+    argv = ("kaggle", "kernel", "push", "--wait", "--poll", "0.001", "--timeout", "0")
     code, out, err = digits(*argv, capsys=capsys)
     assert code == 1
     assert "kernel alice/digit-recognizer-02-augmentation is still running after 0 min" in err
-    assert not [c for c in fake_kaggle.calls if c[1] == "push"]
+    assert not [c for c in fake_kaggle.calls if c[1:2] == ["push"]]
+
+
+def test_push_wait_follows_the_version_it_pushed(fake_kaggle, isolated, capsys, monkeypatch):
+    """A status without a version may still be the previous version's COMPLETE: the poller asks
+    for the version the push made, and 04 waits for 02's new run."""
+    fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_STALE", "1")
+    fake_kaggle.kernel_statuses(s02="QUEUED,RUNNING,COMPLETE")
+    notebooks(isolated, "02_augmentation", "03_model_zoo")
+    argv = ("kaggle", "kernel", "push", "02", "--wait", "--poll", "0.001")
+    assert digits(*argv, capsys=capsys)[0] == 0  # version 1 of 02
+    argv = ("kaggle", "kernel", "push", "02", "03", "--wait", "--poll", "0.001")
+    code, out, err = digits(*argv, capsys=capsys)
+    assert (code, err) == (0, "")
+    after = fake_kaggle.calls[fake_kaggle.calls.index(["--version"], 1) :]
+    order = [c[2] if c[1] == "status" else "push " + c[3].rsplit("/", 1)[1] for c in after[1:]]
+    v2 = "alice/digit-recognizer-02-augmentation/2"
+    assert order[:5] == ["push digit-recognizer-02-augmentation", v2, v2, v2,
+                         "push digit-recognizer-03-model-zoo"]  # fmt: skip
+    assert "alice/digit-recognizer-02-augmentation: queued (0 min), waiting…" in out
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--timeout", "nan"), ("--timeout", "-1"), ("--timeout", "inf"), ("--poll", "-1"),
+     ("--poll", "0"), ("--poll", "nan"), ("--poll", "soon")],
+)  # fmt: skip
+def test_push_refuses_a_wait_that_cannot_end_at_the_parser(fake_kaggle, isolated, capsys, option):
+    fake_kaggle.login()
+    notebooks(isolated, "01_eda")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["kaggle", "kernel", "push", "--wait", *option])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fake_kaggle.calls == []
+    [line] = [x for x in err.splitlines() if not x.startswith(("usage:", " "))]
+    assert line.endswith(
+        f"error: argument {option[0]}: expected a finite number, "
+        + ("zero or more" if option[0] == "--timeout" else "more than zero")
+        + f"; got {option[1]!r}"
+    )
+
+
+def test_push_checks_what_it_can_before_sending_anything(fake_kaggle, isolated, capsys):
+    notebooks(isolated, "01_eda", "04_train_cnn")
+    code, _, err = digits("kaggle", "kernel", "push", "--user", "alice", capsys=capsys)
+    assert code == 1 and err.startswith("error: no Kaggle credentials found")
+    assert fake_kaggle.calls == []
+
+    fake_kaggle.login()
+    assert digits("kaggle", "kernel", "build", capsys=capsys)[0] == 0
+    folder = isolated / "outputs/kernels/digit-recognizer-04-train-cnn"
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    edited = {**meta, "kernel_sources": meta["kernel_sources"][:1], "competition_sources": []}
+    (folder / "kernel-metadata.json").write_text(json.dumps(edited))
+    with pytest.raises(KaggleError) as e:
+        kernel_push.push_in_order([folder])
+    message = str(e.value)
+    assert "competition_sources is [], not ['digit-recognizer']" in message
+    assert "Rebuild it with `digits kaggle kernel build`" in message
+    (folder / "kernel-metadata.json").write_text(json.dumps({**edited, "competition_sources": [
+        "digit-recognizer"]}))  # fmt: skip
+    with pytest.raises(KaggleError, match="kernel_sources is .* but the stage graph gives 04"):
+        kernel_push.push_in_order([folder])
+    (folder / "04_train_cnn.ipynb").unlink()
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(KaggleError, match="its notebook 04_train_cnn.ipynb is missing"):
+        kernel_push.push_in_order([folder])
+    assert fake_kaggle.calls == []  # nothing sent, not even a status call
 
 
 def test_poller_reports_progress_and_times_out_on_its_clock(fake_kaggle):
@@ -354,14 +443,18 @@ def test_kernel_status(fake_kaggle, capsys, monkeypatch):
     assert "did not complete: CUDA out of memory" in err and err.count("\n") == 1
 
 
-def test_kernel_status_and_output_read_a_prefix_as_build_does(fake_kaggle, isolated, capsys):
+def test_kernel_status_and_output_read_a_prefix_as_build_does(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
     # Issue #14 item 10: `status 03` asked for alice/digit-recognizer-03.
     fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/runs.json"]))
     notebooks(isolated, "01_eda", "04_train_cnn")
     code, out, _ = digits("kaggle", "kernel", "status", "04", capsys=capsys)
     assert code == 0 and out == "alice/digit-recognizer-04-train-cnn: complete\n"
     assert digits("kaggle", "kernel", "output", "04", capsys=capsys)[0] == 0
-    assert [c[2] for c in fake_kaggle.calls] == ["alice/digit-recognizer-04-train-cnn"] * 2
+    kernel_calls = [c for c in fake_kaggle.calls if c != ["--version"]]
+    assert [c[2] for c in kernel_calls] == ["alice/digit-recognizer-04-train-cnn"] * 2
     code, _, err = digits("kaggle", "kernel", "status", "0", capsys=capsys)
     assert code == 1 and "'0' names no notebook" in err and "04_train_cnn" in err
 
@@ -371,13 +464,72 @@ def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, c
     code, out, _ = digits("kaggle", "kernel", "output", "05_ensemble_submission", capsys=capsys)
     dest = isolated / "outputs/kernels/digit-recognizer-05-ensemble-submission/output"
     assert code == 0 and (dest / "submission.csv").is_file()
+    # the CLI's version first (it must page), then a forced download into a fresh folder
+    partial = dest.parent / ".output.partial"
     assert fake_kaggle.calls == [
-        ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(dest)]
+        ["--version"],
+        ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(partial)]
+        + ["-o"],
     ]
-    assert "submission.csv" in out
+    assert "2 output file(s)" in out and "submission.csv" in out and not partial.exists()
     other = isolated / "elsewhere"
     assert digits("kaggle", "kernel", "output", "bob/x", "-p", str(other), capsys=capsys)[0] == 0
-    assert fake_kaggle.calls[-1] == ["kernels", "output", "bob/x", "-p", str(other)]
+    assert fake_kaggle.calls[-1] == [
+        "kernels", "output", "bob/x", "-p", str(other.parent / ".elsewhere.partial"), "-o"
+    ]  # fmt: skip
+    assert (other / "submission.csv").is_file()
+
+
+def test_kernel_output_refuses_a_cli_that_does_not_page(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
+    """kaggle 1.8.4–2.2.1 download only the first page (about 20 files) and exit 0."""
+    fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_VERSION", "2.2.1")
+    code, out, err = digits("kaggle", "kernel", "output", "05", capsys=capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "the installed kaggle CLI is 2.2.1, older than 2.2.2" in err
+    assert "pip install -U 'kaggle>=2.2.2'" in err
+    assert fake_kaggle.calls == [["--version"]]  # nothing downloaded
+
+
+def test_kernel_output_replaces_stale_files_and_checks_the_promised_ones(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
+    fake_kaggle.login()
+    dest = isolated / "outputs/kernels/digit-recognizer-04-train-cnn/output"
+    (dest / "outputs/04_train_cnn/runs/old_seed9").mkdir(parents=True)  # an older version's run
+    # 04 promises its run list (stages.STAGES writes; refit_runs.json only with refit=True)
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/leaderboard.png"]))
+    code, out, err = digits("kaggle", "kernel", "output", "04", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert (
+        "its output lacks outputs/04_train_cnn/runs.json, which 04_train_cnn always writes" in err
+    )
+    assert (dest / "outputs/04_train_cnn/runs/old_seed9").is_dir()  # left as it was
+
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/runs.json"]))
+    code, out, err = digits("kaggle", "kernel", "output", "04", capsys=capsys)
+    assert (code, err) == (0, "") and "1 output file(s)" in out
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == [".digits-kernel-output", "outputs/04_train_cnn/runs.json"]  # no stale run
+
+    mine = isolated / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, out, err = digits("kaggle", "kernel", "output", "04", "-p", str(mine), capsys=capsys)
+    assert code == 1 and "is not empty and holds no earlier kernel output" in err
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_promised_files_follow_the_stage_graph():
+    assert stages.STAGES["05_ensemble_submission"].promised == (
+        "submission.csv",
+        "outputs/05_ensemble_submission/runs.json",
+    )
+    assert "outputs/04_train_cnn/refit_runs.json" not in stages.STAGES["04_train_cnn"].promised
+    assert "outputs/03_model_zoo/choice.json" in stages.STAGES["03_model_zoo"].promised
+    assert kernels.output_timeout("03_model_zoo") > kernels.output_timeout("01_eda")
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,3 +675,51 @@ def test_submit_true_inside_a_kernel_says_why_instead_of_calling(
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     assert "Successfully submitted" in submit.submit_if_asked(path, "x", True)
     assert len(fake_kaggle.calls) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Small ones: a token file, a kaggle.json user name that is not a string, bytes that are not UTF-8
+
+
+def test_a_token_read_from_the_file_kaggle_api_token_names_is_redacted(
+    fake_kaggle, tmp_path, capsys, monkeypatch
+):
+    token = "KGAT_fromfile0123456789"
+    path = tmp_path / "token.txt"
+    path.write_text(token + "\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(path))
+    fake_kaggle.fail_with("leak-token")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert code == 1 and err == "error: the Kaggle CLI failed: Error: token *** was refused\n"
+    assert token not in out + err
+
+
+@pytest.mark.parametrize("name", [["a"], 7, "", None])
+def test_a_kaggle_json_user_name_that_is_not_a_string_is_a_clear_error(
+    fake_kaggle, isolated, tmp_path, capsys, name
+):
+    (tmp_path / "home" / ".kaggle").mkdir()
+    fields = {"username": name, "key": "0123456789abcdef"}
+    (tmp_path / "home" / ".kaggle" / "kaggle.json").write_text(json.dumps(fields))
+    notebooks(isolated, "01_eda")
+    code, out, err = digits("kaggle", "kernel", "build", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    if name is None:  # no user name at all: the usual advice
+        assert "pass --user NAME" in err
+    else:
+        assert f'kaggle.json: "username" is {json.dumps(name)}, not a user name' in err
+        assert "digit-recognizer-01-eda" not in out  # no kernel owned by "['a']"
+    assert digits("kaggle", "kernel", "build", "--user", "dana", capsys=capsys)[0] == 0
+
+
+def test_output_that_is_not_utf8_is_decoded_with_replacement(fake_kaggle, capsys):
+    fake_kaggle.login()
+    fake_kaggle.fail_with("non-utf8")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert (code, err) == (0, "") and "caf\ufffd \ufffd" in out and "0.99757" in out
+    fake_kaggle.fail_with("non-utf8-error")
+    code, out, err = digits("kaggle", "submissions", capsys=capsys)
+    assert (
+        code == 1
+        and err == "error: the Kaggle CLI failed: Error: caf\ufffd \ufffd\ufffd refused\n"
+    )

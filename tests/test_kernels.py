@@ -160,7 +160,8 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
         make_notebook(tmp_path / "04_train_cnn.ipynb", "print(epochs)", parameters="epochs = 3"),
         as_version=4,
     )
-    sources = kernels.package_sources()
+    # plus an empty module: %%writefile refuses an empty cell body, so it is written in Python
+    sources = {**kernels.package_sources(), "digit_utils/kaggle/empty_probe.py": ""}
     built = kernels.kernel_notebook(original, sources, notebook_name="04_train_cnn.ipynb")
 
     # Every module of the package as it is now, listed from disk (new modules are picked up).
@@ -171,7 +172,12 @@ def test_kernel_notebook_inlines_every_module_ahead_of_the_unchanged_cells(tmp_p
     prefix = '%%writefile "{_INLINE}/'
     heads = [c.source.split("\n", 1) for c in built.cells if c.source.startswith(prefix)]
     writes = {head.removeprefix(prefix).removesuffix('"'): body for head, body in heads}
-    assert writes == sources
+    assert writes == {name: text for name, text in sources.items() if text}
+    # an empty file (an __init__.py) is created in Python: %%writefile refuses an empty body
+    empty = sorted(name for name, text in sources.items() if not text)
+    assert empty == ["digit_utils/kaggle/empty_probe.py"]
+    made = sorted(c.source.split('"')[1] for c in built.cells if c.source.startswith("open("))
+    assert made == empty
     assert writes["digit_utils/paths.py"] == (paths.PACKAGE_DIR / "paths.py").read_text()
 
     n_added = len(built.cells) - len(original.cells)
@@ -313,3 +319,114 @@ def test_a_failing_kernel_names_its_cell(tmp_path):
     (tmp_path / "input").mkdir()
     with pytest.raises(DigitsError, match=r"01_eda.ipynb failed in cell \d+: ValueError: boom"):
         local_run.run_kernel_locally(folder, tmp_path / "input", tmp_path / "working")
+
+
+# --------------------------------------------------------------------------------------------
+# A declared upstream missing inside a kernel is an error; locally the defaults stay
+
+
+def _kernel_mount(root: Path, stage: str, relative: str, text: str) -> Path:
+    """``relative`` (under outputs/) in the mounted output of ``stage``'s kernel."""
+    path = root / kernels.kernel_slug(stage) / "outputs" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_missing_upstreams_inside_a_kernel_name_the_kernel_and_its_mount(tmp_path, monkeypatch):
+    from digit_utils.train import members
+
+    root = tmp_path / "input"
+    root.mkdir()
+    # locally a notebook run alone gets the friendly defaults
+    assert stages.chosen_augmentation("auto") == (
+        "affine",
+        "default (02_augmentation has not run)",
+    )
+    assert stages.chosen_model("auto")[0] == "deep_cnn"
+
+    monkeypatch.setenv("DIGITS_KAGGLE_INPUT", str(root))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    for resolve, stage in (
+        (stages.chosen_augmentation, "02_augmentation"),
+        (stages.chosen_model, "03_model_zoo"),
+    ):
+        with pytest.raises(DigitsError) as e:
+            resolve("auto")
+        slug = kernels.kernel_slug(stage)
+        message = str(e.value)
+        assert f"it is the output of the {stage} kernel ({slug})" in message
+        assert f"expected at {root}/{slug}/outputs/{stage}/" in message
+        assert f"{root}/notebooks/<owner>/{slug}/" in message and "--wait" in message
+    assert stages.chosen_model("wide_cnn") == ("wide_cnn", "parameter")  # given, not read
+
+    # 05: 04's runs mounted, the zoo's missing is an error too (not 04's members alone)
+    _kernel_mount(root, "04_train_cnn", "04_train_cnn/runs/cnn_seed0/config.json", "{}")
+    _kernel_mount(
+        root, "04_train_cnn", stages.TRAINED_RUNS,
+        json.dumps({"models": {"cnn": ["04_train_cnn/runs/cnn_seed0"]}}),
+    )  # fmt: skip
+    with pytest.raises(DigitsError, match=r"03_model_zoo/runs.json is missing in this Kaggle"):
+        members.ensemble_members("auto")
+    assert members.refit_members() == {}  # 04 with refit=False writes no refit list
+
+    _kernel_mount(root, "02_augmentation", stages.POLICY, '{"policy": "p", "augment": {}}')
+    assert stages.chosen_augmentation("auto") == ({}, "02_augmentation chose 'p'")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints inside a kernel: the resumable one in scratch, the final weights in the output
+
+
+def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
+    tmp_path, sample_dir, monkeypatch
+):
+    import torch
+
+    from conftest import sample_arrays
+    from digit_utils.config import TrainConfig
+    from digit_utils.train import loop, runs
+
+    images, labels, _, _ = sample_arrays(sample_dir)
+    images, labels = images[:300], labels[:300]
+    scratch, working = tmp_path / "kaggle-temp", tmp_path / "working"
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setenv("DIGITS_KAGGLE_TEMP", str(scratch))
+    cfg = TrainConfig.from_dict(
+        {"model": "fast_cnn", "epochs": 2, "batch_size": 64, "device": "cpu", "ema": 0.9,
+         "val_fraction": 0.2, "name": "cnn_seed0"}
+    )  # fmt: skip
+    run_dir = working / "outputs" / "04_train_cnn" / "runs" / "cnn_seed0"
+    result = loop.train(cfg, images, labels, run_dir=run_dir, quiet=True)
+
+    resumable = runs.resume_path(run_dir)
+    assert resumable.is_relative_to(scratch) and not resumable.is_relative_to(working)
+    full = torch.load(resumable, weights_only=True)
+    final = torch.load(run_dir / runs.LAST, weights_only=True)
+    assert "optimizer" in full and "optimizer" not in final and final["ema"] is None
+    # the output's last.pt holds the evaluated (EMA) weights: what every reader loads
+    assert all(torch.equal(final["model"][k], full["ema"][k]) for k in full["ema"])
+    model, _ = runs.load_run(run_dir, "last")  # complete.json covers the slim file
+    assert sum(p.numel() for p in model.parameters()) == result.metrics["params"]
+    size = lambda p: p.stat().st_size  # noqa: E731
+    assert size(run_dir / runs.LAST) < size(resumable) / 2
+
+    # resuming reads the scratch checkpoint (the slim one has no optimizer state to load)
+    resumed = loop.train(cfg, images, labels, run_dir=run_dir, resume=True, quiet=True)
+    assert resumed.history["epoch"].tolist() == [1, 2]
+    assert (resumed.val_proba == result.val_proba).all()
+
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")  # locally one last.pt, resumable, in the folder
+    assert runs.resume_path(run_dir) == run_dir / runs.LAST
+
+
+def test_a_stage_reports_its_output_size(sample_dir, isolated):
+    from digit_utils import notebook as nb
+
+    stage = nb.start("01_eda", {"data_dir": str(sample_dir), "tsne_samples": 10, "seed": 0})
+    (stage.out / "runs" / "a").mkdir(parents=True)
+    (stage.out / "runs" / "a" / "last.pt").write_bytes(b"x" * 1234)
+    (stage.out / "table.csv").write_text("a,b\n")
+    record = stage.finish(rows=1)
+    on_disk = json.loads((isolated / "outputs" / "01_eda" / "metrics.json").read_text())
+    assert record["output_bytes"] == on_disk["output_bytes"] == 1234 + 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from digit_utils.cli.options import verb, verbs
+from digit_utils.cli.options import seconds_or_minutes, verb, verbs
 from digit_utils.data import submission as submit
 from digit_utils.errors import KaggleError
 from digit_utils.kaggle import client as kaggle
@@ -80,8 +80,13 @@ def _status(args) -> int:
 
 
 def _output(args) -> int:
-    dest = kernels.output(args.slug, args.path)
-    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    timeout = args.timeout * 60 if args.timeout is not None else None
+    dest = kernels.output(args.slug, args.path, timeout=timeout)
+    files = sorted(
+        p.relative_to(dest).as_posix()
+        for p in dest.rglob("*")
+        if p.is_file() and p.name != kernels.OUTPUT_MARKER
+    )
     print(f"{len(files)} output file(s) in {dest}: {', '.join(files[:10])}")
     return 0
 
@@ -119,11 +124,15 @@ def register_cli(sub) -> None:
         "for all (without it, a kernel whose upstream is not complete is refused)",
     )
     v.add_argument(
-        "--poll", type=float, default=60, metavar="SECONDS", help="between status calls (--wait)"
+        "--poll",
+        type=seconds_or_minutes(allow_zero=False),
+        default=60,
+        metavar="SECONDS",
+        help="between status calls (--wait)",
     )
     v.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_or_minutes(allow_zero=True),
         default=720,
         metavar="MINUTES",
         help="longest wait for one kernel (--wait; default %(default)s)",
@@ -135,5 +144,14 @@ def register_cli(sub) -> None:
     v = verb(kverbs, "output", _output, "download a kernel's output files")
     v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem")
     v.add_argument(
-        "-p", "--path", help="folder to download into (default: outputs/kernels/<slug>/output)"
+        "-p",
+        "--path",
+        help="folder to download into, replacing an earlier download (default: "
+        "outputs/kernels/<slug>/output)",
+    )
+    v.add_argument(
+        "--timeout",
+        type=seconds_or_minutes(allow_zero=False),
+        metavar="MINUTES",
+        help="longest download (default: 60 for a training stage's runs, else 10)",
     )

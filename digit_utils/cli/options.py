@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def verbs(sub, name: str, help: str, dest: str = "verb"):
@@ -35,3 +36,20 @@ def add_model_options(parser: argparse.ArgumentParser, default_runs: str) -> Non
 def device_of(args) -> str | None:
     """``--device`` as the Predictor takes it (None: cuda when available)."""
     return None if args.device == "auto" else args.device
+
+
+def seconds_or_minutes(*, allow_zero: bool):
+    """An argparse type for a duration: a finite number above zero (or zero when allowed), so
+    that ``nan`` (a wait that never ends) and negative values stop at the parser."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            least = "zero or more" if allow_zero else "more than zero"
+            raise argparse.ArgumentTypeError(f"expected a finite number, {least}; got {text!r}")
+        return value
+
+    return parse

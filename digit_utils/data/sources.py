@@ -93,6 +93,14 @@ def find_in_kaggle_input(root: Path | None = None) -> Path | None:
     return found[0] if found else None
 
 
+NOT_MOUNTED = (
+    "no competition data in this Kaggle kernel: train.csv and test.csv are not under {root} "
+    f"(looked for {{root}}/{kaggle.COMPETITION}/ and {{root}}/competitions/{kaggle.COMPETITION}/)"
+    f'. Add the competition as an input (competition_sources: ["{kaggle.COMPETITION}"]; '
+    "`digits kaggle kernel build` writes it) and accept its rules with the kernel's account"
+)
+
+
 def _folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot serve as the competition files, or None when it can."""
     missing = [f for f in FILES[:2] if not (folder / f).exists()]
@@ -138,12 +146,16 @@ def locate(path: str | Path | None = None, *, download: bool = True) -> DataSour
 
     Order: ``path``; ``$DIGITS_DATA_DIR``; ``/kaggle/input`` inside a Kaggle kernel; ``data/raw``;
     a Kaggle API download when credentials exist (and ``download``); else the offline sample.
+    Inside a Kaggle kernel the input mount is the last place: without the competition there, a
+    DataError names where it was looked for (the sample would train every stage on 4,000 rows).
     """
     if path is not None:
         source = _from_user_path(Path(path), "explicit")
     elif env := os.environ.get("DIGITS_DATA_DIR"):
         source = _from_user_path(Path(env), "env")
-    elif paths.in_kaggle_kernel() and (found := find_in_kaggle_input()):
+    elif paths.in_kaggle_kernel():
+        if not (found := find_in_kaggle_input()):
+            raise DataError(NOT_MOUNTED.format(root=paths.kaggle_input_root()))
         source = DataSource(found, "kaggle-input")
     elif _holds_competition_files(paths.raw_dir()):
         source = DataSource(paths.raw_dir(), "repo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,16 @@ def _kaggle_json() -> dict:
 
 def username() -> str | None:
     """The Kaggle user name from the environment or kaggle.json, if either gives one."""
-    return os.environ.get("KAGGLE_USERNAME") or _kaggle_json().get("username")
+    if env := os.environ.get("KAGGLE_USERNAME"):
+        return env
+    name = _kaggle_json().get("username")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        # a list or a number would become a kernel owner like "['a']", or a traceback
+        raise KaggleError(
+            f'{_config_dir() / "kaggle.json"}: "username" is {json.dumps(name)}, not a user '
+            'name; write it as a string, e.g. "username": "alice", or pass --user NAME'
+        )
+    return name
 
 
 def executable() -> str:
@@ -85,8 +95,18 @@ def executable() -> str:
     raise KaggleError("the `kaggle` command is not installed; run `pip install kaggle`")
 
 
+def _token_from_path(value: str) -> str:
+    """The token in the file KAGGLE_API_TOKEN names, when it names one (the CLI accepts both)."""
+    with contextlib.suppress(OSError, ValueError):
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8", errors="replace").strip()
+    return ""
+
+
 def _secrets() -> list[str]:
     values = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    values.append(_token_from_path(os.environ.get("KAGGLE_API_TOKEN", "")))
     values.append(str(_kaggle_json().get("key", "")))
     for name in TOKEN_FILES:
         with contextlib.suppress(OSError, UnicodeDecodeError):
@@ -153,8 +173,16 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
         raise KaggleError(NO_CREDENTIALS)
     argv = command(args)
     try:
+        # The CLI echoes server text and file names in whatever bytes they have: a byte that is
+        # not UTF-8 is replaced, never a UnicodeDecodeError traceback.
         done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise KaggleError(
@@ -163,6 +191,25 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
     if done.returncode != 0:
         raise KaggleError(redact(explain_failure(done.stdout + "\n" + done.stderr)))
     return redact(done.stdout)
+
+
+def version() -> tuple[int, ...]:
+    """The installed kaggle CLI's version, from ``kaggle --version`` ("Kaggle CLI 2.2.5")."""
+    out = run(["--version"])
+    match = re.search(r"(\d+(?:\.\d+)+)", out)
+    if not match:
+        raise KaggleError(f"cannot read the kaggle CLI's version from `kaggle --version`: {out!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def require_version(minimum: str, why: str) -> None:
+    """KaggleError unless the installed CLI is at least ``minimum`` (``why`` it must be)."""
+    have = version()
+    if have < tuple(int(part) for part in minimum.split(".")):
+        raise KaggleError(
+            f"the installed kaggle CLI is {'.'.join(map(str, have))}, older than {minimum}, "
+            f"which {why}: run `pip install -U 'kaggle>={minimum}'`"
+        )
 
 
 # --------------------------------------------------------------------------------------------

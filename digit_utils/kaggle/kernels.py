@@ -15,14 +15,14 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 from digit_utils import __version__, atomic, paths, stages
 from digit_utils.errors import DigitsError, KaggleError
 from digit_utils.kaggle import client as kaggle
 
-TITLE_PREFIX = "Digit Recognizer"
-SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of TITLE_PREFIX)
+SLUG_PREFIX = "digit-recognizer-"  # every kernel slug starts so (kernel_slug of the title prefix)
 # Two T4s (sm_75). Kaggle's current image ships a torch without sm_60 kernels, so a P100 (what a
 # kernel gets when no accelerator is named) fails at the first CUDA operation.
 ACCELERATOR = "NvidiaTeslaT4"  # `kaggle kernels push --accelerator` and metadata `machine_shape`
@@ -40,14 +40,10 @@ INLINE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".txt")
 # Pure builders
 
 
-def kernel_title(notebook: str | Path) -> str:
-    """The kernel's title, e.g. ``Digit Recognizer 04 train cnn`` for ``04_train_cnn.ipynb``."""
-    return f"{TITLE_PREFIX} {Path(notebook).stem.replace('_', ' ')}"
-
-
-def kernel_slug(notebook: str | Path) -> str:
-    """The slug Kaggle derives from the title (push warns when the id's slug differs)."""
-    return re.sub(r"[^a-z0-9]+", "-", kernel_title(notebook).lower()).strip("-")
+# The one rule of a notebook's kernel title and slug lives in paths (a kernel names the mount of
+# its upstream's output by it); these names keep the kernel API in one place.
+kernel_title = paths.kernel_title
+kernel_slug = paths.kernel_slug
 
 
 def kernel_metadata(notebook: str | Path, username: str, *, public: bool = False) -> dict:
@@ -141,10 +137,11 @@ print(f"digit_utils {digit_utils.__version__} ({FINGERPRINT}) from {digit_utils.
 
 
 def _write_cell(name: str, text: str) -> str:
-    """A cell that writes one package file (``%%writefile`` refuses an empty body)."""
-    if text.strip():
-        return f'%%writefile "{{_INLINE}}/{name}"\n{text}'
-    return f'open(f"{{_INLINE}}/{name}", "w").write({text!r})'
+    """The cell that writes one package file. IPython refuses ``%%writefile`` with an empty body
+    (a UsageError that stops the kernel), so an empty file is written in Python."""
+    if not text.strip():
+        return f'open(os.path.join(_INLINE, "{name}"), "w").write({text!r})  # an empty {name}'
+    return f'%%writefile "{{_INLINE}}/{name}"\n{text}'
 
 
 def kernel_notebook(nb, sources: dict[str, str], *, notebook_name: str):
@@ -275,6 +272,51 @@ def dropped_sources(out: str, declared: list[str]) -> list[str]:
     return named or list(declared)
 
 
+# `kernels status OWNER/SLUG/N` reads version N's run; this CLI is the one checked to send the
+# version as the API wants it (`v<N>`, a 404 otherwise). Only `push --wait` needs it.
+MIN_WAIT_CLI = "2.2.5"
+PUSHED_VERSION = re.compile(r"Kernel version (\d+) successfully")
+METADATA_KEYS = ("id", "code_file", "enable_gpu", "competition_sources", "kernel_sources")
+
+
+def check_built(kernel_dir: str | Path) -> dict:
+    """A built kernel's metadata, checked before anything is sent (its notebook, the competition,
+    and for a pipeline stage the upstream kernels and GPU the stage graph gives it)."""
+    meta = read_metadata(kernel_dir)
+    if missing := [key for key in METADATA_KEYS if key not in meta]:
+        raise KaggleError(f"{kernel_dir}: {METADATA_FILE} lacks {', '.join(missing)}; rebuild it")
+    problems = []
+    owner, _, slug = str(meta["id"]).partition("/")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", owner) or not re.fullmatch(r"[a-z0-9-]+", slug):
+        problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
+    if not (Path(kernel_dir) / str(meta["code_file"])).is_file():
+        problems.append(f"its notebook {meta['code_file']} is missing")
+    if meta["competition_sources"] != [kaggle.COMPETITION]:
+        problems.append(
+            f"competition_sources is {meta['competition_sources']}, not [{kaggle.COMPETITION!r}]"
+        )
+    stage = stage_of(meta["id"]) if not problems else None
+    if stage:
+        expected = kernel_metadata(stage, owner)
+        for key in ("kernel_sources", "enable_gpu", "machine_shape"):
+            if meta.get(key) != expected.get(key):
+                problems.append(
+                    f"{key} is {meta.get(key)!r}, but the stage graph gives {stage} "
+                    f"{expected.get(key)!r}"
+                )
+    if problems:
+        raise KaggleError(
+            f"{kernel_dir}: {'; '.join(problems)}. Rebuild it with `digits kaggle kernel build`"
+        )
+    return meta
+
+
+def pushed_version(out: str) -> int | None:
+    """The version number a push report names ("Kernel version 3 successfully pushed")."""
+    match = PUSHED_VERSION.search(out)
+    return int(match.group(1)) if match else None
+
+
 def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
     """Push a built kernel; returns the CLI's report (with the kernel's URL)."""
     meta = read_metadata(kernel_dir)
@@ -298,15 +340,23 @@ def push(kernel_dir: str | Path, *, accelerator: str = ACCELERATOR) -> str:
             "owner, see --user) and let them complete, then push this one again; "
             "`digits kaggle kernel push --wait` does both"
         )
+    if re.search(r"not valid competition sources", out):
+        raise KaggleError(
+            f'Kaggle dropped the competition {kaggle.COMPETITION} from {meta["id"]} ("not valid '
+            'competition sources"): the kernel would run without its data. Accept the rules at '
+            f"https://www.kaggle.com/competitions/{kaggle.COMPETITION}/rules with the account "
+            f"that pushes, check the slug in competition_sources ({meta['competition_sources']}),"
+            " then push again"
+        )
     return out
 
 
-def _run_about(ref: str, args: list[str]) -> str:
+def _run_about(ref: str, args: list[str], *, timeout: float = 600) -> str:
     """``kaggle.run`` with the kernel named in its errors (except the missing credentials)."""
     if not kaggle.has_credentials():
         raise KaggleError(kaggle.NO_CREDENTIALS)
     try:
-        return kaggle.run(args)
+        return kaggle.run(args, timeout=timeout)
     except KaggleError as e:
         raise KaggleError(f"kernel {ref}: {e}") from None
 
@@ -325,10 +375,71 @@ def status(ref: str) -> tuple[str, str]:
     return match.group(1).rsplit(".", 1)[-1].lower(), failure.group(1) if failure else ""
 
 
-def output(ref: str, dest: str | Path | None = None) -> Path:
-    """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output)."""
+# CLI 1.8.4–2.2.1 downloads only the first page (about 20) of a kernel's output files and still
+# exits 0; 03 writes hundreds, so submission.csv could silently never arrive.
+MIN_OUTPUT_CLI = "2.2.2"
+OUTPUT_MARKER = ".digits-kernel-output"  # names the kernel a folder's files were downloaded from
+# Seconds to wait for a download: a training stage's output holds its run folders (hundreds of
+# files, weights among them); the others hold a few small files.
+OUTPUT_TIMEOUT = {"training": 3600.0, "other": 600.0}
+
+
+def stage_of(ref: str) -> str | None:
+    """The stage whose kernel ``owner/slug`` is (None for a kernel outside the graph)."""
+    slug = ref.split("/")[1]
+    return next((name for name in stages.STAGES if kernel_slug(name) == slug), None)
+
+
+def output_args(ref: str, dest: str | Path) -> list[str]:
+    """The ``kaggle`` arguments that download a kernel's output (pure); ``-o`` overwrites, so a
+    newer file of the same size is never skipped on the CLI's time-zone-naive date check."""
+    return ["kernels", "output", ref, "-p", str(dest), "-o"]
+
+
+def output_timeout(stage: str | None) -> float:
+    spec = stages.STAGES.get(stage or "")
+    return OUTPUT_TIMEOUT["training" if spec and spec.gpu else "other"]
+
+
+def _check_replaceable(dest: Path, default: bool) -> None:
+    """KaggleError unless ``dest`` is missing, empty, ours by default, or an earlier download."""
+    if not dest.exists() or default or (dest / OUTPUT_MARKER).is_file():
+        return
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise KaggleError(
+            f"{dest} is not empty and holds no earlier kernel output: the download replaces the "
+            "folder's files, so pass a new or empty folder with -p"
+        )
+
+
+def output(ref: str, dest: str | Path | None = None, *, timeout: float | None = None) -> Path:
+    """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output),
+    replacing what an earlier download left there; KaggleError when a file its stage promises
+    (``StageSpec.promised``) did not arrive."""
     ref = kernel_ref(ref, kaggle.username())
+    default = dest is None
     dest = Path(dest or paths.outputs_dir() / "kernels" / ref.split("/")[1] / "output")
-    dest.mkdir(parents=True, exist_ok=True)
-    _run_about(ref, ["kernels", "output", ref, "-p", str(dest)])
+    _check_replaceable(dest, default)
+    if not kaggle.has_credentials():
+        raise KaggleError(kaggle.NO_CREDENTIALS)
+    try:
+        kaggle.require_version(MIN_OUTPUT_CLI, "downloads every page of a kernel's output files")
+    except KaggleError as e:
+        raise KaggleError(f"kernel {ref}: {e}") from None
+    stage = stage_of(ref)
+    partial = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _run_about(ref, output_args(ref, partial), timeout=timeout or output_timeout(stage))
+    promised = stages.STAGES[stage].promised if stage else ()
+    if missing := [name for name in promised if not (partial / name).is_file()]:
+        raise KaggleError(
+            f"kernel {ref}: its output lacks {', '.join(missing)}, which {stage} always writes "
+            f"(what did arrive is in {partial}): check its latest run with `digits kaggle kernel "
+            f"status {ref}` and its log at https://www.kaggle.com/code/{ref}/log"
+        )
+    (partial / OUTPUT_MARKER).write_text(ref + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    partial.rename(dest)
     return dest

@@ -3,7 +3,12 @@ their latest *complete* run, so an upstream must have finished before its reader
 
 Without waiting, a push is refused (before anything is sent) when a kernel's upstream is part of
 the same push or its latest run is not complete. With waiting, kernels go stage by stage: each
-one is pushed once its upstream kernels are complete, polling ``kaggle kernels status``.
+one is pushed once its upstream kernels are complete, polling ``kaggle kernels status``. A kernel
+pushed here is followed by its version (``OWNER/SLUG/N``), so the previous version's "complete"
+never stands for the new run's.
+
+Every check that needs no upload runs first: the credentials, each built kernel's metadata
+against the stage graph (``kernels.check_built``), the accelerator, and the CLI's version.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digit_utils.errors import KaggleError
-from digit_utils.kaggle import kernels
+from digit_utils.kaggle import client, kernels
 
 
 def log_url(ref: str) -> str:
@@ -33,19 +38,21 @@ class Poller:
     every: int = 10  # an unchanged state is reported again every this many polls
     complete: set[str] = field(default_factory=set)
 
-    def wait(self, ref: str, *, just_pushed: bool = False) -> None:
-        """Return once ``ref``'s latest run is complete; KaggleError on failure or timeout."""
-        if ref in self.complete:
+    def wait(self, ref: str, *, version: int | None = None, just_pushed: bool = False) -> None:
+        """Return once ``ref``'s run (of ``version``, else its latest) is complete; KaggleError
+        on failure or timeout."""
+        query = f"{ref}/{version}" if version is not None else ref
+        if query in self.complete:
             return
         start, last, polls = self.clock(), None, 0
         if just_pushed:  # give Kaggle a moment to register the new version's run
             self.sleep(self.poll)
         while True:
-            state, failure = kernels.status(ref)
+            state, failure = kernels.status(query)
             elapsed = self.clock() - start
             if state == "complete":
                 self.say(f"{ref}: complete after {elapsed / 60:.0f} min")
-                self.complete.add(ref)
+                self.complete.add(query)
                 return
             if state in kernels.FAILED_STATES:
                 raise KaggleError(
@@ -98,18 +105,29 @@ def push_in_order(
     every pushed kernel; otherwise unready upstreams refuse the push (see :func:`refuse_unready`).
     """
     kernels.check_accelerator(accelerator)
+    if not client.has_credentials():
+        raise KaggleError(client.NO_CREDENTIALS)
     poller = poller or Poller()
-    metas = [kernels.read_metadata(folder) for folder in folders]
-    if not wait:
+    metas = [kernels.check_built(folder) for folder in folders]
+    if wait:
+        client.require_version(kernels.MIN_WAIT_CLI, "reads the status of one kernel version")
+    else:
         refuse_unready(metas)
-    pushed: list[str] = []
+    pushed: dict[str, int | None] = {}  # kernel id: the version this push made
     for folder, meta in zip(folders, metas, strict=True):
         if wait:
             for source in meta["kernel_sources"]:
-                poller.wait(source, just_pushed=source in pushed)
-        poller.say(kernels.push(folder, accelerator=accelerator).rstrip())
-        pushed.append(meta["id"])
+                poller.wait(source, version=pushed.get(source), just_pushed=source in pushed)
+        out = kernels.push(folder, accelerator=accelerator)
+        poller.say(out.rstrip())
+        pushed[meta["id"]] = kernels.pushed_version(out)
+        if wait and pushed[meta["id"]] is None:
+            raise KaggleError(
+                f"the push of {meta['id']} names no version number ({out.strip()!r}), so its "
+                "run cannot be told from the previous one's; follow it with `digits kaggle "
+                "kernel status` and push its readers once it is complete"
+            )
     if wait:
-        for ref in pushed:
-            poller.wait(ref, just_pushed=True)
-    return pushed
+        for ref, version in pushed.items():
+            poller.wait(ref, version=version, just_pushed=True)
+    return list(pushed)

@@ -79,7 +79,12 @@ class Stage:
         return atomic.write_json(obj, self.out / name)
 
     def finish(self, **metrics) -> dict:
-        """Write ``<out>/metrics.json`` (headline metrics + provenance) atomically."""
+        """Write ``<out>/metrics.json`` (headline metrics + provenance) atomically, with the size
+        of the stage's outputs folder (on Kaggle, the kernel's output: 20 GB at most)."""
+        size = sum(p.stat().st_size for p in self.out.rglob("*") if p.is_file())
+        logging.getLogger(LOGGER).info(
+            "%s: outputs %.1f MB in %s", self.name, size / 1e6, self.out
+        )
         record = {
             "stage": self.name,
             "metrics": metrics,
@@ -88,6 +93,7 @@ class Stage:
             "data_fingerprint": self.data_fingerprint,
             "figures": self.figures,
             "seconds": round(time.time() - self.started, 1),
+            "output_bytes": size,  # the outputs folder before this file
             "version": __version__,
             "python": platform.python_version(),
         }

@@ -233,8 +233,8 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool, extra=None)
 
 
 def _resume(run: _Run) -> None:
-    """Continue from ``last.pt`` when the run folder has one (same config and data)."""
-    last_path = run.run_dir / runs.LAST
+    """Continue from ``last.pt`` when the run has one (same config and data)."""
+    last_path = runs.resume_path(run.run_dir)
     if not last_path.is_file():
         return
     state = runs.load_checkpoint(last_path)
@@ -371,8 +371,28 @@ def _save_epoch(run: _Run) -> None:
         "history": run.rows,
         "best_val_acc": run.best_acc,
     }
-    runs.save_checkpoint(last, run.run_dir / runs.LAST)
+    resumable = runs.resume_path(run.run_dir)
+    resumable.parent.mkdir(parents=True, exist_ok=True)
+    runs.save_checkpoint(last, resumable)
     runs.write_history(run.run_dir, run.rows)
+
+
+def _save_final(run: _Run) -> None:
+    """Inside a Kaggle kernel (the resumable last.pt in scratch space): the run folder's last.pt
+    with the final weights only (the EMA's when there is one), which every reader loads."""
+    if runs.resume_path(run.run_dir) == run.run_dir / runs.LAST:
+        return
+    final = {
+        **runs.checkpoint_header(run.cfg, run.fingerprint),
+        "kind": "last",
+        "epoch": run.rows[-1]["epoch"] if run.rows else run.epoch,
+        "step": run.step,
+        "model": run.eval_model.state_dict(),
+        "ema": None,
+        "history": run.rows,
+        "best_val_acc": run.best_acc,
+    }
+    runs.save_checkpoint(final, run.run_dir / runs.LAST)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +451,7 @@ def train(
         epochs_bar.set_postfix(scores)
         _save_epoch(run)
         tracker.epoch(run.rows[-1])
+    _save_final(run)
     result = _finish(run, time.perf_counter() - started)
     tracker.finish(result.metrics)
     return result

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digit_utils.errors import DigitsError
+from digit_utils.paths import in_kaggle_kernel
 from digit_utils.splits import split_key
 from digit_utils.stages import MODEL_CHOICE, REFIT_RUNS, TRAINED_RUNS, ZOO_RUNS, upstream_json
 from digit_utils.train import runs
@@ -30,7 +31,8 @@ def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], l
     "auto": the runs 04_train_cnn recorded, plus each 03_model_zoo model whose runs held out
     exactly the same rows in the same folds and that the zoo could not tell from its best (its
     ``ties``): other architectures make the ensemble diverse, while one the best clearly beat
-    would only dilute an average. A zoo model left out gets a note that says why. Anything else
+    would only dilute an average. A zoo model left out gets a note that says why; without the
+    zoo's runs the members are 04's alone (inside a Kaggle kernel, an error). Anything else
     is a comma-separated list of run folders, used as given (the ensemble itself then refuses
     runs whose validation rows differ).
     """
@@ -41,6 +43,8 @@ def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], l
     try:
         zoo = runs.load_run_list(ZOO_RUNS)
     except DigitsError:
+        if in_kaggle_kernel():  # the kernel declares 03 as a source: a broken chain, not a choice
+            raise
         return members, ["03_model_zoo recorded no runs: the members are 04_train_cnn's only"]
     choice = upstream_json(MODEL_CHOICE)  # its ties: the models it could not tell from its best
     ties = None if choice is None else set(choice.get("ties", []))

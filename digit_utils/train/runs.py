@@ -5,7 +5,10 @@
 A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
 
     config.json      the TrainConfig, written before the first epoch
-    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here)
+    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here);
+                     inside a Kaggle kernel the resumable one lives in scratch space
+                     (:func:`resume_path`) and the folder's last.pt holds the final weights
+                     only, so the kernel's output keeps what readers need (a fifth of the size)
     best.pt          the weights of the epoch with the best validation accuracy (inspection only)
     history.csv      one row per epoch
     val_indices.npy  int64 [n_val]: rows of the train set this run held out
@@ -23,6 +26,7 @@ and read here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Mapping
@@ -68,12 +72,25 @@ def default_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
 # Complete or unfinished
 
 
+def resume_path(run_dir: Path) -> Path:
+    """Where a run's resumable checkpoint lives: ``run_dir/last.pt``, except inside a Kaggle
+    kernel, where /kaggle/working becomes the kernel's output (20 GB at most, mounted into every
+    reader): there the optimizer's moments and the raw weights stay in scratch space."""
+    run_dir = Path(run_dir)
+    if not paths.in_kaggle_kernel():
+        return run_dir / LAST
+    key = hashlib.blake2b(str(run_dir.resolve()).encode(), digest_size=6).hexdigest()
+    return paths.kaggle_temp_root() / "digit_utils-resume" / f"{run_dir.name}-{key}" / LAST
+
+
 def start_fresh(run_dir: Path, *, keep_checkpoints: bool) -> None:
     """Before a run's first checkpoint: mark the folder unfinished and remove an earlier run's
     results (and, unless resuming, its checkpoints), so nothing old passes for this run's."""
     (run_dir / COMPLETE).unlink(missing_ok=True)  # first: from here on the folder is unfinished
     for name in RESULTS if keep_checkpoints else RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    if not keep_checkpoints:
+        resume_path(run_dir).unlink(missing_ok=True)
 
 
 def mark_complete(run_dir: Path) -> Path:

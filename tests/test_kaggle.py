@@ -13,7 +13,7 @@ import pytest
 
 from digit_utils import cli, stages
 from digit_utils.errors import KaggleError
-from digit_utils.kaggle import kernels
+from digit_utils.kaggle import kernels, remote
 from digit_utils.kaggle import push as kernel_push
 
 KEY = "s3cr3t-key-value"  # what FakeKaggle.login puts in KAGGLE_KEY
@@ -529,7 +529,7 @@ def test_promised_files_follow_the_stage_graph():
     )
     assert "outputs/04_train_cnn/refit_runs.json" not in stages.STAGES["04_train_cnn"].promised
     assert "outputs/03_model_zoo/choice.json" in stages.STAGES["03_model_zoo"].promised
-    assert kernels.output_timeout("03_model_zoo") > kernels.output_timeout("01_eda")
+    assert remote.output_timeout("03_model_zoo") > remote.output_timeout("01_eda")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from digit_utils.cli.options import seconds_or_minutes, verb, verbs
 from digit_utils.data import submission as submit
 from digit_utils.errors import KaggleError
 from digit_utils.kaggle import client as kaggle
-from digit_utils.kaggle import kernels
+from digit_utils.kaggle import kernels, remote
 from digit_utils.kaggle import push as kernel_push
 
 
@@ -66,10 +66,10 @@ def _push(args) -> int:
 
 
 def _status(args) -> int:
-    state, failure = kernels.status(args.slug)
+    state, failure = remote.status(args.slug)
     ref = kernels.kernel_ref(args.slug, kaggle.username())
     print(f"{ref}: {state}")
-    if state in kernels.FAILED_STATES:
+    if state in remote.FAILED_STATES:
         print(
             f"error: kernel {ref} did not complete: {failure or state}; its log is at "
             f"https://www.kaggle.com/code/{ref}/log",
@@ -81,11 +81,11 @@ def _status(args) -> int:
 
 def _output(args) -> int:
     timeout = args.timeout * 60 if args.timeout is not None else None
-    dest = kernels.output(args.slug, args.path, timeout=timeout)
+    dest = remote.output(args.slug, args.path, timeout=timeout)
     files = sorted(
         p.relative_to(dest).as_posix()
         for p in dest.rglob("*")
-        if p.is_file() and p.name != kernels.OUTPUT_MARKER
+        if p.is_file() and p.name != remote.OUTPUT_MARKER
     )
     print(f"{len(files)} output file(s) in {dest}: {', '.join(files[:10])}")
     return 0
@@ -111,6 +111,29 @@ def register_cli(sub) -> None:
         v.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="path, stem or prefix")
         v.add_argument("--user", help="Kaggle user name (default: from the credentials)")
         v.add_argument("--public", action="store_true", help="make the kernels public")
+    _push_options(v)
+
+    v = verb(kverbs, "status", _status, "a pushed kernel's run status")
+    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem such as 04_train_cnn")
+
+    v = verb(kverbs, "output", _output, "download a kernel's output files")
+    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem")
+    v.add_argument(
+        "-p",
+        "--path",
+        help="folder to download into, replacing an earlier download (default: "
+        "outputs/kernels/<slug>/output)",
+    )
+    v.add_argument(
+        "--timeout",
+        type=seconds_or_minutes(allow_zero=False),
+        metavar="MINUTES",
+        help="longest download (default: 60 for a training stage's runs, else 10)",
+    )
+
+
+def _push_options(v) -> None:
+    """`kernel push`'s own options: the GPU, and waiting stage by stage."""
     v.add_argument(
         "--accelerator",
         default=kernels.ACCELERATOR,
@@ -136,22 +159,4 @@ def register_cli(sub) -> None:
         default=720,
         metavar="MINUTES",
         help="longest wait for one kernel (--wait; default %(default)s)",
-    )
-
-    v = verb(kverbs, "status", _status, "a pushed kernel's run status")
-    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem such as 04_train_cnn")
-
-    v = verb(kverbs, "output", _output, "download a kernel's output files")
-    v.add_argument("slug", help="OWNER/SLUG, a slug, or a notebook stem")
-    v.add_argument(
-        "-p",
-        "--path",
-        help="folder to download into, replacing an earlier download (default: "
-        "outputs/kernels/<slug>/output)",
-    )
-    v.add_argument(
-        "--timeout",
-        type=seconds_or_minutes(allow_zero=False),
-        metavar="MINUTES",
-        help="longest download (default: 60 for a training stage's runs, else 10)",
     )

@@ -8,7 +8,7 @@ pushed here is followed by its version (``OWNER/SLUG/N``), so the previous versi
 never stands for the new run's.
 
 Every check that needs no upload runs first: the credentials, each built kernel's metadata
-against the stage graph (``kernels.check_built``), the accelerator, and the CLI's version.
+against the stage graph (``remote.check_built``), the accelerator, and the CLI's version.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digit_utils.errors import KaggleError
-from digit_utils.kaggle import client, kernels
+from digit_utils.kaggle import client, kernels, remote
 
 
 def log_url(ref: str) -> str:
@@ -48,13 +48,13 @@ class Poller:
         if just_pushed:  # give Kaggle a moment to register the new version's run
             self.sleep(self.poll)
         while True:
-            state, failure = kernels.status(query)
+            state, failure = remote.status(query)
             elapsed = self.clock() - start
             if state == "complete":
                 self.say(f"{ref}: complete after {elapsed / 60:.0f} min")
                 self.complete.add(query)
                 return
-            if state in kernels.FAILED_STATES:
+            if state in remote.FAILED_STATES:
                 raise KaggleError(
                     f"kernel {ref} did not complete: {failure or state}; its log is at "
                     f"{log_url(ref)}. Fix it, then push again with --wait"
@@ -83,7 +83,7 @@ def refuse_unready(metas: list[dict]) -> None:
                     f"before {source} completes. Push with --wait (stage by stage), or push "
                     f"{source} alone first and wait until it is complete"
                 )
-            state, failure = kernels.status(source)
+            state, failure = remote.status(source)
             if state != "complete":
                 why = f"{state}: {failure}" if failure else state
                 raise KaggleError(
@@ -108,9 +108,9 @@ def push_in_order(
     if not client.has_credentials():
         raise KaggleError(client.NO_CREDENTIALS)
     poller = poller or Poller()
-    metas = [kernels.check_built(folder) for folder in folders]
+    metas = [remote.check_built(folder) for folder in folders]
     if wait:
-        client.require_version(kernels.MIN_WAIT_CLI, "reads the status of one kernel version")
+        client.require_version(remote.MIN_WAIT_CLI, "reads the status of one kernel version")
     else:
         refuse_unready(metas)
     pushed: dict[str, int | None] = {}  # kernel id: the version this push made
@@ -118,9 +118,9 @@ def push_in_order(
         if wait:
             for source in meta["kernel_sources"]:
                 poller.wait(source, version=pushed.get(source), just_pushed=source in pushed)
-        out = kernels.push(folder, accelerator=accelerator)
+        out = remote.push(folder, accelerator=accelerator)
         poller.say(out.rstrip())
-        pushed[meta["id"]] = kernels.pushed_version(out)
+        pushed[meta["id"]] = remote.pushed_version(out)
         if wait and pushed[meta["id"]] is None:
             raise KaggleError(
                 f"the push of {meta['id']} names no version number ({out.strip()!r}), so its "

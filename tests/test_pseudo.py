@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digit_utils import paths, splits, stages
+from digit_utils import paths, splits
 from digit_utils.config import TrainConfig
 from digit_utils.data.arrays import data_fingerprint
 from digit_utils.errors import ConfigError
@@ -149,7 +149,7 @@ def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):
     assert both.indices.tolist() == list(range(len(x)))
 
 
-def test_ensemble_members_add_the_zoo_only_on_the_same_folds(digits, isolated):
+def test_ensemble_members_add_the_zoo_only_on_the_same_folds_and_at_04s_level(digits, isolated):
     x, y, _ = digits
     base = TrainConfig(**{**TINY, "epochs": 1})
     trained = grids.run_grid(x, y, base, {"cnn": {}}, folds=2,
@@ -159,24 +159,26 @@ def test_ensemble_members_add_the_zoo_only_on_the_same_folds(digits, isolated):
     assert list(given) == ["cnn-s0-f0", "cnn-s0-f1"] and notes == []  # used as given, so two
     with pytest.raises(ConfigError, match="hold out different rows"):  # folds as two members
         inference.load_oof(given)
-    found, notes = members.ensemble_members()
+    found, notes = members.ensemble_members(labels=y)
     assert list(found) == ["cnn-s0"] and "recorded no runs" in notes[0]
+    # the zoo: 04's own recipe (a tie: the same predictions) and one left at chance (beaten)
     zoo_root = paths.runs_dir("03_model_zoo")
-    zoo = grids.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}}, folds=2,
-                               root=zoo_root)  # fmt: skip
+    zoo = grids.run_grid(x, y, base, {"fast_cnn": {}, "simple_cnn": {"model": "simple_cnn",
+                                                                     "lr": 1e-6}},
+                         folds=2, root=zoo_root)  # fmt: skip
     runs.save_run_list(zoo.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
-    found, notes = members.ensemble_members()
-    assert list(found) == ["cnn-s0", "zoo-simple_cnn-s0"] and "simple_cnn" in notes[0]
-    assert inference.load_oof(found).probas.shape == (2, len(x), 10)
-    stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn", ties=["fast_cnn"])
-    found, notes = members.ensemble_members()  # the zoo's best beat simple_cnn: left out
-    assert list(found) == ["cnn-s0"] and "`simple_cnn-s0`, which the zoo's best beat" in notes[0]
-    stages.save_model_choice(paths.stage_dir("03_model_zoo"), "fast_cnn",
-                             ties=["fast_cnn", "simple_cnn"])  # fmt: skip
+    with pytest.raises(ConfigError, match="labels"):
+        members.ensemble_members()
+    found, notes = members.ensemble_members(labels=y)
+    assert list(found) == ["cnn-s0", "zoo-fast_cnn-s0"] and "`fast_cnn-s0`" in notes[0]
+    assert "left out from 03_model_zoo: `simple_cnn-s0` (" in notes[1]
+    assert "which 04_train_cnn's best run beat out of fold" in notes[1]
+    oof = inference.load_oof(found)
+    assert oof.probas.shape == (2, len(x), 10) and np.array_equal(*oof.probas)  # same recipe
     holdout = grids.run_grid(x, y, base, {"simple_cnn": {"model": "simple_cnn"}},
                              root=zoo_root)  # fmt: skip
     runs.save_run_list(holdout.run_groups(), paths.stage_dir("03_model_zoo") / paths.RUN_LIST)
-    found, notes = members.ensemble_members()
+    found, notes = members.ensemble_members(labels=y)
     assert list(found) == ["cnn-s0"]
     assert "left out from 03_model_zoo: `simple_cnn-s0`" in notes[0]
     assert "a 10% holdout" in notes[0] and "2 folds" in notes[0]

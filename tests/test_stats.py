@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digit_utils import notebook
+from digit_utils import notebook, stats
 from digit_utils.errors import ConfigError, VerdictError
-from digit_utils.notebook import stats
 
 
 def test_wilson_interval_brackets_the_proportion_and_stays_in_0_1():

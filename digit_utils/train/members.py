@@ -1,16 +1,19 @@
-"""The ensemble's members: 04_train_cnn's runs, plus the zoo's ties when they held out the same
-rows (read by 05_ensemble_submission), and 04's refits on every row."""
+"""The ensemble's members: 04_train_cnn's runs, plus the zoo's models that held out the same rows
+and that 04's best run does not beat (read by 05_ensemble_submission), and 04's refits."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from digit_utils.errors import DigitsError
+import numpy as np
+
+from digit_utils import stats
+from digit_utils.errors import ConfigError, DigitsError
 from digit_utils.paths import in_kaggle_kernel
 from digit_utils.splits import split_key
-from digit_utils.stages import MODEL_CHOICE, REFIT_RUNS, TRAINED_RUNS, ZOO_RUNS, upstream_json
-from digit_utils.train import runs
+from digit_utils.stages import REFIT_RUNS, TRAINED_RUNS, ZOO_RUNS
+from digit_utils.train import inference, runs
 
 
 def _splits(group: Sequence[Path]) -> set[tuple]:
@@ -25,18 +28,19 @@ def _describe(splits: set[tuple]) -> str:
     return f"{how}, split_seed {split_seed}"
 
 
-def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], list[str]]:
+def ensemble_members(
+    runs_param: str = "auto", labels: np.ndarray | None = None
+) -> tuple[dict[str, list[Path]], list[str]]:
     """The ensemble notebook's ``runs`` parameter resolved: ``({member: [run folders]}, notes)``.
 
     "auto": the runs 04_train_cnn recorded, plus each 03_model_zoo model whose runs held out
-    exactly the same rows in the same folds and that the zoo could not tell from its best (its
-    ``ties``): other architectures make the ensemble diverse, while one the best clearly beat
-    would only dilute an average. A zoo model left out gets a note that says why; without the
-    zoo's runs the members are 04's alone (inside a Kaggle kernel, an error). Anything else
-    is a comma-separated list of run folders, used as given (the ensemble itself then refuses
-    runs whose validation rows differ).
+    exactly the same rows in the same folds and that 04's best run does not beat out of fold
+    (McNemar on those rows, with ``labels``, train.csv's): another architecture at 04's level
+    makes the ensemble diverse, while one 04's runs clearly beat would only dilute an average. A
+    zoo model left out gets a note that says why; without the zoo's runs the members are 04's
+    alone (inside a Kaggle kernel, an error). Anything else is a comma-separated list of run
+    folders, used as given (the ensemble itself then refuses runs whose validation rows differ).
     """
-
     if runs_param != "auto":
         return runs.as_groups([p.strip() for p in runs_param.split(",") if p.strip()]), []
     members = runs.load_run_list(TRAINED_RUNS)
@@ -46,26 +50,27 @@ def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], l
         if in_kaggle_kernel():  # the kernel declares 03 as a source: a broken chain, not a choice
             raise
         return members, ["03_model_zoo recorded no runs: the members are 04_train_cnn's only"]
-    choice = upstream_json(MODEL_CHOICE)  # its ties: the models it could not tell from its best
-    ties = None if choice is None else set(choice.get("ties", []))
     reference = _splits(next(iter(members.values())))
-    added, other_rows, behind = [], [], []
-    for name, group in zoo.items():
-        if _splits(group) != reference:
-            other_rows.append(name)
-        elif ties is not None and (runs.read_config(group[0]) or {}).get("model") not in ties:
-            behind.append(name)
-        else:
-            members[f"zoo-{name}"] = group
-            added.append(name)
+    same_rows = {name: group for name, group in zoo.items() if _splits(group) == reference}
+    other_rows = [name for name in zoo if name not in same_rows]
+    if same_rows and labels is None:
+        raise ConfigError("runs='auto': the zoo's models are weighed on train.csv's labels")
+    verdicts = _against_best(members, same_rows, labels) if same_rows else {}
+    added = [name for name, (beaten, _) in verdicts.items() if not beaten]
+    behind = [name for name, (beaten, _) in verdicts.items() if beaten]
+    members.update({f"zoo-{name}": zoo[name] for name in added})
     quote = lambda names: ", ".join(f"`{n}`" for n in names)  # noqa: E731
     notes = []
     if added:
-        notes.append(f"from 03_model_zoo, on the same folds as 04_train_cnn: {quote(added)}")
+        notes.append(
+            f"from 03_model_zoo, on the same folds as 04_train_cnn and not beaten by its best "
+            f"run: {quote(added)}"
+        )
     if behind:
         notes.append(
-            f"left out from 03_model_zoo: {quote(behind)}, which the zoo's best beat (McNemar "
-            "p < 0.05)"
+            "left out from 03_model_zoo: "
+            + ", ".join(f"`{n}` ({verdicts[n][1]})" for n in behind)
+            + ", which 04_train_cnn's best run beat out of fold (McNemar p < 0.05)"
         )
     if other_rows:
         notes.append(
@@ -75,6 +80,25 @@ def ensemble_members(runs_param: str = "auto") -> tuple[dict[str, list[Path]], l
             "the same n_folds to combine them"
         )
     return members, notes
+
+
+def _against_best(
+    trained: dict[str, list[Path]], zoo: dict[str, list[Path]], labels: np.ndarray
+) -> dict[str, tuple[bool, str]]:
+    """``{zoo model: (04's best run beats it, the figures in words)}`` on the shared out-of-fold
+    rows; "best" is the 04 run with the most rows right."""
+    oof = inference.load_oof({**trained, **{f"zoo-{n}": g for n, g in zoo.items()}})
+    correct = {n: p.argmax(axis=1) == labels[oof.indices] for n, p in zip(oof.names, oof.probas,
+                                                                       strict=True)}  # fmt: skip
+    best = max(trained, key=lambda n: correct[n].sum())
+    verdicts = {}
+    for name in zoo:
+        test = stats.mcnemar(correct[best], correct[f"zoo-{name}"])
+        beaten = test.differ and test.only_a > test.only_b
+        zoo_acc, best_acc = correct[f"zoo-{name}"].mean(), correct[best].mean()
+        words = f"{zoo_acc:.2%} against `{best}`'s {best_acc:.2%}, {stats.p_value(test.p)}"
+        verdicts[name] = (beaten, words)
+    return verdicts
 
 
 def refit_members() -> dict[str, list[Path]]:

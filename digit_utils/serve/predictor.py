@@ -87,6 +87,13 @@ def _otsu(values: np.ndarray) -> float:
     return float(np.nanargmax(between[:-1]))
 
 
+def _stands_out(ink: np.ndarray) -> bool:
+    """Whether the 3×3 median of ``ink`` reaches MIN_CONTRAST somewhere (it ignores lone pixels):
+    where at least 5 of the 9 pixels do, counted with a box filter, 10× faster than sorting."""
+    above = (ink >= MIN_CONTRAST).astype(np.float32)
+    return bool((ndimage.uniform_filter(above, 3) > 4.5 / 9).any())
+
+
 def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     """Light-on-black ink [H,W], with the background removed pixel by pixel and specks dropped.
 
@@ -103,7 +110,7 @@ def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     if paper:  # ink absorbs a share of the light falling on it: measure that share, not the
         # difference, or strokes in the shade come out fainter than those in the light
         ink = ink * (255.0 / np.maximum(255.0 - background, MIN_CONTRAST))
-    if ndimage.median_filter(ink, 3).max() < MIN_CONTRAST:  # the 3×3 median ignores lone pixels
+    if not _stands_out(ink):
         raise DataError(f"{where}: blank image (no ink stands out from the background)")
     mask = ink > max(_otsu(ink), MIN_CONTRAST / 2)
     labels, n = ndimage.label(mask)

@@ -463,9 +463,13 @@ def page_url(world):
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(
-        world["predictor"], info={"runs": [{"name": "fast"}], "ensemble": "single model"}
-    )
+    info = {
+        "runs": [{"name": "fast", "model": "fast_cnn", "cv_accuracy": 0.961}],
+        "ensemble": "single model",
+        "tta": 0,
+        "pipeline": {"method": "average", "cv_accuracy": 0.9934, "tta": 2},
+    }
+    app = create_app(world["predictor"], info=info)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -545,6 +549,10 @@ def test_drawing_a_digit_shows_the_right_answer(world, browser, page_url, tmp_pa
     page = browser.new_page(viewport={"width": 900, "height": 640})
     page.goto(page_url)
     page.wait_for_function("document.getElementById('models').textContent.includes('fast')")
+    models = page.inner_text("#models")  # which models, how they combine, the TTA here and there
+    for part in ("fast_cnn (holdout 96.1%)", "single model", "TTA 0", "out-of-fold 99.3%"):
+        assert part in models, models
+    assert "(TTA 2; here TTA 0)" in models
     box = page.locator("#pad").bounding_box()
     scale = box["width"] / CANVAS  # CSS pixels per canvas pixel
     for x0, y0, x1, y1 in strokes:

@@ -36,9 +36,6 @@ def _settings(args, runs: list[Path], source: str) -> dict:
 
 
 def _serve(args) -> int:
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
     from digit_utils.serve import launch
     from digit_utils.train.runs import default_runs
 
@@ -49,7 +46,6 @@ def _serve(args) -> int:
         else:
             runs, source = default_runs(), launch.DEFAULT_SOURCE
         settings = _settings(args, runs, source)
-        names = ", ".join(str(r) for r in runs)
         workers = args.workers or _default_workers(settings["device"])
         if args.host not in LOOPBACK:
             log.warning(f"listening on {args.host}: other machines can reach this server")
@@ -58,27 +54,48 @@ def _serve(args) -> int:
         # or a KeyboardInterrupt (SIGINT). A signal is how a server is meant to end, so exit 0.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        if workers == 1:  # the models load here, once, before serving
-            app = launch.build_app(settings)
-            log.info(
-                f"serving {len(runs)} run(s) ({source}): {names} on {app.state.predictor.device}"
-            )
-            config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=30)
-            uvicorn.Server(config).run(sockets=[sock])
-        else:  # each worker process loads its own copy of the models (serve.launch.app_from_env)
-            head = f"serving {len(runs)} run(s) ({source}): {names}"
-            log.info(f"{head} on {args.device}, {workers} workers")
-            os.environ[launch.SETTINGS_ENV] = json.dumps(settings)
-            config = uvicorn.Config(
-                "digit_utils.serve.launch:app_from_env",
-                factory=True,
-                workers=workers,
-                log_level="info",
-                timeout_graceful_shutdown=30,
-            )
-            Multiprocess(config, sockets=[sock]).run()
+        head = f"serving {len(runs)} run(s) ({source}): {', '.join(str(r) for r in runs)}"
+        if workers == 1:
+            _one_process(settings, sock, head)
+        else:
+            log.info(f"{head} on {args.device}, {workers} worker processes")
+            _worker_processes(settings, sock, workers)
     log.info("stopped")
     return 0
+
+
+GRACE_S = 30  # in-flight requests get this long to finish after SIGINT/SIGTERM
+
+
+def _one_process(settings: dict, sock, head: str) -> None:
+    """The models load here, once, and this process serves."""
+    import uvicorn
+
+    from digit_utils.serve import launch
+
+    app = launch.build_app(settings)
+    log.info(f"{head} on {app.state.predictor.device}")
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACE_S)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _worker_processes(settings: dict, sock, workers: int) -> None:
+    """uvicorn's supervisor starts ``workers`` processes on the same socket; each loads its own
+    copy of the models from the settings (serve.launch.app_from_env)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from digit_utils.serve import launch
+
+    os.environ[launch.SETTINGS_ENV] = json.dumps(settings)
+    config = uvicorn.Config(
+        "digit_utils.serve.launch:app_from_env",
+        factory=True,
+        workers=workers,
+        log_level="info",
+        timeout_graceful_shutdown=GRACE_S,
+    )
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def _default_workers(device: str | None) -> int:

@@ -93,7 +93,7 @@ class Batcher:
 # --------------------------------------------------------------------------------------------
 # The app
 
-PREDICT_BODY = {  # /predict reads the body itself; this tells /docs what it accepts
+PREDICT_BODY = {  # /predict reads the body itself; this tells /openapi.json what it accepts
     "requestBody": {
         "required": True,
         "content": {

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from digit_utils.cli.options import add_model_options, device_of
+from digit_utils.errors import DigitsError
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,11 @@ def _serve(args) -> int:
         workers = args.workers or _default_workers(settings["device"])
         if args.host not in LOOPBACK:
             log.warning(f"listening on {args.host}: other machines can reach this server")
-        # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for whatever
-        # handler was there before: the default one would turn a clean stop into a kill (SIGTERM)
-        # or a KeyboardInterrupt (SIGINT). A signal is how a server is meant to end, so exit 0.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: None)
         head = f"serving {len(runs)} run(s) ({source}): {', '.join(str(r) for r in runs)}"
         if workers == 1:
             _one_process(settings, sock, head)
         else:
+            launch.describe(runs, source, args.tta)  # an unfinished run folder: one line, here
             log.info(f"{head} on {args.device}, {workers} worker processes")
             _worker_processes(settings, sock, workers)
     log.info("stopped")
@@ -73,8 +70,13 @@ def _one_process(settings: dict, sock, head: str) -> None:
 
     from digit_utils.serve import launch
 
-    app = launch.build_app(settings)
+    app = launch.build_app(settings)  # Ctrl-C while the models load still interrupts
     log.info(f"{head} on {app.state.predictor.device}")
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for whatever
+    # handler was there before: the default one would turn a clean stop into a kill (SIGTERM)
+    # or a KeyboardInterrupt (SIGINT). A signal is how a server is meant to end, so exit 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACE_S)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -83,6 +85,7 @@ def _worker_processes(settings: dict, sock, workers: int) -> None:
     """uvicorn's supervisor starts ``workers`` processes on the same socket; each loads its own
     copy of the models from the settings (serve.launch.app_from_env)."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
     from digit_utils.serve import launch
@@ -95,7 +98,10 @@ def _worker_processes(settings: dict, sock, workers: int) -> None:
         log_level="info",
         timeout_graceful_shutdown=GRACE_S,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    supervisor = Multiprocess(config, sockets=[sock])  # it handles SIGINT/SIGTERM itself
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise DigitsError("a worker process could not load the models: its log above says why")
 
 
 def _default_workers(device: str | None) -> int:

@@ -4,6 +4,7 @@ clean stop on SIGTERM/SIGINT, and the drawing page driven by a real headless Chr
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
@@ -25,10 +26,11 @@ from PIL import Image, ImageDraw
 
 from conftest import REPO, sample_arrays, train_tiny
 from digit_utils import cli, paths
-from digit_utils.cli.serve import DEFAULT_SOURCE, describe
+from digit_utils.serve import predictor as predictor_module
 from digit_utils.serve.app import Batcher, create_app
 from digit_utils.serve.inputs import Limits
-from digit_utils.serve.predictor import Predictor, preprocess
+from digit_utils.serve.launch import DEFAULT_SOURCE, describe
+from digit_utils.serve.predictor import Predictor, is_clean_drawing, preprocess
 
 # fast_cnn for 3 epochs on 1,800 sample rows: ~96% in a few CPU seconds. No label smoothing, so
 # that the digits it knows come out with confidence near 1.
@@ -83,11 +85,20 @@ def uploads(arrays, names=None) -> list:
 # The API
 
 
-def test_health_info_docs_and_page(client):
-    assert client.get("/health").json() == {"status": "ready", "device": "cpu", "models": 1}
+def test_health_info_docs_and_page(world, client):
+    assert client.get("/health").json() == {
+        "status": "ready",
+        "device": "cpu",
+        "models": 1,
+        "loaded_from": [str(world["run"])],
+        "gone_from_disk": [],
+    }
     info = client.get("/info").json()
     assert info["version"] and info["limits"]["max_images"] == 8
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs")  # Swagger UI would fetch its scripts from a CDN: blank offline
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "://" not in docs.text
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
     body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
     assert set(body["content"]) == {"multipart/form-data", "application/json"}
     page = client.get("/")
@@ -176,6 +187,59 @@ def test_a_photo_goes_through_the_predictors_preprocessing(world, client):
     assert pred["digit"] == world["labels"][1]
 
 
+def test_the_image_in_the_reply_is_optional(world, client):
+    digit = world["digits"][0, 0]
+    with_image = client.post("/predict", files=uploads([digit])).json()["predictions"][0]
+    without = client.post("/predict?image=false", files=uploads([digit])).json()["predictions"]
+    assert "image" in with_image and "image" not in without[0]
+    assert without[0]["probabilities"] == pytest.approx(with_image["probabilities"])
+    as_json = client.post("/predict?image=false", json=digit.tolist()).json()["predictions"]
+    assert "image" not in as_json[0] and as_json[0]["digit"] == with_image["digit"]
+
+
+def test_uploads_leave_no_temporary_file_open(world, client):
+    """Starlette spools each upload to a temporary file; an unclosed form warns once per request
+    (`Unclosed file <SpooledTemporaryFile>`) when the garbage collector finds it."""
+    unraisable, hook = [], sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        for _ in range(3):
+            client.post("/predict", files=uploads([world["digits"][0, 0]]))
+        client.post("/predict", data={"files": "x"}, files=uploads([world["digits"][0, 0]]))
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
+def test_health_and_info_say_what_is_loaded_when_its_folder_is_gone(world, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(world["run"], run)
+    info = describe([run], "--run", tta=0)
+    app = TestClient(create_app(Predictor.from_run(run, device="cpu"), info=info))
+    assert app.get("/info").json()["runs"][0]["on_disk"] is True
+    shutil.rmtree(run)
+    health = app.get("/health").json()
+    assert health["status"] == "ready"  # the models are in memory and still answer
+    assert health["loaded_from"] == health["gone_from_disk"] == [str(run)]
+    (row,) = app.get("/info").json()["runs"]
+    assert row["loaded_from"] == str(run) and row["on_disk"] is False
+    assert app.post("/predict", json=world["digits"][0, 0].tolist()).status_code == 200
+
+
+def test_a_clean_drawing_takes_the_fast_path_to_the_same_image(world, monkeypatch):
+    """The page's canvas (one exact white, black strokes) skips the photo's background estimate,
+    and comes out as the full preprocessing makes it."""
+    strokes, _ = digit_to_draw(world)
+    canvas = drawn(strokes)
+    assert is_clean_drawing(canvas.astype(np.float32))
+    fast = preprocess(canvas)
+    monkeypatch.setattr(predictor_module, "is_clean_drawing", lambda gray: False)
+    full = preprocess(canvas)
+    assert np.abs(fast.astype(int) - full).max() <= 2
+    assert not is_clean_drawing(photo(world["digits"][0, 0]).astype(np.float32))
+
+
 def huge_header_png(side: int) -> bytes:
     """A PNG whose header claims side × side pixels (its data would not fill them)."""
     raw = bytearray(png(np.zeros((8, 8), np.uint8)))
@@ -220,6 +284,8 @@ def bad_requests(world) -> list:
         ({"json": [[0] * 28] * 28}, 422, "images[0]: blank image"),
         ({"json": [digit.tolist()] * 9}, 413, "too many images: 9"),
         (raw(b"{not json"), 400, "not valid JSON"),
+        (raw(b"[" * 100_000 + b"]" * 100_000), 400, "nested too deeply"),
+        ({"json": json.loads("[" * 900 + "]" * 900)}, 422, grid),
         (raw(b"hello", "text/plain"), 415, "multipart/form-data"),
         (raw(b"x" * 400_000), 413, "request body over the limit of 300,000 bytes"),
     ]
@@ -265,12 +331,38 @@ def test_no_trained_run_says_how_to_train_one(capsys):
     assert err.startswith("error: no trained run") and "make pipeline" in err
 
 
+def test_a_busy_port_or_a_bad_address_is_one_line_before_any_model_loads(world, capsys):
+    run = ["--run", str(world["run"]), "--device", "cpu"]  # would load, were the port not checked
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [
+            (
+                ["--port", str(port)],
+                f"--port {port}: cannot listen there (Address already in use)",
+            ),
+            (["--port", "70000"], "--port 70000: a port is a number from 0 to 65535"),
+            (["--host", "999.1.1.1"], "--host 999.1.1.1: not an address to listen on"),
+        ]
+        for args, named in cases:
+            capsys.readouterr()
+            assert cli.main(["serve", *args, *run]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("error: --") and named in err and err.count("\n") == 1, err
+
+
 def test_info_describes_the_runs_and_the_pipelines_choice(world):
     accuracy = json.loads((world["run"] / "metrics.json").read_text())["final_val_acc"]
     info = describe([world["run"]], "--run", tta=2)
     assert info["ensemble"] == "single model" and info["tta"] == 2 and "pipeline" not in info
     assert info["runs"] == [
-        {"name": "fast", "path": str(world["run"]), "model": "fast_cnn", "cv_accuracy": accuracy}
+        {
+            "name": "fast",
+            "loaded_from": str(world["run"]),
+            "model": "fast_cnn",
+            "cv_accuracy": accuracy,
+        }
     ]
     submission = {"method": "stack", "cv_accuracy": 0.9, "tta": 4}
     (paths.outputs_dir() / "submission.json").parent.mkdir(parents=True)
@@ -291,7 +383,8 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("sig, named", [(signal.SIGTERM, True), (signal.SIGINT, False)])
 def test_the_server_stops_cleanly_on_a_signal(world, sig, named):
-    """A real `digits serve` process: with --run, or with the run list a pipeline recorded."""
+    """A real `digits serve` process: with --run and two worker processes, or with the run list
+    a pipeline recorded and one process."""
     run = world["run"]
     if not named:  # outputs/ as 04_train_cnn leaves it (the test's own project root)
         run = paths.outputs_dir() / "runs" / "fast"
@@ -309,6 +402,8 @@ def test_the_server_stops_cleanly_on_a_signal(world, sig, named):
         str(port),
         "--device",
         "cpu",
+        "--workers",
+        "2" if named else "1",
     ]
     proc = subprocess.Popen(
         [*cmd, *(["--run", str(run)] if named else [])],
@@ -327,12 +422,16 @@ def test_the_server_stops_cleanly_on_a_signal(world, sig, named):
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
+        for _ in range(4):  # a few uploads: their temporary files must be closed, not warned of
+            files = uploads([world["digits"][0, 0]])
+            assert httpx.post(f"http://127.0.0.1:{port}/predict", files=files).status_code == 200
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "Traceback" not in out + err
+    assert "Traceback" not in out + err and "Unclosed" not in err
+    assert len([line for line in (out + err).splitlines() if "POST /predict" in line]) == 4
     source = "--run" if named else DEFAULT_SOURCE
     assert f"serving 1 run(s) ({source}): {run} on cpu" in err
     assert "Finished server process" in err and err.rstrip().endswith("stopped")
@@ -364,9 +463,13 @@ def page_url(world):
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(
-        world["predictor"], info={"runs": [{"name": "fast"}], "ensemble": "single model"}
-    )
+    info = {
+        "runs": [{"name": "fast", "model": "fast_cnn", "cv_accuracy": 0.961}],
+        "ensemble": "single model",
+        "tta": 0,
+        "pipeline": {"method": "average", "cv_accuracy": 0.9934, "tta": 2},
+    }
+    app = create_app(world["predictor"], info=info)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -446,6 +549,10 @@ def test_drawing_a_digit_shows_the_right_answer(world, browser, page_url, tmp_pa
     page = browser.new_page(viewport={"width": 900, "height": 640})
     page.goto(page_url)
     page.wait_for_function("document.getElementById('models').textContent.includes('fast')")
+    models = page.inner_text("#models")  # which models, how they combine, the TTA here and there
+    for part in ("fast_cnn (holdout 96.1%)", "single model", "TTA 0", "out-of-fold 99.3%"):
+        assert part in models, models
+    assert "(TTA 2; here TTA 0)" in models
     box = page.locator("#pad").bounding_box()
     scale = box["width"] / CANVAS  # CSS pixels per canvas pixel
     for x0, y0, x1, y1 in strokes:
@@ -471,20 +578,86 @@ def test_drawing_a_digit_shows_the_right_answer(world, browser, page_url, tmp_pa
     assert Image.open(shot).size[0] >= 900
     if os.environ.get("DIGITS_UPDATE_FIGURES"):  # regenerate the README's screenshot
         shutil.copy(shot, REPO / "docs" / "figures" / "serve_page.png")
-    page.click("#clear")
-    assert page.get_attribute("#result", "data-state") == "empty"
+    before = request_count(page)
+    page.mouse.move(box["x"] + 20, box["y"] + 20)  # a new stroke: the answer is dimmed...
+    page.mouse.down()
+    assert page.get_attribute("#result", "data-state") == "drawing"
+    page.mouse.up()
+    page.click("#clear")  # ...and Clear, before that stroke's answer came, empties it all
+    assert_no_answer(page, "empty")
+    assert pad_ink(page) == 0
+    page.wait_for_timeout(600)  # the cleared stroke's answer, had it been sent, is dropped
+    assert_no_answer(page, "empty")
+    assert request_count(page) <= before + 1
+    page.click("#predict")  # nothing on the pad: an error in place of the answer
+    assert_no_answer(page, "error")
+    assert "Draw a digit" in page.inner_text("#status")
+    assert not page.is_visible("#digit")
     page.close()
+
+
+def assert_no_answer(page, state: str) -> None:
+    """No digit, confidence, bars or 28×28 image on screen: nothing stale."""
+    assert page.get_attribute("#result", "data-state") == state
+    assert page.text_content("#digit") == page.text_content("#confidence") == "–"
+    assert page.locator("#bars .bar").count() == 0
+    seen = page.evaluate(
+        "Array.from(document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data).filter(v => v > 0).length"
+    )
+    assert seen == 0
+
+
+def pad_ink(page) -> int:
+    """Pixels of the drawing pad that are not white paper."""
+    return page.evaluate(
+        "Array.from(document.getElementById('pad').getContext('2d')"
+        ".getImageData(0, 0, 280, 280).data).filter((v, i) => i % 4 === 0 && v < 200).length"
+    )
 
 
 def test_uploading_a_photo_and_phone_width(world, browser, page_url, tmp_path):
     path = tmp_path / "my digit.jpg"
     Image.fromarray(photo(world["digits"][2, 0])).save(path, quality=90)
     page = browser.new_page(viewport={"width": 360, "height": 740})  # a phone
+    failed = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
     page.goto(page_url)
-    page.set_input_files("#upload", str(path))
+    page.wait_for_function("document.getElementById('models').textContent.includes('fast')")
+    strokes, _ = digit_to_draw(world)  # an earlier drawing, which the photo replaces
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / CANVAS
+    x0, y0, x1, y1 = strokes[0]
+    page.mouse.move(box["x"] + x0 * scale, box["y"] + y0 * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + x1 * scale, box["y"] + y1 * scale, steps=3)
+    page.mouse.up()
     answered_after(page, 0)
+    before = request_count(page)
+    page.set_input_files("#upload", str(path))
+    answered_after(page, before)
     assert page.inner_text("#digit") == str(world["labels"][2])
     assert "my digit.jpg" in page.inner_text("#status")
+    # the pad shows the photo (its ink, where the photo has it), not the earlier drawing
+    shown = np.asarray(
+        page.evaluate(
+            "Array.from(document.getElementById('pad').getContext('2d')"
+            ".getImageData(0, 0, 280, 280).data).filter((v, i) => i % 4 === 0)"
+        ),
+        np.uint8,
+    ).reshape(CANVAS, CANVAS)
+    expected = np.asarray(Image.open(path).convert("L").resize((CANVAS, 210)))
+    top = (CANVAS - 210) // 2  # a 400×300 photo fits the pad as 280×210, centred
+    assert np.abs(shown[top : top + 210].astype(int) - expected).mean() < 12
+    before = request_count(page)
+    page.click("#predict")  # Predict now asks about the photo on screen, by its name
+    answered_after(page, before)
+    assert "my digit.jpg" in page.inner_text("#status")
+    assert page.inner_text("#digit") == str(world["labels"][2])
+    before = request_count(page)
+    page.set_input_files("#upload", str(path))  # the same file again sends again
+    answered_after(page, before)
+    assert failed == []  # the favicon included
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     box = page.locator("#pad").bounding_box()
     assert 250 <= box["width"] <= 360 - box["x"]  # big enough to draw on, inside the screen
@@ -493,4 +666,6 @@ def test_uploading_a_photo_and_phone_width(world, browser, page_url, tmp_path):
     )
     page.wait_for_function("document.getElementById('result').dataset.state === 'error'")
     assert "not an image" in page.inner_text("#status")
+    assert_no_answer(page, "error")  # the photo's answer is gone with it
+    assert pad_ink(page) == 0  # and the photo: the file shown is one the browser cannot draw
     page.close()

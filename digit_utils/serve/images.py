@@ -46,6 +46,8 @@ def from_pil(img: Image.Image) -> np.ndarray:
         a = np.asarray(img, dtype=np.float32)
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         return np.clip(a * (255.0 / top), 0, 255)
+    if img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] == 255:
+        return np.asarray(img.convert("L"), dtype=np.float32)  # opaque (a canvas): no blending
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
         return _on_background(rgba[..., :3], rgba[..., 3:] / 255.0) @ LUMA

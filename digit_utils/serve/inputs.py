@@ -8,6 +8,7 @@ decoding its pixels. Bad input is a :class:`BadInput`, a 4xx naming what is wron
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,7 @@ def mnist_from_json(body, max_images: int) -> np.ndarray:
     )
     try:
         a = np.asarray(body, dtype=np.float64)
-    except (ValueError, TypeError):  # ragged lists, strings, objects
+    except (ValueError, TypeError, RecursionError):  # ragged, strings, objects, nested deep
         raise shape_error from None
     if a.shape == (SIZE, SIZE):
         a = a[None]
@@ -136,14 +137,24 @@ def mnist_from_json(body, max_images: int) -> np.ndarray:
     return np.stack(out)
 
 
+def parse_json(body: bytes):
+    """The request body as JSON; any parse failure (nesting too deep included) is a 400."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(400, "the body is not valid JSON") from None
+    except RecursionError:  # e.g. [[[[...]]]] 100,000 deep: Python's parser gives up
+        raise BadInput(400, "the body's JSON is nested too deeply") from None
+
+
 async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
     """Every file of a multipart form as ``(name, bytes)``, in the order sent."""
-    form = await request.form()
     files = []
-    for key, value in form.multi_items():
-        if not isinstance(value, UploadFile):
-            raise BadInput(422, f"form field {key!r} is not a file upload")
-        files.append((value.filename or f"files[{len(files)}]", await value.read()))
+    async with request.form() as form:  # closes the uploads' temporary files, whatever happens
+        for key, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                raise BadInput(422, f"form field {key!r} is not a file upload")
+            files.append((value.filename or f"files[{len(files)}]", await value.read()))
     if len(files) > limits.max_images:
         raise BadInput(
             413, f"too many images: {len(files)} in one request, the limit is {limits.max_images}"

@@ -5,7 +5,9 @@ background is light; subtract the background estimated per pixel (uneven light);
 that Otsu's threshold separates, without specks; crop to its bounding box; scale the longest side
 to 20 px keeping the aspect ratio; paste into 28×28 so that the centre of mass sits at the centre,
 as MNIST was made.
-Images that already are 28×28 with a black background pass through untouched.
+Images that already are 28×28 with a black background pass through untouched. A clean drawing
+(a canvas: the whole border one exact background colour, white or black) skips the photo's
+background estimate, which costs ten times the rest on the drawing page's 280×280 canvas.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ def _otsu(values: np.ndarray) -> float:
     return float(np.nanargmax(between[:-1]))
 
 
+def _stands_out(ink: np.ndarray) -> bool:
+    """Whether the 3×3 median of ``ink`` reaches MIN_CONTRAST somewhere (it ignores lone pixels):
+    where at least 5 of the 9 pixels do, counted with a box filter, 10× faster than sorting."""
+    above = (ink >= MIN_CONTRAST).astype(np.float32)
+    return bool((ndimage.uniform_filter(above, 3) > 4.5 / 9).any())
+
+
 def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     """Light-on-black ink [H,W], with the background removed pixel by pixel and specks dropped.
 
@@ -101,7 +110,7 @@ def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     if paper:  # ink absorbs a share of the light falling on it: measure that share, not the
         # difference, or strokes in the shade come out fainter than those in the light
         ink = ink * (255.0 / np.maximum(255.0 - background, MIN_CONTRAST))
-    if ndimage.median_filter(ink, 3).max() < MIN_CONTRAST:  # the 3×3 median ignores lone pixels
+    if not _stands_out(ink):
         raise DataError(f"{where}: blank image (no ink stands out from the background)")
     mask = ink > max(_otsu(ink), MIN_CONTRAST / 2)
     labels, n = ndimage.label(mask)
@@ -115,12 +124,34 @@ def _ink(gray: np.ndarray, where: str) -> np.ndarray:
     return ink
 
 
+def is_clean_drawing(gray: np.ndarray) -> bool:
+    """The whole border within one grey level of pure white or pure black: a canvas, not a photo
+    (a photo's paper has texture, noise or JPEG ringing)."""
+    border = _border(gray)
+    return bool(border.min() >= 254 or border.max() <= 1)
+
+
+def _drawn_ink(gray: np.ndarray, where: str) -> np.ndarray:
+    """A clean drawing's ink, light on black: what :func:`_ink` finds there, without the
+    background estimate (there is none to remove) and its per-pixel filters."""
+    ink = 255.0 - gray if _border(gray).min() >= 254 else gray
+    ink = np.where(ink < NOISE_FLOOR * 255, 0, ink)
+    mask = ink > 0
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())[1:]  # pixels per blob (sum_labels is 10× slower here)
+    if n == 0 or sizes.max() < 9:  # a lone dot is no digit (what _ink's 3×3 median ignores)
+        raise DataError(f"{where}: blank image (no ink stands out from the background)")
+    kept = np.isin(labels, 1 + np.nonzero(sizes >= SPECK * sizes.max())[0])
+    return np.clip(np.where(kept, ink, 0) * (255.0 / np.percentile(ink[kept], 99)), 0, 255)
+
+
 def _mnist_like(gray: np.ndarray, where: str) -> np.ndarray:
     if is_mnist_style(gray):
         if gray.max() < MIN_CONTRAST:
             raise DataError(f"{where}: blank image (no ink on the black background)")
         return gray.round().astype(np.uint8)[None]
-    ink = _ink(_working_size(gray), where)
+    work = _working_size(gray)
+    ink = _drawn_ink(work, where) if is_clean_drawing(work) else _ink(work, where)
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape

@@ -1,5 +1,7 @@
 // The drawing page: draw (mouse, pen or touch), send the canvas as a PNG to /predict, show the
 // answer. Plain JavaScript, no build step and nothing fetched from elsewhere: it works offline.
+// The answer area always matches what is on the pad: a drawing or an uploaded photo and its
+// answer, nothing after Clear, an error in place of the answer, dimmed while a new one comes.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -13,6 +15,8 @@ let drawing = false;
 let dirty = false; // something drawn since the last clear
 let timer = null;
 let latest = 0; // id of the newest request; older answers arriving late are dropped
+let shown = null; // the uploaded photo now on the pad (Predict sends it again), or null
+const upload = document.getElementById("upload");
 
 function clearPad() {
   ink.fillStyle = "#fff"; // dark ink on white paper; the server's preprocessing inverts it
@@ -35,6 +39,8 @@ pad.addEventListener("pointerdown", (event) => {
   pad.setPointerCapture(event.pointerId);
   drawing = true;
   dirty = true;
+  shown = null; // drawing over a photo: the pad as it now looks is what to predict
+  if (result.dataset.state === "done") show("drawing", "Drawing… the answer comes as you lift it.");
   const [x, y] = at(event);
   ink.strokeStyle = "#000";
   ink.lineWidth = PEN_WIDTH;
@@ -63,8 +69,12 @@ pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
 function predictDrawing() {
+  if (shown) {
+    send(shown, shown.name); // the uploaded photo on the pad, at its full resolution
+    return;
+  }
   if (!dirty) {
-    show("error", "Draw a digit first.");
+    showError("Draw a digit or upload a photo first.");
     return;
   }
   pad.toBlob((blob) => send(blob, "drawing.png"), "image/png");
@@ -79,21 +89,37 @@ async function send(blob, name) {
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
     const body = await response.json();
-    if (id !== latest) return;
+    if (id !== latest) return; // a newer request, or Clear, came since
     result.dataset.answered = id;
     if (!response.ok) {
-      show("error", body.detail || `error ${response.status}`);
+      showError(body.detail || `error ${response.status}`);
       return;
     }
     render(body.predictions[0]);
   } catch (error) {
-    if (id === latest) show("error", `no answer from the server (${error.message})`);
+    if (id !== latest) return;
+    result.dataset.answered = id;
+    showError(`no answer from the server (${error.message})`);
   }
 }
 
 function show(state, message) {
   result.dataset.state = state;
   statusLine.textContent = message;
+}
+
+function showError(message) {
+  // the error takes the answer's place: no earlier digit stays on screen beside it
+  resetAnswer();
+  show("error", message);
+}
+
+function resetAnswer() {
+  document.getElementById("digit").textContent = "–";
+  document.getElementById("confidence").textContent = "–";
+  document.getElementById("bars").replaceChildren();
+  const seen = document.getElementById("seen");
+  seen.getContext("2d").clearRect(0, 0, seen.width, seen.height);
 }
 
 function percent(p) {
@@ -127,23 +153,64 @@ function drawSeen(rows) {
   seen.getContext("2d").putImageData(pixels, 0, 0);
 }
 
+async function showPhoto(file) {
+  // the uploaded photo on the pad, whole and centred on white, so that the answer beside it is
+  // about what is on screen; a file the browser cannot draw leaves the pad blank
+  clearPad();
+  try {
+    const photo = await createImageBitmap(file);
+    const scale = Math.min(pad.width / photo.width, pad.height / photo.height);
+    const [w, h] = [photo.width * scale, photo.height * scale];
+    ink.drawImage(photo, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    photo.close();
+  } catch (error) {
+    // not an image the browser reads: the server's answer (an error) says what is wrong
+  }
+}
+
 document.getElementById("clear").addEventListener("click", () => {
   clearTimeout(timer);
+  latest++; // an answer still on its way is about what was just cleared: drop it
+  shown = null;
+  upload.value = "";
   clearPad();
+  resetAnswer();
   show("empty", "Cleared. Draw a digit.");
 });
 document.getElementById("predict").addEventListener("click", predictDrawing);
-document.getElementById("upload").addEventListener("change", (event) => {
-  const file = event.target.files[0];
-  if (file) send(file, file.name);
+upload.addEventListener("change", async () => {
+  const file = upload.files[0];
+  upload.value = ""; // choosing the same file again is a new change, and sends again
+  if (!file) return;
+  clearTimeout(timer);
+  shown = file;
+  await showPhoto(file);
+  send(file, file.name);
 });
+
+function describeModels(info) {
+  // which models answer, how they combine, the TTA here, and what the submission used
+  const runs = info.runs.map((run) => {
+    const name = run.model || run.name;
+    return run.cv_accuracy == null ? name : `${name} (holdout ${percent(run.cv_accuracy)})`;
+  });
+  const parts = [`${info.runs.length} model(s): ${runs.join(", ")}`, info.ensemble];
+  if (info.tta != null) parts.push(`TTA ${info.tta}`);
+  const pipeline = info.pipeline;
+  if (pipeline) {
+    const accuracy = pipeline.cv_accuracy;
+    const oof = accuracy == null ? "" : `, out-of-fold ${percent(accuracy)}`;
+    const same = pipeline.tta === info.tta ? "" : ` (TTA ${pipeline.tta}; here TTA ${info.tta})`;
+    parts.push(`the submission: ${pipeline.method}${oof}${same}`);
+  }
+  parts.push(`digit-utils ${info.version}`);
+  return parts.join(" · ");
+}
 
 fetch("/info")
   .then((response) => response.json())
   .then((info) => {
-    const names = info.runs.map((run) => run.model || run.name).join(", ");
-    document.getElementById("models").textContent =
-      `${info.runs.length} model(s): ${names} · ${info.ensemble} · digit-utils ${info.version}`;
+    document.getElementById("models").textContent = describeModels(info);
   })
   .catch(() => {});
 

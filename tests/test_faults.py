@@ -335,7 +335,7 @@ def test_a_bad_input_ends_in_one_error_line(case, tmp_path, isolated, fake_kaggl
 def test_an_unexpected_exception_is_reported_as_a_bug(tmp_path):
     """The last resort: one line that says bug, and the traceback saved to a file."""
     code = (
-        "import sys; from digit_utils import cli, data_cli;"
+        "import sys; from digit_utils import cli; from digit_utils.cli import data as data_cli;"
         "data_cli._validate = lambda a: 1 / 0;"
         "sys.exit(cli.main(['data', 'validate', 'x']))"
     )

@@ -53,6 +53,14 @@ def zip_of(t: Path, name: str = "digit-recognizer.zip", prefix: str = "", stored
     return t / name
 
 
+def label_42_zip(t: Path) -> Path:
+    d = folder(t, train_body=f"42,{ROW}\n")
+    with zipfile.ZipFile(t / "bad.zip", "w") as zf:
+        for f in ("train.csv", "test.csv"):
+            zf.write(d / f, f)
+    return t / "bad.zip"
+
+
 def bad_crc_zip(t: Path) -> Path:
     path = zip_of(t, stored=True)
     raw = bytearray(path.read_bytes())
@@ -139,6 +147,22 @@ CASES = {
     ),
     "empty-cell": (lambda t: ["data", "validate", train(t, f"3,{ROW[:-1]}\n")], "empty cell"),
     "short-row": (lambda t: ["data", "validate", train(t, f"3,{ROW[:-2]}\n")], "has 784 columns"),
+    "extra-value-every-row": (  # pandas would take the labels as an index, silently
+        lambda t: ["data", "validate", train(t, f"3,{ROW},5\n7,{ROW},5\n")],
+        "train.csv, row 1 (line 2): has 786 columns, expected 785",
+    ),
+    "pixel-1e2": (
+        lambda t: ["data", "validate", train(t, f"3,1e2{ROW[1:]}\n")],
+        "column 'pixel0': value '1e2' is not an integer",
+    ),
+    "pixel-underscore": (
+        lambda t: ["data", "validate", train(t, f"3,1_0{ROW[1:]}\n")],
+        "value '1_0' is not an integer",
+    ),
+    "cell-2M-digits": (
+        lambda t: ["data", "validate", train(t, f"3,{'9' * 2_000_000}{ROW[1:]}\n")],
+        "(2,000,000 characters) is outside 0–255",
+    ),
     "folder-no-test": (
         lambda t: ["data", "validate", folder(t, test=False)],
         "folder lacks test.csv",
@@ -170,6 +194,18 @@ CASES = {
     ),
     "nowhere": (lambda t: ["data", "validate", t / "nowhere"], "no such file or folder"),
     # ---- zips
+    "zip-names-member": (
+        lambda t: ["data", "validate", label_42_zip(t)],
+        "bad.zip (member train.csv), row 1 (line 2), column 'label': label value 42",
+    ),
+    "sample-over-user-files": (  # the user's train.csv and test.csv stay as they were
+        lambda t: ["data", "sample", "--dest", folder(t)],
+        "will not overwrite train.csv, test.csv",
+    ),
+    "download-validated-first": (  # nothing lands in data/raw (not even the folder)
+        lambda t: (["data", "download"], {**KAGGLE, "FAKE_KAGGLE_ZIP": str(label_42_zip(t))}),
+        "the downloaded digit-recognizer.zip (member train.csv), row 1",
+    ),
     "zip-missing": (lambda t: ["data", "validate", t / "gone.zip"], "zip archive not found"),
     "zip-bad-crc": (lambda t: ["data", "validate", bad_crc_zip(t)], "train.csv is corrupt"),
     "zip-not-zip": (
@@ -212,6 +248,13 @@ CASES = {
             KAGGLE,
         ),
         "value '3.0'",
+    ),
+    "submit-label-1e2": (
+        lambda t: (
+            ["kaggle", "submit", submission(t, "ImageId,Label\n1,1e2\n"), "-m", "x"],
+            KAGGLE,
+        ),
+        "value '1e2' is not an integer",
     ),
     "submit-missing": (
         lambda t: (["kaggle", "submit", t / "nope.csv", "-m", "x"], KAGGLE),

@@ -17,7 +17,14 @@ import pandas as pd
 
 from digit_utils import __version__, atomic, paths
 from digit_utils.atomic import file_hash
-from digit_utils.data.checks import BOM, EXPECTED_ROWS, SUBMISSION_HEADER, check_text
+from digit_utils.data.checks import (
+    BOM,
+    EXPECTED_ROWS,
+    SUBMISSION_HEADER,
+    check_text,
+    integer,
+    shown,
+)
 from digit_utils.errors import DataError
 from digit_utils.kaggle import client as kaggle
 
@@ -127,12 +134,11 @@ def _read_file(path: Path) -> pd.DataFrame:
             for col, cell, into in zip(SUBMISSION_HEADER, cells, (ids, labels), strict=True):
                 if cell.strip() == "":
                     raise SubmissionError("empty cell", file=path, row=row, column=col)
-                try:
-                    into.append(int(cell))
-                except ValueError:
+                if (value := integer(cell)) is None:
                     raise SubmissionError(
-                        f"value {cell!r} is not an integer", file=path, row=row, column=col
-                    ) from None
+                        f"value {shown(cell)} is not an integer", file=path, row=row, column=col
+                    )
+                into.append(min(max(value, -(2**62)), 2**62))  # int64; out of range anyway
     return pd.DataFrame(
         {"ImageId": np.array(ids, dtype=np.int64), "Label": np.array(labels, dtype=np.int64)}
     )

@@ -13,7 +13,8 @@ A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for 
     metrics.json     headline figures and provenance
     complete.json    written last, atomically: the run's files and their hashes
 
-and a row in ``runs.csv`` beside the folders (one row per run name). A folder without
+and a row in ``runs.csv`` beside the folders (one row per run name; bookkeeping written after
+the run is complete, rebuilt from the folders when damaged). A folder without
 ``complete.json``, or whose files no longer match it, is unfinished or mixed (a rerun killed
 half-way beside an older run's results): every reader refuses it, saying to resume or rerun.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -279,24 +281,62 @@ def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), proba.astype(np.float32)
 
 
-def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
-    """metrics.json, then the run's row in runs.csv beside the run folders."""
-    atomic.write_json(metrics, run_dir / METRICS)
-    row = {
-        **{k: metrics[k] for k in ("name", "model", "best_val_acc", "final_val_acc")},
-        "seed": cfg.seed,
-        "fold": cfg.fold,
-        "epochs": cfg.epochs,
-        "train_seconds": metrics["train_seconds"],
-        "device": metrics["device"],
+def write_metrics(run_dir: Path, metrics: dict) -> Path:
+    return atomic.write_json(metrics, run_dir / METRICS)
+
+
+def _table_row(run_dir: Path, metrics: Mapping, config: Mapping) -> dict:
+    return {
+        **{k: metrics.get(k) for k in ("name", "model", "best_val_acc", "final_val_acc")},
+        **{k: config.get(k) for k in ("seed", "fold", "epochs")},
+        "train_seconds": metrics.get("train_seconds"),
+        "device": metrics.get("device"),
         "run_dir": str(run_dir),
-        "finished": metrics["finished"],
+        "finished": metrics.get("finished"),
     }
+
+
+def _rebuilt_table(root: Path) -> pd.DataFrame:
+    """runs.csv as the finished run folders under ``root`` say it should be."""
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if (p / COMPLETE).is_file()):
+        try:
+            metrics = json.loads((folder / METRICS).read_text())
+            config = json.loads((folder / CONFIG).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict) and isinstance(config, dict):
+            rows.append(_table_row(folder, metrics, config))
+    return pd.DataFrame(rows)
+
+
+def record_in_table(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path | None:
+    """The run's row in runs.csv beside the run folders, after the run is complete: a damaged
+    table is rebuilt from the folders, and one that cannot be written costs a warning, never
+    the run."""
     table = run_dir.parent / RUNS_TABLE
-    frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
+    row = _table_row(run_dir, metrics, cfg.to_dict())
+    try:
+        frame = pd.read_csv(table) if table.exists() else pd.DataFrame()
+        if len(frame) and "name" not in frame:
+            raise ValueError("no 'name' column")
+    except (OSError, ValueError, pd.errors.ParserError) as e:  # a folder, garbage, not UTF-8
+        warnings.warn(
+            f"{table}: damaged ({e.__class__.__name__}); rebuilt from the run folders",
+            stacklevel=2,
+        )
+        frame = _rebuilt_table(run_dir.parent)
     if "name" in frame:  # one row per run name: a rerun replaces its row
         frame = frame[frame["name"] != row["name"]]
-    return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+    try:
+        return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+    except OSError as e:
+        warnings.warn(
+            f"{table}: cannot write the runs table ({e.strerror or e}); the run in {run_dir} "
+            "is complete, and `digits runs` lists it from the folders",
+            stacklevel=2,
+        )
+        return None
 
 
 def default_runs() -> list[Path]:

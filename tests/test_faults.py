@@ -7,7 +7,9 @@ fault, no traceback, and no file changed outside the command's outputs folder (i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -389,3 +391,44 @@ def test_an_unexpected_exception_is_reported_as_a_bug(tmp_path):
     saved = Path(line.split("full traceback in ")[1].rstrip(")"))
     assert "Traceback" in saved.read_text() and "ZeroDivisionError" in saved.read_text()
     saved.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# State left by other runs: a run in progress, a dead run's pid reused, a killed extraction
+
+
+def digits(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "digit_utils.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_a_second_pipeline_on_the_same_outputs_is_refused(tmp_path, isolated):
+    from digit_utils.pipeline import record
+
+    notebooks(tmp_path)
+    with record.lock(isolated / "outputs"):  # the first run, still going
+        done = digits("pipeline", "--no-html", "--profile", tmp_path / "empty.yaml")
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"another pipeline run is using this outputs folder (process {os.getpid()} on " in line
+    assert f"{socket.gethostname()}, started 20" in line
+    assert not (isolated / "outputs" / "pipeline.json").exists()
+
+
+def test_a_running_record_whose_pid_was_reused_reads_as_interrupted(isolated):
+    from digit_utils.pipeline import record
+
+    path = isolated / "outputs" / record.RECORD
+    path.parent.mkdir()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "status": "running"}
+    entry = {"name": "01_eda", "status": "running", "seconds": None}
+    path.write_text(json.dumps({**me, "pid_start": 1, "notebooks": [entry]}))  # not my start
+    done = digits("pipeline", "--status")
+    assert done.returncode == 0 and "pipeline interrupted" in done.stdout, done.stdout
+    path.write_text(json.dumps({**me, "pid_start": record.process_start(os.getpid())}))
+    assert "(still running)" in digits("pipeline", "--status").stdout

@@ -311,6 +311,31 @@ CASES = {
         )[1],
         "epocs",
     ),
+    "pipeline-only-empty": (
+        lambda t: (notebooks(t), ["pipeline", "--only", "", "--profile", "{t}/empty.yaml"])[1],
+        "--only '' names no notebook",
+    ),
+    "pipeline-damaged-selected": (
+        lambda t: (
+            notebooks(t),
+            write(t / "project" / "notebooks", "01_eda.ipynb", b"[]"),
+            ["pipeline", "--only", "01", "--profile", "{t}/empty.yaml"],
+        )[2],
+        "01_eda.ipynb: not a readable notebook",
+    ),
+    "pipeline-damaged-unselected": (  # 02 is not inspected: the run gets as far as outputs
+        lambda t: (
+            notebooks(t),
+            write(t / "project" / "notebooks", "02_augmentation.ipynb", b"{not json"),
+            ["pipeline", "--only", "01", "--profile", "{t}/empty.yaml"],
+            outputs_file(t),
+        )[2:],
+        "outputs-file: the outputs folder is a file",
+    ),
+    "pipeline-no-notebooks": (
+        lambda t: ["pipeline", "--profile", write(t, "p.yaml", b"{}\n")],
+        "no notebooks folder: nothing to run",
+    ),
     # ---- predict
     "predict-figures-is-file": (
         lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],

@@ -50,8 +50,12 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
     path = Path(notebook)
     if not path.is_file():
         raise ConfigError(f"{path}: notebook not found")
-    with quiet_papermill():
-        return papermill.inspect_notebook(str(path))
+    try:
+        with quiet_papermill():
+            return papermill.inspect_notebook(str(path))
+    except Exception as e:  # the user's file: not JSON, `[]`, cells that are a string, ...
+        why = " ".join(f"{e.__class__.__name__}: {e}".split())
+        raise ConfigError(f"{path}: not a readable notebook ({why[:200]})") from None
 
 
 def select(
@@ -62,8 +66,10 @@ def select(
     chosen = list(notebooks)
     if start:
         chosen = chosen[stems.index(stages.match(stems, start)) :]
-    if only:
+    if only is not None:  # --only "" is a selection of nothing, not of everything
         names = only.split(",") if isinstance(only, str) else list(only)
+        if not any(n.strip() for n in names):
+            raise ConfigError(f"--only {only!r} names no notebook; give prefixes such as 01,03")
         wanted = {stages.match(stems, n) for n in names if n.strip()}
         chosen = [p for p in chosen if p.stem in wanted]
     if not chosen:
@@ -114,9 +120,12 @@ def plan(
     elif not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     selected = select(notebooks, only, start)
-    declared = {p.stem: declared_parameters(p) for p in notebooks}
-    chosen = {p.stem: declared[p.stem] for p in selected}
-    others = {s: d for s, d in declared.items() if s not in chosen}
+    chosen = {p.stem: declared_parameters(p) for p in selected}
+    others = {}  # only to name the notebook a -p key belongs to; a damaged one is not run
+    for p in notebooks:
+        if p.stem not in chosen:
+            with contextlib.suppress(ConfigError):
+                others[p.stem] = declared_parameters(p)
     values = load_profile(profile)
     routed = route_parameters(chosen, values, overrides, unselected=others)
     for stem, params in routed.items():

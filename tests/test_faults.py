@@ -457,3 +457,20 @@ def test_a_running_record_whose_pid_was_reused_reads_as_interrupted(isolated):
     assert done.returncode == 0 and "pipeline interrupted" in done.stdout, done.stdout
     path.write_text(json.dumps({**me, "pid_start": record.process_start(os.getpid())}))
     assert "(still running)" in digits("pipeline", "--status").stdout
+
+
+def test_a_killed_extractions_temp_folder_is_swept_by_the_next(tmp_path, isolated):
+    """SIGKILL mid-extraction leaves data/cache/.zip-<fp>.<pid>.<random>; the next one removes
+    it (its process is gone), and keeps a live process's."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True).stdout.strip()  # fmt: skip
+    cache = isolated / "data" / "cache"
+    stale = [cache / f".zip-abc.{gone}.x1y2", cache / ".zip-abc.old"]
+    live = cache / f".zip-abc.{os.getpid()}.z3"
+    for d in (*stale, live):
+        (d / "files").mkdir(parents=True)
+        (d / "files" / "train.csv").write_text("half")
+    os.utime(stale[1], (1e9, 1e9))  # the older layout, without a pid: stale by its age
+    done = digits("data", "locate", "--no-download", zip_of(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert live.is_dir() and not any(d.exists() for d in stale)

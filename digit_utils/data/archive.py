@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -97,6 +99,8 @@ def extract_cached(
     interrupted extraction is simply redone.
     """
     dest = cache_root / key
+    if cache_root.is_dir():
+        sweep_stale(cache_root)
     if dest.is_dir():
         return dest
     created = [p for p in (cache_root.parent, cache_root) if not p.exists()]
@@ -111,8 +115,39 @@ def extract_cached(
     return dest
 
 
+STALE_AFTER = 24 * 3600  # seconds: a temp folder without a pid in its name is stale after this
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's; a number no pid can be
+        return pid > 0
+    return True
+
+
+def sweep_stale(cache_root: Path) -> None:
+    """Remove temp folders (``.<key>.<pid>.<random>``) left by extractions whose process was
+    killed; a live process's are kept (its pid is in the name)."""
+    for tmp in cache_root.glob(".*"):
+        parts = tmp.name.split(".")  # ['', key, pid, random]
+        if not tmp.is_dir() or tmp.is_symlink() or len(parts) not in (3, 4):
+            continue
+        stale = False
+        if len(parts) == 4 and parts[2].isdigit():
+            stale = not _alive(int(parts[2]))
+        else:  # an older layout without the pid
+            with contextlib.suppress(OSError):
+                stale = time.time() - tmp.stat().st_mtime > STALE_AFTER
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _extract_into(archive, cache_root: Path, dest: Path, required, wanted) -> None:
-    with tempfile.TemporaryDirectory(dir=cache_root, prefix=f".{dest.name}.") as tmp:
+    prefix = f".{dest.name}.{os.getpid()}."  # the pid lets the next run sweep it if we die
+    with tempfile.TemporaryDirectory(dir=cache_root, prefix=prefix) as tmp:
         extract(archive, Path(tmp) / "files", required, wanted)
         os.chmod(Path(tmp) / "files", 0o755)  # TemporaryDirectory makes 0700
         try:

@@ -474,3 +474,24 @@ def test_a_killed_extractions_temp_folder_is_swept_by_the_next(tmp_path, isolate
     done = digits("data", "locate", "--no-download", zip_of(tmp_path))
     assert done.returncode == 0, done.stderr
     assert live.is_dir() and not any(d.exists() for d in stale)
+
+
+def test_a_file_size_limit_is_a_user_error_naming_the_file(tmp_path):
+    """EFBIG (and ENOSPC, EROFS, EACCES alike) while writing: the path and what to do, no half
+    file. `ulimit -f` stands in for a full or size-limited disk."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "digit_utils.cli", "data", "sample", "--dest", tmp_path / "s"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=120,
+    )
+    (line,) = done.stderr.splitlines()
+    assert done.returncode == 1 and "this is a bug" not in line
+    assert line.startswith(f"error: {tmp_path / 's' / 'train.csv'}: File too large; ")
+    assert list((tmp_path / "s").iterdir()) == []  # no half-written train.csv or temp file

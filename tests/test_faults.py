@@ -63,6 +63,24 @@ def label_42_zip(t: Path) -> Path:
     return t / "bad.zip"
 
 
+def patched_zip(t: Path, field: str) -> Path:
+    """A zip whose members say they are encrypted (flag bit 0) or use compression method 9
+    (deflate64, which Python cannot read): the header fields patched, as no writer here makes
+    either."""
+    path = zip_of(t, stored=True)
+    raw = bytearray(path.read_bytes())
+    for magic, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local, central headers
+        at = raw.find(magic)
+        while at != -1:
+            if field == "encrypted":
+                raw[at + flags] |= 0x01
+            else:
+                raw[at + flags + 2] = 9
+            at = raw.find(magic, at + 4)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def bad_crc_zip(t: Path) -> Path:
     path = zip_of(t, stored=True)
     raw = bytearray(path.read_bytes())
@@ -207,6 +225,18 @@ CASES = {
     "download-validated-first": (  # nothing lands in data/raw (not even the folder)
         lambda t: (["data", "download"], {**KAGGLE, "FAKE_KAGGLE_ZIP": str(label_42_zip(t))}),
         "the downloaded digit-recognizer.zip (member train.csv), row 1",
+    ),
+    "zip-encrypted": (
+        lambda t: ["data", "validate", patched_zip(t, "encrypted")],
+        "archive member train.csv is encrypted",
+    ),
+    "zip-deflate64": (
+        lambda t: ["data", "validate", patched_zip(t, "method")],
+        "archive member train.csv uses compression method 9",
+    ),
+    "locate-encrypted": (
+        lambda t: ["data", "locate", "--no-download", patched_zip(t, "encrypted")],
+        "archive member train.csv is encrypted",
     ),
     "zip-missing": (lambda t: ["data", "validate", t / "gone.zip"], "zip archive not found"),
     "zip-bad-crc": (lambda t: ["data", "validate", bad_crc_zip(t)], "train.csv is corrupt"),

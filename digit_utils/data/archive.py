@@ -30,13 +30,35 @@ def _members(zf: zipfile.ZipFile, archive: Path, required: Sequence[str]) -> set
     raise DataError(f"archive lacks {', '.join(missing)} at its top level{where}", file=archive)
 
 
-def _check_crc(zf: zipfile.ZipFile, archive: Path) -> None:
-    try:
-        bad = zf.testzip()
-    except (zlib.error, zipfile.BadZipFile, OSError) as e:  # a damaged deflate stream
-        raise DataError(f"archive is corrupt ({e})", file=archive) from None
-    if bad:
-        raise DataError(f"archive member {bad} is corrupt (CRC mismatch)", file=archive)
+READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _check_members(zf: zipfile.ZipFile, archive: Path, members: Sequence[str]) -> None:
+    """Read each member through once: encrypted, unreadable (deflate64, AES) or corrupt ones
+    are named before anything is extracted."""
+    for name in members:
+        info = zf.getinfo(name)
+        if info.flag_bits & 0x1:
+            raise DataError(
+                f"archive member {name} is encrypted; unzip it with its password and give the "
+                "folder",
+                file=archive,
+            )
+        if info.compress_type not in READABLE:
+            raise DataError(
+                f"archive member {name} uses compression method {info.compress_type}, which "
+                "Python cannot read; unzip it with another tool (or re-zip it with deflate)",
+                file=archive,
+            )
+        try:
+            with zf.open(info) as fh:
+                while fh.read(1 << 22):
+                    pass
+        except zipfile.BadZipFile as e:
+            why = "CRC mismatch" if "CRC" in str(e) else str(e)
+            raise DataError(f"archive member {name} is corrupt ({why})", file=archive) from None
+        except (zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            raise DataError(f"archive member {name} is corrupt ({e})", file=archive) from None
 
 
 def same_file(info: zipfile.ZipInfo, path: Path) -> bool:
@@ -66,8 +88,8 @@ def extract(
     try:
         with zipfile.ZipFile(archive) as zf:
             names = _members(zf, archive, required)
-            _check_crc(zf, archive)
             members = [f for f in wanted if f in names]
+            _check_members(zf, archive, members)
             clash = [
                 f
                 for f in members

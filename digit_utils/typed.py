@@ -5,6 +5,7 @@ notebooks' parameters. Types come from dataclass annotations (``int``, ``float``
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -13,6 +14,13 @@ from typing import Any
 from digit_utils.errors import ConfigError
 
 NoneType = type(None)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring = 2, 4, 4, 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable size (a YAML alias bomb is millions of characters)."""
+    return _SHOWN.repr(value)
 
 
 def _alternatives(want: Any) -> tuple[type, ...]:
@@ -56,9 +64,9 @@ def check(
         try:
             out[name] = coerce(values[name], want)
         except TypeError:
-            line = f" (parameters cell: {name} = {values[name]!r})" if quote else ""
+            line = f" (parameters cell: {name} = {shown(values[name])})" if quote else ""
             raise ConfigError(
-                f"{where}{name}: expected {type_name(want)}, got {values[name]!r}{line}"
+                f"{where}{name}: expected {type_name(want)}, got {shown(values[name])}{line}"
             ) from None
     return out
 
@@ -79,7 +87,7 @@ def check_dataclass(obj, *, where: str = "") -> None:
 def from_dict(cls, d: Any, *, where: str = ""):
     """Build dataclass ``cls`` from a plain dict; unknown keys raise ConfigError."""
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}expected a mapping of settings, got {d!r}")
+        raise ConfigError(f"{where}expected a mapping of settings, got {shown(d)}")
     known = [f.name for f in dataclasses.fields(cls)]
     if unknown := sorted(set(d) - set(known)):
         raise ConfigError(f"{where}unknown key(s) {unknown}; known: {known}")

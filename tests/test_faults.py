@@ -125,6 +125,12 @@ def outputs_file(t: Path) -> dict:
     return {"DIGITS_OUTPUTS": str(t / "outputs-file")}
 
 
+LAUGHS = [
+    f"  - &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+]  # each list nine of the previous one: 9**9 strings once expanded
+ALIAS_BOMB = "\n".join(
+    ["data_dir:", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]", *LAUGHS, ""]
+).encode()
 KAGGLE = {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "s3cr3t-key-value"}
 PREDICT = ["predict", "--run", "{t}/no-run"]
 
@@ -366,6 +372,27 @@ CASES = {
         lambda t: ["pipeline", "--profile", write(t, "p.yaml", b"{}\n")],
         "no notebooks folder: nothing to run",
     ),
+    "profile-not-utf8": (
+        lambda t: (notebooks(t), ["pipeline", "--profile", write(t, "p.yaml", b"x: \xe9\n")])[1],
+        "p.yaml: line 1: byte 0xe9 is not UTF-8 text",
+    ),
+    "profile-is-a-folder": (
+        lambda t: (notebooks(t), ["pipeline", "--profile", (t / "p.yml").mkdir() or t / "p.yml"])[
+            1
+        ],
+        "p.yml is a folder, not a YAML file",
+    ),
+    "profile-duplicate-key": (
+        lambda t: (
+            notebooks(t),
+            ["pipeline", "--profile", write(t, "p.yaml", b"data_dir: a\n# b\ndata_dir: c\n")],
+        )[1],
+        "p.yaml: key 'data_dir' appears twice, on lines 1 and 3",
+    ),
+    "profile-alias-bomb": (  # 9**9 strings once expanded; the error line must stay short
+        lambda t: (notebooks(t), ["pipeline", "--profile", write(t, "p.yaml", ALIAS_BOMB)])[1],
+        "01_eda: data_dir: expected str, got [['lol', 'lol', 'lol', 'lol', ...], [[...], ",
+    ),
     # ---- predict
     "predict-figures-is-file": (
         lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],
@@ -428,6 +455,7 @@ def test_a_bad_input_ends_in_one_error_line(case, tmp_path, isolated, fake_kaggl
     assert done.returncode not in (0, 130), done.stderr
     assert len(errors) == 1, done.stderr
     assert names in errors[0], done.stderr
+    assert len(errors[0]) < 2100, errors[0][:300]  # what it echoes is cut
     assert "Traceback" not in done.stderr and "this is a bug" not in done.stderr, done.stderr
     assert snapshot(tmp_path, skip) == before
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DigitsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_cut(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -101,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:  # anything else is our bug: one line here, the traceback in a file
         return _bug(e)
+
+
+def _cut(text: str, limit: int = 2000) -> str:
+    """A message as long as a screen at most: what it echoes may be the user's megabytes."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
 def _bug(e: BaseException) -> int:

@@ -92,3 +92,20 @@ def from_dict(cls, d: Any, *, where: str = ""):
     if unknown := sorted(set(d) - set(known)):
         raise ConfigError(f"{where}unknown key(s) {unknown}; known: {known}")
     return cls(**d)
+
+
+def json_problem(value: Any, schema: Mapping[str, Any], what: str | None = None) -> str | None:
+    """Why ``value``, read from one of our JSON state files, does not have the shape ``schema``
+    ({field: type}; a field may be absent) describes; None when it does. ``what`` names the
+    part of the file ``value`` is (the whole file when None)."""
+    if not isinstance(value, dict):
+        return f"{what or 'the file'} must be a JSON object, got {shown(value)}"
+    for key, want in schema.items():
+        if key in value:
+            try:
+                coerce(value[key], want)
+            except TypeError:
+                where = f"{what}." if what else ""
+                names = type_name(want).replace("None", "null")
+                return f"{where}{key} must be {names}, got {shown(value[key])}"
+    return None

@@ -115,6 +115,15 @@ def notebooks(t: Path) -> None:
     (t / "empty.yaml").write_text("{}\n")  # a profile that sets nothing
 
 
+def run_folder(t: Path, metrics: str = "{}", config: str = "{}") -> str:
+    """A run folder under outputs/runs/ with these metrics.json and config.json texts."""
+    folder = t / "project" / "outputs" / "runs" / "r"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(metrics)
+    (folder / "config.json").write_text(config)
+    return "runs"
+
+
 def image(t: Path, name: str, colour: int = 230) -> Path:
     Image.new("L", (40, 40), colour).save(t / name, format="PNG")
     return t / name
@@ -393,6 +402,53 @@ CASES = {
         lambda t: (notebooks(t), ["pipeline", "--profile", write(t, "p.yaml", ALIAS_BOMB)])[1],
         "01_eda: data_dir: expected str, got [['lol', 'lol', 'lol', 'lol', ...], [[...], ",
     ),
+    **{
+        f"status-record-{name}": (
+            lambda t, text=text: [
+                "pipeline",
+                "--status",
+                (t / "project" / "outputs").mkdir()
+                or write(t / "project" / "outputs", "pipeline.json", text.encode()),
+            ][:2],
+            f"pipeline.json: damaged pipeline record: {field}",
+        )
+        for name, text, field in (
+            ("null", "null", "the file must be a JSON object, got None"),
+            ("list", "[]", "the file must be a JSON object, got []"),
+            ("notebooks-text", '{"notebooks": "abc"}', "notebooks must be list, got 'abc'"),
+            (
+                "seconds-text",
+                '{"status": "ok", "notebooks": [{"name": "01", "status": "ok", "seconds": "12"}]}',
+                "notebooks[0].seconds must be float or null, got '12'",
+            ),
+        )
+    },
+    **{
+        f"runs-{name}": (
+            lambda t, m=m, c=c: [run_folder(t, m, c)],
+            f"{file}: damaged run file: {why}",
+        )
+        for name, m, c, file, why in (
+            ("metrics-list", "[]", "{}", "metrics.json", "the file must be a JSON object"),
+            ("config-list", "{}", "[1]", "config.json", "the file must be a JSON object"),
+            ("acc-text", '{"final_val_acc": "high"}', "{}", "metrics.json", "final_val_acc must"),
+            (
+                "finished-5",
+                '{"finished": 5}',
+                "{}",
+                "metrics.json",
+                "finished must be str or null",
+            ),
+            (
+                "fold-text",
+                "{}",
+                '{"fold": "x"}',
+                "config.json",
+                "fold must be int or null, got 'x'",
+            ),
+            ("not-json", "{", "{}", "metrics.json", "not readable JSON"),
+        )
+    },
     # ---- predict
     "predict-figures-is-file": (
         lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],
@@ -553,3 +609,9 @@ def test_a_file_size_limit_is_a_user_error_naming_the_file(tmp_path):
     assert done.returncode == 1 and "this is a bug" not in line
     assert line.startswith(f"error: {tmp_path / 's' / 'train.csv'}: File too large; ")
     assert list((tmp_path / "s").iterdir()) == []  # no half-written train.csv or temp file
+
+
+def test_a_run_without_seconds_is_listed(tmp_path):
+    run_folder(tmp_path, '{"train_seconds": null, "model": "m", "final_val_acc": 0.5}')
+    done = digits("runs", env={"DIGITS_ROOT": str(tmp_path / "project")})
+    assert done.returncode == 0 and "runs/r" in done.stdout, done.stderr

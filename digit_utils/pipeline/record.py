@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from digit_utils import __version__, atomic
+from digit_utils import __version__, atomic, typed
 from digit_utils.errors import DigitsError
 
 RECORD = "pipeline.json"  # the run record, in the outputs folder
@@ -130,6 +130,22 @@ def _runner_alive(pid: int, started: int | None) -> bool:
     return started is None or now is None or now == started
 
 
+REWRITTEN = "; the next `digits pipeline` run writes a new one (delete it to start afresh)"
+# The fields --status reads, and their types (None: may be null).
+SHAPE = {"status": str, "started": str | None, "pid": int | None, "host": str | None,
+         "notebooks": list}  # fmt: skip
+ENTRY_SHAPE = {"name": str, "status": str, "seconds": float | None}
+
+
+def _check_shape(record, path: Path) -> None:
+    """DigitsError naming the file and field when the record is not what the runner writes."""
+    problem = typed.json_problem(record, SHAPE)
+    for i, entry in enumerate(record.get("notebooks", []) if problem is None else []):
+        problem = problem or typed.json_problem(entry, ENTRY_SHAPE, f"notebooks[{i}]")
+    if problem:
+        raise DigitsError(f"{path}: damaged pipeline record: {problem}{REWRITTEN}")
+
+
 def read(path: Path) -> dict | None:
     """The record at ``path`` with its status corrected: "interrupted" for a dead runner."""
     try:
@@ -137,7 +153,8 @@ def read(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise DigitsError(f"{path}: cannot read the pipeline record ({e})") from None
+        raise DigitsError(f"{path}: cannot read the pipeline record ({e}){REWRITTEN}") from None
+    _check_shape(record, path)
     if record.get("status") == "running":
         same_host = record.get("host") == socket.gethostname()
         pid = record.get("pid")

@@ -197,7 +197,11 @@ def _run_locked(request: Request, out: Path, own_outputs: bool, folder: Path, ht
 
 def _start_record(path: Path, request: Request, source, sources: dict) -> Record:
     """A new record for this run, after saying so if the last run was interrupted."""
-    earlier = read_record(path)
+    try:
+        earlier = read_record(path)
+    except DigitsError as e:  # a damaged record of an earlier run: this run's replaces it
+        print(f"warning: {str(e).split('; the next')[0]}; replacing it", flush=True)
+        earlier = None
     if earlier and earlier["status"] == "interrupted":
         print(describe_record(earlier, path), flush=True)
     record = Record(path, request, source, sources)

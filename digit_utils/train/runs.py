@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from digit_utils import __version__, atomic, paths
+from digit_utils import __version__, atomic, paths, typed
 from digit_utils.config import TrainConfig
 from digit_utils.errors import CheckpointError, ConfigError, DigitsError
 from digit_utils.train.models import build_model
@@ -405,6 +405,28 @@ def as_groups(runs) -> dict[str, list[Path]]:
 # Every finished run: the table `digits runs` prints
 
 
+# The fields `digits runs` lists, and their types (None: may be null).
+METRICS_SHAPE = {"model": str | None, "final_val_acc": float | None, "best_val_acc": float | None,
+                 "epochs": int | None, "train_seconds": float | None, "device": str | None,
+                 "finished": str | None}  # fmt: skip
+CONFIG_SHAPE = {"model": str | None, "seed": int | None, "fold": int | None, "epochs": int | None}
+
+
+def _listed(path: Path, shape: dict) -> dict:
+    """A run's metrics.json or config.json for the listing; CheckpointError naming the file and
+    field when it is damaged (written by hand, or by something else)."""
+    try:
+        found = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as e:
+        problem = f"not readable JSON ({e.__class__.__name__}: {e})"
+    else:
+        if (problem := typed.json_problem(found, shape)) is None:
+            return found
+    raise CheckpointError(
+        f"{path}: damaged run file: {problem}; retrain that run, or move its folder away"
+    )
+
+
 def finished_runs() -> pd.DataFrame:
     """One row per finished run folder (one with metrics.json) under every runs root, oldest
     first: name, stage, model, seed, fold, val_acc (the final model's), best_val_acc, epochs,
@@ -414,11 +436,7 @@ def finished_runs() -> pd.DataFrame:
     for root in paths.all_runs_dirs():
         stage = None if root == paths.runs_dir() else root.parent.name
         for folder in sorted(p for p in root.iterdir() if (p / METRICS).is_file()):
-            try:
-                m = json.loads((folder / METRICS).read_text())
-                c = json.loads((folder / CONFIG).read_text())
-            except (OSError, ValueError):
-                continue  # half-written or damaged: not a finished run to list
+            m, c = _listed(folder / METRICS, METRICS_SHAPE), _listed(folder / CONFIG, CONFIG_SHAPE)
             rows.append(
                 {
                     "name": folder.name,

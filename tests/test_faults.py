@@ -333,6 +333,23 @@ CASES = {
         ],
         "outputs-file",
     ),
+    **{
+        f"kernel-build-{name}": (
+            lambda t, text=text: (
+                notebooks(t),
+                write(t / "project" / "notebooks", "01_eda.ipynb", text),
+                ["kaggle", "kernel", "build", "01", "--user", "a"],
+            )[2],
+            "01_eda.ipynb: cannot read notebook",
+        )
+        for name, text in (
+            ("list", b"[]"),
+            (
+                "cells-text",
+                b'{"cells": "abc", "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+            ),
+        )
+    },
     # ---- pipeline
     "pipeline-outputs-is-file": (
         lambda t: (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import nbformat
 import pytest
 from PIL import Image
 
+from conftest import REPO
 from digit_utils import data
 
 TRAIN_HEADER = ",".join(data.TRAIN_HEADER)
@@ -122,6 +124,16 @@ def run_folder(t: Path, metrics: str = "{}", config: str = "{}") -> str:
     (folder / "metrics.json").write_text(metrics)
     (folder / "config.json").write_text(config)
     return "runs"
+
+
+def real_notebooks(t: Path, *params: str, profile: bytes = b"{}\n") -> list[str]:
+    """The project's five notebooks, and `digits pipeline` with these -p values: refused before
+    the first one starts (before even the data is looked for)."""
+    (t / "project" / "notebooks").mkdir()
+    for nb in (REPO / "notebooks").glob("0*.ipynb"):
+        shutil.copy(nb, t / "project" / "notebooks" / nb.name)
+    args = [a for p in params for a in ("-p", p)]
+    return ["pipeline", "--no-html", "--profile", write(t, "p.yaml", profile), *args]
 
 
 def image(t: Path, name: str, colour: int = 230) -> Path:
@@ -466,6 +478,29 @@ CASES = {
             ("not-json", "{", "{}", "metrics.json", "not readable JSON"),
         )
     },
+    # ---- values checked before the first notebook starts (not only names and types)
+    **{
+        f"value-{name}": (lambda t, given=given: real_notebooks(t, *given), said)
+        for name, given, said in (
+            ("epochs-0", ["04_train_cnn.epochs=0"], "04_train_cnn: epochs: 0 is too small"),
+            ("model-banana", ["model=banana"], "model: 'banana' is not a known model"),
+            ("lr-nan", ["lr=.nan"], "lr: nan must be a finite number"),
+            ("wd-nan", ["weight_decay=.nan"], "weight_decay: nan must be a finite number"),
+            ("policy", ["02_augmentation.policies=bogus_policy"], "'bogus_policy' is not an"),
+            ("zoo-model", ["03_model_zoo.models=resnet9000"], "'resnet9000' is not a known"),
+            ("n-folds-1", ["04_train_cnn.n_folds=1"], "n_folds: 1 must be 0 (one holdout)"),
+            ("tsne-neg", ["01_eda.tsne_samples=-5"], "01_eda: tsne_samples: -5 must be at least"),
+            ("tta-99", ["05_ensemble_submission.tta=99"], "tta: 99 must be an integer in [0, 8]"),
+            ("threshold", ["pseudo_threshold=2"], "pseudo_threshold: 2.0 must be in [0, 1]"),
+            # braces doubled: the test .format()s each argument
+            ("model-yaml-junk", ["model={{[}}"], "model: '{[}' is not a known model"),
+            ("model-cjk", ["model=模型"], "model: '模型' is not a known model"),
+        )
+    },
+    "value-profile-date": (
+        lambda t: real_notebooks(t, profile=b"04_train_cnn:\n  model: 2024-01-01\n"),
+        "04_train_cnn: model: '2024-01-01' is not a known model",
+    ),
     # ---- predict
     "predict-figures-is-file": (
         lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],

@@ -106,6 +106,25 @@ class Request:
         return sources
 
 
+def _check_model_names(stem: str, params: Mapping[str, Any]) -> None:
+    """Names of registered models, as the notebook's build will want (the registry lives in
+    the train wing, above the stage graph): ``model`` ("auto" where the stage reads the zoo's
+    choice) and the zoo's ``models`` ("all" or a list)."""
+    from digit_utils.train import models  # torch: only once a pipeline is really planned
+
+    names = []
+    if isinstance(params.get("model"), str):
+        auto = stages.MODEL_CHOICE in stages.spec(stem).reads and params["model"] == "auto"
+        names += [] if auto else [params["model"]]
+    if isinstance(params.get("models"), str) and params["models"] != "all":
+        names += [n.strip() for n in params["models"].split(",") if n.strip()] or [""]
+    for name in names:
+        try:
+            models.check_name(name)
+        except ConfigError as e:
+            raise ConfigError(f"{stem}: {e}") from None
+
+
 def plan(
     notebooks: Sequence[Path],
     profile: str | Path | None,
@@ -129,6 +148,7 @@ def plan(
     values = load_profile(profile)
     routed = route_parameters(chosen, values, overrides, unselected=others)
     for stem, params in routed.items():
-        if stem in stages.STAGES:  # the same check the notebook makes, before any kernel starts
+        if stem in stages.STAGES:  # the same checks the notebook makes, before any kernel starts
             stages.check_values(stem, params)
+            _check_model_names(stem, params)
     return Request(list(notebooks), selected, chosen, routed, profile, values, dict(overrides))

@@ -210,6 +210,24 @@ CASES = {
         lambda t: ["data", "validate", train(t, f"3,{'9' * 2_000_000}{ROW[1:]}\n")],
         "(2,000,000 characters) is outside 0–255",
     ),
+    "fifo-as-csv": (  # reading it would wait for ever; "file not found" was wrong
+        lambda t: ["data", "validate", os.mkfifo(t / "train.csv") or t / "train.csv"],
+        "train.csv: is a named pipe (FIFO), not a file",
+    ),
+    "symlink-loop": (
+        lambda t: ["data", "validate", (t / "a.csv").symlink_to(t / "a.csv") or t / "a.csv"],
+        "a.csv: is a symbolic link that loops",
+    ),
+    "train-linked-to-dev-null": (
+        lambda t: [
+            "data",
+            "validate",
+            (folder(t) / "train.csv").unlink()
+            or (t / "competition/train.csv").symlink_to("/dev/null")
+            or t / "competition",
+        ],
+        "train.csv links to /dev/null, which is a device, not a file",
+    ),
     "folder-no-test": (
         lambda t: ["data", "validate", folder(t, test=False)],
         "folder lacks test.csv",
@@ -314,6 +332,14 @@ CASES = {
             KAGGLE,
         ),
         "value '1e2' is not an integer",
+    ),
+    "submit-fifo": (
+        lambda t: (["kaggle", "submit", os.mkfifo(t / "s.csv") or t / "s.csv", "-m", "x"], KAGGLE),
+        "s.csv: is a named pipe (FIFO), not a file",
+    ),
+    "submit-folder": (
+        lambda t: (["kaggle", "submit", (t / "s").mkdir() or t / "s", "-m", "x"], KAGGLE),
+        "is a folder, not a file",
     ),
     "submit-missing": (
         lambda t: (["kaggle", "submit", t / "nope.csv", "-m", "x"], KAGGLE),

@@ -23,6 +23,7 @@ from digit_utils.data.checks import (
     SAMPLE_TEST_LABELS,
     TEST_HEADER,
     TRAIN_HEADER,
+    not_a_file,
     validate_csv,
     validate_sample_submission,
 )
@@ -96,10 +97,10 @@ def find_in_kaggle_input(root: Path | None = None) -> Path | None:
 
 def _folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot serve as the competition files, or None when it can."""
-    missing = [f for f in FILES[:2] if not (folder / f).exists()]
-    not_files = [f for f in FILES[:2] if (folder / f).exists() and not (folder / f).is_file()]
-    problems = [f"folder lacks {', '.join(missing)}"] if missing else []
-    problems += [f"{f} is a folder, not a file" for f in not_files]
+    absent = [f for f in FILES[:2] if not (folder / f).exists() and not (folder / f).is_symlink()]
+    not_files = [f for f in FILES[:2] if f not in absent and not (folder / f).is_file()]
+    problems = [f"folder lacks {', '.join(absent)}"] if absent else []
+    problems += [f"{f} {not_a_file(folder / f)}" for f in not_files]
     return "; ".join(problems) or None
 
 
@@ -284,6 +285,6 @@ def validate(path: str | Path) -> dict[str, int]:
                 path / "sample_submission.csv"
             )
         return report
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a looping or dangling link: say which
         return {path.name: validate_csv(path)}
     raise DataError("no such file or folder", file=path)

@@ -23,6 +23,7 @@ from digit_utils.data.checks import (
     SUBMISSION_HEADER,
     check_text,
     integer,
+    not_a_file,
     shown,
 )
 from digit_utils.errors import DataError
@@ -110,7 +111,7 @@ def _check_frame(frame: pd.DataFrame, expected_rows: int | None, where) -> pd.Da
 def _read_file(path: Path) -> pd.DataFrame:
     """Parse a submission CSV cell by cell, so that each defect is named by its line."""
     if not path.is_file():
-        raise SubmissionError("file not found", file=path)
+        raise SubmissionError(not_a_file(path), file=path)
     text = path.read_bytes()
     if not text.strip():
         raise SubmissionError("file is empty", file=path)

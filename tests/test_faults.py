@@ -527,6 +527,31 @@ CASES = {
         lambda t: real_notebooks(t, profile=b"04_train_cnn:\n  model: 2024-01-01\n"),
         "04_train_cnn: model: '2024-01-01' is not a known model",
     ),
+    **{
+        f"predict-run-list-{name}": (
+            lambda t, text=text: [
+                "predict",
+                write(
+                    (t / "project/outputs/05_ensemble_submission").mkdir(parents=True)
+                    or t / "project/outputs/05_ensemble_submission",
+                    "runs.json",
+                    text,
+                ),
+                image(t, "a.png"),
+            ][::2],
+            f"runs.json: damaged run list: {why}",
+        )
+        for name, text, why in (
+            ("not-json", b"{", "not readable JSON (JSONDecodeError"),
+            ("no-models", b"{}", "it has no 'models'"),
+            ("models-list", b'{"models": []}', "models must be dict, got []"),
+            (
+                "runs-text",
+                b'{"models": {"a": "x"}}',
+                "models.a must be a list of run folders, got",
+            ),
+        )
+    },
     # ---- predict
     "predict-figures-is-file": (
         lambda t: [*PREDICT, "--show", "--figures", write(t, "figs", b"x"), image(t, "a.png")],

@@ -376,8 +376,29 @@ def save_run_list(groups: dict[str, list[str | Path]], path: Path) -> Path:
 
 def load_run_list(relative: str) -> dict[str, list[Path]]:
     """The ``{base model: [run folders]}`` a stage recorded, resolved locally or on Kaggle."""
-    listing = json.loads(paths.upstream(relative).read_text())
+    path = paths.upstream(relative)
+    try:
+        listing = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        listing, problem = None, f"not readable JSON ({e.__class__.__name__}: {e})"
+    else:
+        problem = _run_list_problem(listing)
+    if problem:
+        stage = relative.split("/", 1)[0]
+        raise DigitsError(f"{path}: damaged run list: {problem}; rerun {stage} to rewrite it")
     return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
+
+
+def _run_list_problem(listing) -> str | None:
+    """What is wrong with a run list's JSON (``{"models": {name: [folders]}}``), or None."""
+    if problem := typed.json_problem(listing, {"models": dict}):
+        return problem
+    if "models" not in listing:
+        return "it has no 'models'"
+    for name, runs in listing["models"].items():
+        if not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
+            return f"models.{name} must be a list of run folders, got {typed.shown(runs)}"
+    return None
 
 
 def as_groups(runs) -> dict[str, list[Path]]:

@@ -303,6 +303,14 @@ CASES = {
         lambda t: ["data", "locate", "--no-download", train(t)],
         "is a file, not a folder",
     ),
+    "locate-fifo": (
+        lambda t: ["data", "locate", "--no-download", os.mkfifo(t / "d") or t / "d"],
+        "explicit data path is a named pipe (FIFO), not a folder or a zip",
+    ),
+    "locate-link-loop": (
+        lambda t: ["data", "locate", "--no-download", (t / "d").symlink_to(t / "d") or t / "d"],
+        "explicit data path is a symbolic link that loops",
+    ),
     "locate-env-missing-zip": (
         lambda t: (["data", "locate", "--no-download"], {"DIGITS_DATA_DIR": f"{t}/gone.zip"}),
         "zip archive not found",
@@ -431,6 +439,10 @@ CASES = {
             outputs_file(t),
         )[2:],
         "outputs-file: the outputs folder is a file",
+    ),
+    "pipeline-from-empty": (
+        lambda t: (notebooks(t), ["pipeline", "--from", "", "--profile", "{t}/empty.yaml"])[1],
+        "--from '' names no notebook",
     ),
     "pipeline-no-notebooks": (
         lambda t: ["pipeline", "--profile", write(t, "p.yaml", b"{}\n")],

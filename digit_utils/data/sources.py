@@ -109,10 +109,11 @@ def _from_user_path(path: Path, origin: str) -> DataSource:
     path = Path(path).expanduser()
     if path.suffix.lower() == ".zip" and not path.is_dir():
         return DataSource(extract_cached(path), origin)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{origin} data path does not exist", file=path)
     if not path.is_dir():
-        raise DataError(f"{origin} data path is a file, not a folder or a zip", file=path)
+        what = "is a file" if path.is_file() else not_a_file(path).split(", not a file")[0]
+        raise DataError(f"{origin} data path {what}, not a folder or a zip", file=path)
     if problem := _folder_problem(path):
         raise DataError(problem, file=path)
     return DataSource(path.resolve(), origin)

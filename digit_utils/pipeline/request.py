@@ -64,8 +64,8 @@ def select(
     """The notebooks ``only`` names (prefixes or stems), from ``start`` on, in pipeline order."""
     stems = [p.stem for p in notebooks]
     chosen = list(notebooks)
-    if start:
-        chosen = chosen[stems.index(stages.match(stems, start)) :]
+    if start is not None:  # --from "" names no notebook (it used to mean the first)
+        chosen = chosen[stems.index(stages.match(stems, start, "--from")) :]
     if only is not None:  # --only "" is a selection of nothing, not of everything
         names = only.split(",") if isinstance(only, str) else list(only)
         if not any(n.strip() for n in names):

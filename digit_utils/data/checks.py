@@ -119,7 +119,7 @@ def integer(cell: str) -> int | None:
     return int(text)
 
 
-def shown(cell: str, limit: int = 24, quote: bool = True) -> str:
+def cut_cell(cell: str, limit: int = 24, quote: bool = True) -> str:
     """A cell as an error message quotes it: cut, with its length, when it is long."""
     if len(cell) <= limit:
         return repr(cell) if quote else cell
@@ -183,13 +183,14 @@ def _first_bad_cell(path: Path, raw: bytes, header: list[str]) -> DataError | No
             value = integer(cell)
             if value is None:
                 return DataError(
-                    f"value {shown(cell)} is not an integer", file=path, row=row_no, column=col
+                    f"value {cut_cell(cell)} is not an integer", file=path, row=row_no, column=col
                 )
             low, high = (0, 9) if col == "label" else (0, 255)
             if not low <= value <= high:
                 what = "label" if col == "label" else "pixel"
+                text = cut_cell(cell.strip(), 12, quote=False)
                 return DataError(
-                    f"{what} value {shown(cell.strip(), 12, quote=False)} is outside {low}–{high}",
+                    f"{what} value {text} is outside {low}–{high}",
                     file=path,
                     row=row_no,
                     column=col,

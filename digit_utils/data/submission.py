@@ -22,9 +22,9 @@ from digit_utils.data.checks import (
     EXPECTED_ROWS,
     SUBMISSION_HEADER,
     check_text,
+    cut_cell,
     integer,
     not_a_file,
-    shown,
 )
 from digit_utils.errors import DataError
 from digit_utils.kaggle import client as kaggle
@@ -137,7 +137,7 @@ def _read_file(path: Path) -> pd.DataFrame:
                     raise SubmissionError("empty cell", file=path, row=row, column=col)
                 if (value := integer(cell)) is None:
                     raise SubmissionError(
-                        f"value {shown(cell)} is not an integer", file=path, row=row, column=col
+                        f"value {cut_cell(cell)} is not an integer", file=path, row=row, column=col
                     )
                 into.append(min(max(value, -(2**62)), 2**62))  # int64; out of range anyway
     return pd.DataFrame(

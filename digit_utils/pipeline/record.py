@@ -27,7 +27,7 @@ from digit_utils import __version__, atomic, typed
 from digit_utils.errors import DigitsError
 
 RECORD = "pipeline.json"  # the run record, in the outputs folder
-LOCK = ".pipeline.lock"  # held by the running pipeline (flock: released when its process dies)
+LOCK = "pipeline.lock"  # held by the running pipeline (flock: released when its process dies)
 
 
 def process_start(pid: int) -> int | None:

@@ -26,6 +26,11 @@ def atomic_write(path: str | Path, write: Callable[[IO], Any], mode: str = "w") 
             write(fh)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an ordinary output file is world-readable
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a failed write (a full disk) names no file: say which one
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

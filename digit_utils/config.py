@@ -9,6 +9,7 @@ that notebook's parameters cell plus its name in ``stages.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 
@@ -76,6 +77,11 @@ class TrainConfig:
         def bad(field, why):
             raise ConfigError(f"{field}: {getattr(self, field)!r} {why}")
 
+        for f in dataclasses.fields(self):  # nan passes `lr > 0` false but `wd < 0` too
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(
+                getattr(self, f.name)
+            ):
+                bad(f.name, "must be a finite number")
         # the model's name is checked by the registry (train.models.check_name), above this layer
         for field in ("epochs", "batch_size", "n_folds"):
             if getattr(self, field) < (2 if field == "n_folds" else 1):

@@ -12,6 +12,7 @@ class DataError(DigitsError):
 
     def __init__(self, message: str, *, file=None, row: int | None = None, column=None):
         self.file, self.row, self.column = file, row, column
+        self.detail = message  # what is wrong, without where (to re-aim it at another file)
         where = []
         if file is not None:
             where.append(str(file))

@@ -12,14 +12,15 @@ members (04's runs and the zoo's ties) in :mod:`digit_utils.train.members`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from digit_utils import atomic, paths, typed
-from digit_utils.augment_policy import AugmentPolicy
-from digit_utils.config import FIELDS
+from digit_utils.augment_policy import PRESETS, AugmentPolicy, tta_shifts
+from digit_utils.config import DEVICE_NAME, FIELDS, TrainConfig
 from digit_utils.errors import ConfigError, DigitsError
 
 DATA_DIR = "data_dir"  # the parameter every data-reading notebook has; the pipeline fills it
@@ -154,13 +155,61 @@ def match(stems: Sequence[str], selector: str, what: str = "notebook") -> str:
     return hits[0]
 
 
+def _policies(text: str) -> bool:
+    """02's comma-separated preset names (what its notebook trains, one grid variant each)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"policies: {text!r} names no augmentation preset")
+    for policy in names:
+        if policy not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise ConfigError(f"policies: {policy!r} is not an augmentation preset ({known})")
+    return True
+
+
+# The value rules of the stages' own parameters (the TrainConfig fields' are the config's):
+# {parameter: (test that raises or returns False, what a good value is)}. A name means the same
+# in every stage that has it.
+EXTRA_RULES: dict[str, tuple[Any, str]] = {
+    "tsne_samples": (lambda v: v >= 3, "must be at least 3 (t-SNE needs a few points)"),
+    "seed": (lambda v: v >= 0, "must be ≥ 0"),
+    "seeds": (lambda v: v >= 1, "must be at least 1"),
+    "n_folds": (lambda v: v == 0 or v >= 2, "must be 0 (one holdout) or a k of 2 or more"),
+    "cv_folds": (lambda v: v >= 2, "must be at least 2"),
+    "pseudo_threshold": (lambda v: 0 <= v <= 1, "must be in [0, 1] (0: no second round)"),
+    "tta": (tta_shifts, ""),  # the one TTA check; its message says the range
+    "device": (DEVICE_NAME.match, "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')"),
+    "policies": (_policies, ""),
+}
+
+
 def check_values(name: str, values: Mapping[str, Any]) -> dict:
-    """Check some of a stage's parameters (names and types) as its notebook will; the pipeline
-    calls this before the first notebook starts."""
-    schema = spec(name).schema
+    """Check some of a stage's parameters as its notebook will: names, types and values (the
+    training fields through TrainConfig's own checks; the model's name is the registry's, one
+    layer up). The pipeline calls this before the first notebook starts; ``nb.start`` too."""
+    stage = spec(name)
+    schema = stage.schema
     if unknown := sorted(set(values) - set(schema)):
         raise ConfigError(f"{name}: unknown parameter(s) {unknown}; known: {sorted(schema)}")
-    return typed.check(values, {k: schema[k] for k in values}, where=f"{name}: ", quote=True)
+    checked = typed.check(values, {k: schema[k] for k in values}, where=f"{name}: ", quote=True)
+    for key, value in checked.items():
+        if key in stage.extras and key in EXTRA_RULES:
+            test, want = EXTRA_RULES[key]
+            try:
+                ok = test(value)
+            except ConfigError as e:  # the rule's own message, which names the parameter
+                raise ConfigError(f"{name}: {e}") from None
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"{name}: {key}: {typed.shown(value)} {want}")
+    training = {k: v for k, v in checked.items() if k in stage.train_fields}
+    for key, upstream in (("augment", POLICY), ("model", MODEL_CHOICE)):
+        if training.get(key) == "auto" and upstream in stage.reads:
+            del training[key]  # "auto": the earlier stage's choice, resolved when the stage runs
+    try:
+        TrainConfig.from_dict({**stage.fixed, **training})
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {str(e).removeprefix('training parameters: ')}") from None
+    return checked
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ notebooks' parameters. Types come from dataclass annotations (``int``, ``float``
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -13,6 +14,13 @@ from typing import Any
 from digit_utils.errors import ConfigError
 
 NoneType = type(None)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring = 2, 4, 4, 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable size (a YAML alias bomb is millions of characters)."""
+    return _SHOWN.repr(value)
 
 
 def _alternatives(want: Any) -> tuple[type, ...]:
@@ -56,9 +64,9 @@ def check(
         try:
             out[name] = coerce(values[name], want)
         except TypeError:
-            line = f" (parameters cell: {name} = {values[name]!r})" if quote else ""
+            line = f" (parameters cell: {name} = {shown(values[name])})" if quote else ""
             raise ConfigError(
-                f"{where}{name}: expected {type_name(want)}, got {values[name]!r}{line}"
+                f"{where}{name}: expected {type_name(want)}, got {shown(values[name])}{line}"
             ) from None
     return out
 
@@ -79,8 +87,25 @@ def check_dataclass(obj, *, where: str = "") -> None:
 def from_dict(cls, d: Any, *, where: str = ""):
     """Build dataclass ``cls`` from a plain dict; unknown keys raise ConfigError."""
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}expected a mapping of settings, got {d!r}")
+        raise ConfigError(f"{where}expected a mapping of settings, got {shown(d)}")
     known = [f.name for f in dataclasses.fields(cls)]
     if unknown := sorted(set(d) - set(known)):
         raise ConfigError(f"{where}unknown key(s) {unknown}; known: {known}")
     return cls(**d)
+
+
+def json_problem(value: Any, schema: Mapping[str, Any], what: str | None = None) -> str | None:
+    """Why ``value``, read from one of our JSON state files, does not have the shape ``schema``
+    ({field: type}; a field may be absent) describes; None when it does. ``what`` names the
+    part of the file ``value`` is (the whole file when None)."""
+    if not isinstance(value, dict):
+        return f"{what or 'the file'} must be a JSON object, got {shown(value)}"
+    for key, want in schema.items():
+        if key in value:
+            try:
+                coerce(value[key], want)
+            except TypeError:
+                where = f"{what}." if what else ""
+                names = type_name(want).replace("None", "null")
+                return f"{where}{key} must be {names}, got {shown(value[key])}"
+    return None

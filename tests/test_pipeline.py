@@ -241,10 +241,13 @@ def test_unknown_key_is_rejected_before_anything_runs(toy, isolated, capsys, mon
     assert not (outputs / "pipeline.json").exists() and not (outputs / "notebooks").exists()
 
 
-def test_no_notebooks_says_so_and_exits_zero(isolated, capsys):
-    assert cli.main(["pipeline"]) == 0
-    assert "no notebooks" in capsys.readouterr().out
-    assert not (isolated / "outputs" / "pipeline.json").exists()
+def test_no_notebooks_is_an_error(isolated, capsys):
+    assert cli.main(["pipeline"]) == 1
+    assert "no notebooks folder: nothing to run" in capsys.readouterr().err
+    (isolated / "notebooks").mkdir()
+    assert cli.main(["pipeline"]) == 1
+    assert "no notebooks (NN_*.ipynb) in" in capsys.readouterr().err
+    assert not (isolated / "outputs").exists()
 
 
 # --------------------------------------------------------------------------------------------

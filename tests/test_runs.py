@@ -112,3 +112,21 @@ def test_default_runs_are_the_last_stages_run_list_members(digits, isolated):
     assert runs.default_runs() == [root / "m-s0", root / "m-s1"]
     runs.save_run_list({"m-s0": [root / "m-s0"]}, paths.stage_dir("05_x") / paths.RUN_LIST)
     assert runs.default_runs() == [root / "m-s0"]
+
+
+@pytest.mark.parametrize("damage", ["folder", "garbage"])
+def test_a_damaged_runs_table_never_loses_the_run(digits, tmp_path, damage):
+    """The run is complete before its runs.csv row is written; a damaged table is rebuilt."""
+    cfg = TrainConfig.from_dict({**TINY, "epochs": 1})
+    T.train(cfg, *digits, run_dir=tmp_path / "first", quiet=True)
+    table = tmp_path / runs.RUNS_TABLE
+    table.unlink()
+    if damage == "folder":
+        table.mkdir()
+    else:
+        table.write_bytes(b"\xff\xfe\x00garbage\x00\n\x81")
+    with pytest.warns(UserWarning, match="runs.csv"):
+        T.train(cfg.replace(seed=1), *digits, run_dir=tmp_path / "second", quiet=True)
+    runs.check_complete(tmp_path / "second")
+    if damage == "garbage":  # rebuilt from both finished folders
+        assert sorted(pd.read_csv(table)["name"]) == ["first", "second"]

@@ -111,3 +111,24 @@ def test_every_shipped_profile_routes_to_the_notebooks_and_checks(name):
     for stem, values in routed.items():
         stages.check_values(stem, values)
     assert any(routed.values())
+
+
+def test_values_are_checked_up_front_as_the_notebook_checks_them():
+    """The stage's own parameters by their rules, the training fields by TrainConfig's; "auto"
+    where the stage reads an earlier stage's choice."""
+    stages.check_values("04_train_cnn", {"model": "auto", "augment": "auto", "n_folds": 0})
+    stages.check_values("02_augmentation", {"policies": " none , affine "})
+    for stage, values, match in [
+        ("04_train_cnn", {"epochs": 0}, "04_train_cnn: epochs: 0 is too small"),
+        ("04_train_cnn", {"weight_decay": float("nan")}, "weight_decay: nan must be a finite"),
+        ("04_train_cnn", {"n_folds": 1}, "n_folds: 1 must be 0"),
+        ("02_augmentation", {"policies": " , "}, "names no augmentation preset"),
+        ("04_train_cnn", {"augment": "bogus"}, "augment: unknown preset 'bogus'"),
+        ("05_ensemble_submission", {"device": "gpu"}, "device: 'gpu' is not a device name"),
+        ("05_ensemble_submission", {"pseudo_threshold": float("nan")}, "must be in \\[0, 1\\]"),
+        ("01_eda", {"seed": -1}, "01_eda: seed: -1 must be ≥ 0"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            stages.check_values(stage, values)
+    with pytest.raises(ConfigError, match="01_eda: tsne_samples: 2 must be at least 3"):
+        notebook.check_params("01_eda", {"data_dir": "", "tsne_samples": 2, "seed": 0})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -55,11 +56,26 @@ def _save_traceback() -> Path | None:
         return None
 
 
+# What the user can do about an OSError the environment caused, by errno.
+ACTIONABLE = {
+    errno.ENOSPC: "free some space on that disk, or write elsewhere (DIGITS_OUTPUTS)",
+    errno.EDQUOT: "free some of your quota there, or write elsewhere (DIGITS_OUTPUTS)",
+    errno.EFBIG: "the file is over the file system's (or `ulimit -f`'s) size limit",
+    errno.EROFS: "that file system is mounted read-only: write elsewhere (DIGITS_OUTPUTS)",
+    errno.EACCES: "check the permissions of the path and its folders",
+    errno.EPERM: "check the permissions of the path and its folders",
+}
+
+
 def _os_error(e: OSError) -> str:
-    """An OSError with a file name is the environment's doing (permissions, a full disk, a
-    folder where a file should be), not a bug: name the path and the reason."""
+    """An OSError with a file name, or one the user can act on (a full disk, a size limit, a
+    read-only or forbidden place), is the environment's doing, not a bug: name the path, the
+    reason and what to do."""
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
-    return f"{where}: {e.strerror or e.__class__.__name__}"
+    text = e.strerror or e.__class__.__name__
+    if hint := ACTIONABLE.get(e.errno):
+        text += f"; {hint}"
+    return f"{where}: {text}" if e.filename is not None else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,18 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DigitsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_cut(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None and e.errno not in ACTIONABLE:
             return _bug(e)
         print(f"error: {_os_error(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # anything else is our bug: one line here, the traceback in a file
         return _bug(e)
+
+
+def _cut(text: str, limit: int = 2000) -> str:
+    """A message as long as a screen at most: what it echoes may be the user's megabytes."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
 def _bug(e: BaseException) -> int:

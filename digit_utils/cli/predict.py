@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_utils import paths
+from digit_utils import atomic, paths
 from digit_utils.cli.options import add_model_options, device_of
 from digit_utils.errors import DataError, DigitsError
 
@@ -76,7 +76,9 @@ def _predict(args) -> int:
             break
         fig = plot_prediction(image, pred)
         figures.append(out / f"{i:02d}_{Path(pred.source).stem}.png")
-        fig.savefig(figures[-1], dpi=100)
+        atomic.atomic_write(
+            figures[-1], lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=100), mode="wb"
+        )
         plt.close(fig)
     if args.json:
         record = {"runs": [str(r) for r in runs], "tta": args.tta, "which": args.which}

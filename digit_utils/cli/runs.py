@@ -51,7 +51,7 @@ def _text(table) -> str:
     shown = table.assign(
         fold=table["fold"].map(lambda f: "-" if f is None or f != f else str(int(f))),
         val_acc=table["val_acc"].map(lambda a: "-" if a is None or a != a else f"{a:.4f}"),
-        seconds=table["train_seconds"].map(lambda s: f"{s:.1f}"),
+        seconds=table["train_seconds"].map(lambda s: "-" if s is None or s != s else f"{s:.1f}"),
         date=table["finished"].map(lambda d: str(d).replace("T", " ")[:16]),
         folder=table["run_dir"].map(folder),
     )[["model", "seed", "fold", "val_acc", "seconds", "device", "date", "folder"]]

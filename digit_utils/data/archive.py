@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -28,13 +30,35 @@ def _members(zf: zipfile.ZipFile, archive: Path, required: Sequence[str]) -> set
     raise DataError(f"archive lacks {', '.join(missing)} at its top level{where}", file=archive)
 
 
-def _check_crc(zf: zipfile.ZipFile, archive: Path) -> None:
-    try:
-        bad = zf.testzip()
-    except (zlib.error, zipfile.BadZipFile, OSError) as e:  # a damaged deflate stream
-        raise DataError(f"archive is corrupt ({e})", file=archive) from None
-    if bad:
-        raise DataError(f"archive member {bad} is corrupt (CRC mismatch)", file=archive)
+READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _check_members(zf: zipfile.ZipFile, archive: Path, members: Sequence[str]) -> None:
+    """Read each member through once: encrypted, unreadable (deflate64, AES) or corrupt ones
+    are named before anything is extracted."""
+    for name in members:
+        info = zf.getinfo(name)
+        if info.flag_bits & 0x1:
+            raise DataError(
+                f"archive member {name} is encrypted; unzip it with its password and give the "
+                "folder",
+                file=archive,
+            )
+        if info.compress_type not in READABLE:
+            raise DataError(
+                f"archive member {name} uses compression method {info.compress_type}, which "
+                "Python cannot read; unzip it with another tool (or re-zip it with deflate)",
+                file=archive,
+            )
+        try:
+            with zf.open(info) as fh:
+                while fh.read(1 << 22):
+                    pass
+        except zipfile.BadZipFile as e:
+            why = "CRC mismatch" if "CRC" in str(e) else str(e)
+            raise DataError(f"archive member {name} is corrupt ({why})", file=archive) from None
+        except (zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            raise DataError(f"archive member {name} is corrupt ({e})", file=archive) from None
 
 
 def same_file(info: zipfile.ZipInfo, path: Path) -> bool:
@@ -64,8 +88,8 @@ def extract(
     try:
         with zipfile.ZipFile(archive) as zf:
             names = _members(zf, archive, required)
-            _check_crc(zf, archive)
             members = [f for f in wanted if f in names]
+            _check_members(zf, archive, members)
             clash = [
                 f
                 for f in members
@@ -97,6 +121,8 @@ def extract_cached(
     interrupted extraction is simply redone.
     """
     dest = cache_root / key
+    if cache_root.is_dir():
+        sweep_stale(cache_root)
     if dest.is_dir():
         return dest
     created = [p for p in (cache_root.parent, cache_root) if not p.exists()]
@@ -111,8 +137,39 @@ def extract_cached(
     return dest
 
 
+STALE_AFTER = 24 * 3600  # seconds: a temp folder without a pid in its name is stale after this
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's; a number no pid can be
+        return pid > 0
+    return True
+
+
+def sweep_stale(cache_root: Path) -> None:
+    """Remove temp folders (``.<key>.<pid>.<random>``) left by extractions whose process was
+    killed; a live process's are kept (its pid is in the name)."""
+    for tmp in cache_root.glob(".*"):
+        parts = tmp.name.split(".")  # ['', key, pid, random]
+        if not tmp.is_dir() or tmp.is_symlink() or len(parts) not in (3, 4):
+            continue
+        stale = False
+        if len(parts) == 4 and parts[2].isdigit():
+            stale = not _alive(int(parts[2]))
+        else:  # an older layout without the pid
+            with contextlib.suppress(OSError):
+                stale = time.time() - tmp.stat().st_mtime > STALE_AFTER
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _extract_into(archive, cache_root: Path, dest: Path, required, wanted) -> None:
-    with tempfile.TemporaryDirectory(dir=cache_root, prefix=f".{dest.name}.") as tmp:
+    prefix = f".{dest.name}.{os.getpid()}."  # the pid lets the next run sweep it if we die
+    with tempfile.TemporaryDirectory(dir=cache_root, prefix=prefix) as tmp:
         extract(archive, Path(tmp) / "files", required, wanted)
         os.chmod(Path(tmp) / "files", 0o755)  # TemporaryDirectory makes 0700
         try:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from digit_utils import atomic, paths
-from digit_utils.data.checks import SAMPLE_TEST_LABELS, _parse
+from digit_utils.data.checks import SAMPLE_TEST_LABELS, _parse, not_a_file
 from digit_utils.data.sources import DataSource, locate
 from digit_utils.errors import DataError
 
@@ -40,7 +40,7 @@ def _cache_path(csv_path: Path, key: str) -> Path:
 def _load(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
-        raise DataError("file not found", file=path)
+        raise DataError(not_a_file(path), file=path)
     key = atomic.file_hash(path)
     cache = _cache_path(path, key)
     if cache.is_file():

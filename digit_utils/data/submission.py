@@ -17,7 +17,15 @@ import pandas as pd
 
 from digit_utils import __version__, atomic, paths
 from digit_utils.atomic import file_hash
-from digit_utils.data.checks import BOM, EXPECTED_ROWS, SUBMISSION_HEADER, check_text
+from digit_utils.data.checks import (
+    BOM,
+    EXPECTED_ROWS,
+    SUBMISSION_HEADER,
+    check_text,
+    cut_cell,
+    integer,
+    not_a_file,
+)
 from digit_utils.errors import DataError
 from digit_utils.kaggle import client as kaggle
 
@@ -103,7 +111,7 @@ def _check_frame(frame: pd.DataFrame, expected_rows: int | None, where) -> pd.Da
 def _read_file(path: Path) -> pd.DataFrame:
     """Parse a submission CSV cell by cell, so that each defect is named by its line."""
     if not path.is_file():
-        raise SubmissionError("file not found", file=path)
+        raise SubmissionError(not_a_file(path), file=path)
     text = path.read_bytes()
     if not text.strip():
         raise SubmissionError("file is empty", file=path)
@@ -127,12 +135,11 @@ def _read_file(path: Path) -> pd.DataFrame:
             for col, cell, into in zip(SUBMISSION_HEADER, cells, (ids, labels), strict=True):
                 if cell.strip() == "":
                     raise SubmissionError("empty cell", file=path, row=row, column=col)
-                try:
-                    into.append(int(cell))
-                except ValueError:
+                if (value := integer(cell)) is None:
                     raise SubmissionError(
-                        f"value {cell!r} is not an integer", file=path, row=row, column=col
-                    ) from None
+                        f"value {cut_cell(cell)} is not an integer", file=path, row=row, column=col
+                    )
+                into.append(min(max(value, -(2**62)), 2**62))  # int64; out of range anyway
     return pd.DataFrame(
         {"ImageId": np.array(ids, dtype=np.int64), "Label": np.array(labels, dtype=np.int64)}
     )

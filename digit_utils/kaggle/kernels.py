@@ -236,8 +236,9 @@ def build_kernel(
     notebook = Path(notebook)
     try:
         nb = nbformat.read(notebook, as_version=4)
-    except (OSError, ValueError) as e:  # nbformat's read errors are ValueErrors
-        raise DigitsError(f"{notebook}: cannot read notebook ({e})") from None
+    except Exception as e:  # the user's file: not JSON (ValueError), `[]` (AttributeError),
+        why = " ".join(f"{e.__class__.__name__}: {e}".split())  # cells a string (ValidationError)
+        raise DigitsError(f"{notebook}: cannot read notebook ({why[:200]})") from None
     meta = kernel_metadata(notebook, username, public=public)
     built = kernel_notebook(nb, package_sources(), notebook_name=notebook.name)
     folder = Path(dest or paths.outputs_dir() / "kernels" / kernel_slug(notebook))

@@ -13,6 +13,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from digit_utils import atomic
+
 sns.set_theme(context="notebook", style="whitegrid")
 DIGITS = list(range(10))
 
@@ -20,9 +22,11 @@ DIGITS = list(range(10))
 def save(fig: plt.Figure, folder: str | Path, name: str, dpi: int = 110) -> Path:
     """Write ``fig`` as ``folder/name.png`` and return the path (the notebook still shows it)."""
     path = Path(folder) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+
+    def write(fh):
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+
+    return atomic.atomic_write(path, write, mode="wb")  # a full disk leaves no half figure
 
 
 def _image_grid(

@@ -25,9 +25,10 @@ LOGGER = "digit_utils"  # the package's logger; a notebook configures this one o
 
 def check_params(stage: str, params: Mapping[str, Any]) -> MappingProxyType:
     """Validate a notebook's parameters against its stage's schema: no unknown or missing names,
-    right types. The message quotes the parameters-cell line that is wrong."""
+    right types (the message quotes the parameters-cell line that is wrong), right values (the
+    same checks the pipeline makes before it starts the notebook)."""
     checked = typed.check(params, stages.spec(stage).schema, where=f"{stage}: ", quote=True)
-    return MappingProxyType(checked)
+    return MappingProxyType(stages.check_values(stage, checked))
 
 
 def split_list(text: str) -> list[str]:

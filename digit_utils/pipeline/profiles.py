@@ -38,30 +38,83 @@ def load_profile(name_or_path: str | Path | None) -> dict:
         return {}
     path = Path(name_or_path).expanduser()
     if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"profile {path} is a folder, not a YAML file")
         if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
             raise ConfigError(f"profile file {path} does not exist")
         path = params_dir() / f"{name_or_path}.yaml"
         if not path.is_file():
             known = ", ".join(available_profiles()) or f"none in {params_dir()}"
             raise ConfigError(f"unknown profile {str(name_or_path)!r}; available: {known}")
+    raw = path.read_bytes()
     try:
-        profile = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 text"
+        ) from None
+    try:
+        profile = yaml.load(text, Loader=_loader())  # noqa: S506  (a SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        why = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML ({why[:300]})") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     if profile is None:
         return {}
     if not isinstance(profile, dict):
         raise ConfigError(f"{path}: a profile must be a mapping of parameter names to values")
-    return _plain(profile)
+    return _plain(profile, {})
 
 
-def _plain(value: Any) -> Any:
+class _DuplicateKey(Exception):
+    """A mapping in a profile names the same key twice (YAML would keep the last silently)."""
+
+
+def _loader():
+    """PyYAML's SafeLoader, refusing duplicate keys and naming both of their lines."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may repeat keys
+                continue
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(
+                        f"key {key!r} appears twice, on lines {seen[key]} and {line} "
+                        "(YAML would silently keep the last)"
+                    )
+                seen[key] = line
+            except TypeError:  # an unhashable key: YAML itself refuses it below
+                continue
+        return loader.construct_mapping(node)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def _plain(value: Any, memo: dict[int, Any]) -> Any:
     """YAML values as the user meant them: a date stays the text it was, and 1e-3 is a float
-    (YAML 1.1, which PyYAML reads, wants 1.0e-3 and otherwise gives the string '1e-3')."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
+    (YAML 1.1, which PyYAML reads, wants 1.0e-3 and otherwise gives the string '1e-3').
+    ``memo`` keeps YAML's aliases shared: expanded, nine nested aliases make 9**9 objects."""
+    if isinstance(value, dict | list):
+        if id(value) in memo:
+            return memo[id(value)]
+        if isinstance(value, dict):
+            memo[id(value)] = out = {}
+            out.update({str(k): _plain(v, memo) for k, v in value.items()})
+        else:
+            memo[id(value)] = out = []
+            out.extend(_plain(v, memo) for v in value)
+        return out
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, str) and EXPONENT.match(value):
@@ -75,7 +128,7 @@ def parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return _plain(yaml.safe_load(text))
+        return _plain(yaml.safe_load(text), {})
     except yaml.YAMLError:
         return text
 

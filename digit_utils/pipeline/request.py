@@ -50,8 +50,12 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
     path = Path(notebook)
     if not path.is_file():
         raise ConfigError(f"{path}: notebook not found")
-    with quiet_papermill():
-        return papermill.inspect_notebook(str(path))
+    try:
+        with quiet_papermill():
+            return papermill.inspect_notebook(str(path))
+    except Exception as e:  # the user's file: not JSON, `[]`, cells that are a string, ...
+        why = " ".join(f"{e.__class__.__name__}: {e}".split())
+        raise ConfigError(f"{path}: not a readable notebook ({why[:200]})") from None
 
 
 def select(
@@ -60,10 +64,12 @@ def select(
     """The notebooks ``only`` names (prefixes or stems), from ``start`` on, in pipeline order."""
     stems = [p.stem for p in notebooks]
     chosen = list(notebooks)
-    if start:
-        chosen = chosen[stems.index(stages.match(stems, start)) :]
-    if only:
+    if start is not None:  # --from "" names no notebook (it used to mean the first)
+        chosen = chosen[stems.index(stages.match(stems, start, "--from")) :]
+    if only is not None:  # --only "" is a selection of nothing, not of everything
         names = only.split(",") if isinstance(only, str) else list(only)
+        if not any(n.strip() for n in names):
+            raise ConfigError(f"--only {only!r} names no notebook; give prefixes such as 01,03")
         wanted = {stages.match(stems, n) for n in names if n.strip()}
         chosen = [p for p in chosen if p.stem in wanted]
     if not chosen:
@@ -100,6 +106,25 @@ class Request:
         return sources
 
 
+def _check_model_names(stem: str, params: Mapping[str, Any]) -> None:
+    """Names of registered models, as the notebook's build will want (the registry lives in
+    the train wing, above the stage graph): ``model`` ("auto" where the stage reads the zoo's
+    choice) and the zoo's ``models`` ("all" or a list)."""
+    from digit_utils.train import models  # torch: only once a pipeline is really planned
+
+    names = []
+    if isinstance(params.get("model"), str):
+        auto = stages.MODEL_CHOICE in stages.spec(stem).reads and params["model"] == "auto"
+        names += [] if auto else [params["model"]]
+    if isinstance(params.get("models"), str) and params["models"] != "all":
+        names += [n.strip() for n in params["models"].split(",") if n.strip()] or [""]
+    for name in names:
+        try:
+            models.check_name(name)
+        except ConfigError as e:
+            raise ConfigError(f"{stem}: {e}") from None
+
+
 def plan(
     notebooks: Sequence[Path],
     profile: str | Path | None,
@@ -114,12 +139,16 @@ def plan(
     elif not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     selected = select(notebooks, only, start)
-    declared = {p.stem: declared_parameters(p) for p in notebooks}
-    chosen = {p.stem: declared[p.stem] for p in selected}
-    others = {s: d for s, d in declared.items() if s not in chosen}
+    chosen = {p.stem: declared_parameters(p) for p in selected}
+    others = {}  # only to name the notebook a -p key belongs to; a damaged one is not run
+    for p in notebooks:
+        if p.stem not in chosen:
+            with contextlib.suppress(ConfigError):
+                others[p.stem] = declared_parameters(p)
     values = load_profile(profile)
     routed = route_parameters(chosen, values, overrides, unselected=others)
     for stem, params in routed.items():
-        if stem in stages.STAGES:  # the same check the notebook makes, before any kernel starts
+        if stem in stages.STAGES:  # the same checks the notebook makes, before any kernel starts
             stages.check_values(stem, params)
+            _check_model_names(stem, params)
     return Request(list(notebooks), selected, chosen, routed, profile, values, dict(overrides))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from digit_utils import paths
-from digit_utils.errors import DigitsError
-from digit_utils.pipeline.record import RECORD, Record
+from digit_utils.errors import ConfigError, DigitsError
+from digit_utils.pipeline.record import RECORD, Record, lock
 from digit_utils.pipeline.record import describe as describe_record
 from digit_utils.pipeline.record import read as read_record
 from digit_utils.pipeline.request import (
@@ -165,26 +165,31 @@ def run_pipeline(
     ``overrides`` is a mapping like :func:`parse_overrides` returns, or the raw ``key=value``
     strings. Raises ConfigError before anything runs, and PipelineError when a notebook fails.
     """
-    from digit_utils import data
-
     folder = Path(notebooks_dir) if notebooks_dir is not None else paths.notebooks_dir()
     notebooks = discover_notebooks(folder)
-    if not notebooks:
-        print(f"no notebooks (NN_*.ipynb) in {folder}: nothing to run")
-        return {"notebooks": [], "status": "empty"}
+    if not notebooks:  # a run that did nothing must not pass for one that worked
+        what = "no notebooks (NN_*.ipynb) in" if folder.is_dir() else "no notebooks folder"
+        raise ConfigError(f"{folder}: {what}: nothing to run (is DIGITS_ROOT the project?)")
     request = plan(notebooks, profile, only, start, overrides)  # everything checked here
+    out = Path(outputs).resolve() if outputs is not None else paths.outputs_dir()
+    with lock(out):  # one run at a time on these outputs
+        return _run_locked(request, out, outputs is not None, folder, render_html)
+
+
+def _run_locked(request: Request, out: Path, own_outputs: bool, folder: Path, html: bool) -> dict:
+    from digit_utils import data
+
     # Once, before any notebook: this may download, or write and announce the offline sample.
     source = data.locate(request.data_dir())
     sources = request.fill_data_dir(source)
-    out = Path(outputs).resolve() if outputs is not None else paths.outputs_dir()
     record = _start_record(out / RECORD, request, source, sources)
     print(
         f"pipeline: {len(request.selected)} notebook(s), profile {record.data['profile']}",
         flush=True,
     )
-    with _kernel_env(out if outputs is not None else None, record.data["profile"]):
+    with _kernel_env(out if own_outputs else None, record.data["profile"]):
         for nb in request.selected:
-            _run_recorded(nb, request.selected, record, out, folder, render_html)
+            _run_recorded(nb, request.selected, record, out, folder, html)
     record.save("ok")
     print(f"pipeline ok in {record.data['seconds']:.1f} s; record in {record.path}")
     return record.data
@@ -192,7 +197,11 @@ def run_pipeline(
 
 def _start_record(path: Path, request: Request, source, sources: dict) -> Record:
     """A new record for this run, after saying so if the last run was interrupted."""
-    earlier = read_record(path)
+    try:
+        earlier = read_record(path)
+    except DigitsError as e:  # a damaged record of an earlier run: this run's replaces it
+        print(f"warning: {str(e).split('; the next')[0]}; replacing it", flush=True)
+        earlier = None
     if earlier and earlier["status"] == "interrupted":
         print(describe_record(earlier, path), flush=True)
     record = Record(path, request, source, sources)

@@ -415,8 +415,8 @@ def train(
     ``images`` uint8 [N,1,28,28] and ``labels`` int64 [N]. ``extra_images``/``extra_labels``
     are added to the training rows only (never validated; ``val_idx`` still indexes ``images``).
     Writes the run folder (default
-    ``outputs/runs/<name>``; layout in :mod:`runs`) and its row in ``runs.csv`` beside it, and
-    marks the folder complete last. ``resume=True`` continues from ``last.pt`` when there is
+    ``outputs/runs/<name>``; layout in :mod:`runs`), marks it complete, then adds its row to
+    ``runs.csv`` beside it. ``resume=True`` continues from ``last.pt`` when there is
     one; otherwise an earlier run in the same folder is cleared before the first checkpoint.
     """
     if (extra_images is None) != (extra_labels is None):
@@ -495,6 +495,7 @@ def _finish(run: _Run, wall: float) -> TrainResult:
         "version": __version__,
         "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    runs.write_metrics(run.run_dir, metrics, cfg)
-    runs.mark_complete(run.run_dir)  # last: from here on the folder is a finished run
+    runs.write_metrics(run.run_dir, metrics)
+    runs.mark_complete(run.run_dir)  # from here on the folder is a finished run
+    runs.record_in_table(run.run_dir, metrics, cfg)  # bookkeeping, after: it cannot lose the run
     return TrainResult(final_model, history, metrics, run.run_dir, run.val_idx, val_proba, cfg)

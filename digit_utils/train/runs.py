@@ -16,7 +16,8 @@ A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for 
     metrics.json     headline figures and provenance
     complete.json    written last, atomically: the run's files and their hashes
 
-and a row in ``runs.csv`` beside the folders (one row per run name). A folder without
+and a row in ``runs.csv`` beside the folders (one row per run name; bookkeeping written after
+the run is complete, rebuilt from the folders when damaged). A folder without
 ``complete.json``, or whose files no longer match it, is unfinished or mixed (a rerun killed
 half-way beside an older run's results): every reader refuses it, saying to resume or rerun.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from digit_utils import __version__, atomic, paths
+from digit_utils import __version__, atomic, paths, typed
 from digit_utils.config import TrainConfig
 from digit_utils.errors import CheckpointError, ConfigError, DigitsError
 from digit_utils.train.models import build_model
@@ -296,24 +298,62 @@ def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), proba.astype(np.float32)
 
 
-def write_metrics(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path:
-    """metrics.json, then the run's row in runs.csv beside the run folders."""
-    atomic.write_json(metrics, run_dir / METRICS)
-    row = {
-        **{k: metrics[k] for k in ("name", "model", "best_val_acc", "final_val_acc")},
-        "seed": cfg.seed,
-        "fold": cfg.fold,
-        "epochs": cfg.epochs,
-        "train_seconds": metrics["train_seconds"],
-        "device": metrics["device"],
+def write_metrics(run_dir: Path, metrics: dict) -> Path:
+    return atomic.write_json(metrics, run_dir / METRICS)
+
+
+def _table_row(run_dir: Path, metrics: Mapping, config: Mapping) -> dict:
+    return {
+        **{k: metrics.get(k) for k in ("name", "model", "best_val_acc", "final_val_acc")},
+        **{k: config.get(k) for k in ("seed", "fold", "epochs")},
+        "train_seconds": metrics.get("train_seconds"),
+        "device": metrics.get("device"),
         "run_dir": str(run_dir),
-        "finished": metrics["finished"],
+        "finished": metrics.get("finished"),
     }
+
+
+def _rebuilt_table(root: Path) -> pd.DataFrame:
+    """runs.csv as the finished run folders under ``root`` say it should be."""
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if (p / COMPLETE).is_file()):
+        try:
+            metrics = json.loads((folder / METRICS).read_text())
+            config = json.loads((folder / CONFIG).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict) and isinstance(config, dict):
+            rows.append(_table_row(folder, metrics, config))
+    return pd.DataFrame(rows)
+
+
+def record_in_table(run_dir: Path, metrics: dict, cfg: TrainConfig) -> Path | None:
+    """The run's row in runs.csv beside the run folders, after the run is complete: a damaged
+    table is rebuilt from the folders, and one that cannot be written costs a warning, never
+    the run."""
     table = run_dir.parent / RUNS_TABLE
-    frame = pd.read_csv(table) if table.is_file() else pd.DataFrame()
+    row = _table_row(run_dir, metrics, cfg.to_dict())
+    try:
+        frame = pd.read_csv(table) if table.exists() else pd.DataFrame()
+        if len(frame) and "name" not in frame:
+            raise ValueError("no 'name' column")
+    except (OSError, ValueError, pd.errors.ParserError) as e:  # a folder, garbage, not UTF-8
+        warnings.warn(
+            f"{table}: damaged ({e.__class__.__name__}); rebuilt from the run folders",
+            stacklevel=2,
+        )
+        frame = _rebuilt_table(run_dir.parent)
     if "name" in frame:  # one row per run name: a rerun replaces its row
         frame = frame[frame["name"] != row["name"]]
-    return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+    try:
+        return atomic.write_csv(pd.concat([frame, pd.DataFrame([row])], ignore_index=True), table)
+    except OSError as e:
+        warnings.warn(
+            f"{table}: cannot write the runs table ({e.strerror or e}); the run in {run_dir} "
+            "is complete, and `digits runs` lists it from the folders",
+            stacklevel=2,
+        )
+        return None
 
 
 def default_runs() -> list[Path]:
@@ -353,8 +393,29 @@ def save_run_list(groups: dict[str, list[str | Path]], path: Path) -> Path:
 
 def load_run_list(relative: str) -> dict[str, list[Path]]:
     """The ``{base model: [run folders]}`` a stage recorded, resolved locally or on Kaggle."""
-    listing = json.loads(paths.upstream(relative).read_text())
+    path = paths.upstream(relative)
+    try:
+        listing = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        listing, problem = None, f"not readable JSON ({e.__class__.__name__}: {e})"
+    else:
+        problem = _run_list_problem(listing)
+    if problem:
+        stage = relative.split("/", 1)[0]
+        raise DigitsError(f"{path}: damaged run list: {problem}; rerun {stage} to rewrite it")
     return {name: [paths.upstream(r) for r in runs] for name, runs in listing["models"].items()}
+
+
+def _run_list_problem(listing) -> str | None:
+    """What is wrong with a run list's JSON (``{"models": {name: [folders]}}``), or None."""
+    if problem := typed.json_problem(listing, {"models": dict}):
+        return problem
+    if "models" not in listing:
+        return "it has no 'models'"
+    for name, runs in listing["models"].items():
+        if not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
+            return f"models.{name} must be a list of run folders, got {typed.shown(runs)}"
+    return None
 
 
 def as_groups(runs) -> dict[str, list[Path]]:
@@ -382,6 +443,28 @@ def as_groups(runs) -> dict[str, list[Path]]:
 # Every finished run: the table `digits runs` prints
 
 
+# The fields `digits runs` lists, and their types (None: may be null).
+METRICS_SHAPE = {"model": str | None, "final_val_acc": float | None, "best_val_acc": float | None,
+                 "epochs": int | None, "train_seconds": float | None, "device": str | None,
+                 "finished": str | None}  # fmt: skip
+CONFIG_SHAPE = {"model": str | None, "seed": int | None, "fold": int | None, "epochs": int | None}
+
+
+def _listed(path: Path, shape: dict) -> dict:
+    """A run's metrics.json or config.json for the listing; CheckpointError naming the file and
+    field when it is damaged (written by hand, or by something else)."""
+    try:
+        found = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as e:
+        problem = f"not readable JSON ({e.__class__.__name__}: {e})"
+    else:
+        if (problem := typed.json_problem(found, shape)) is None:
+            return found
+    raise CheckpointError(
+        f"{path}: damaged run file: {problem}; retrain that run, or move its folder away"
+    )
+
+
 def finished_runs() -> pd.DataFrame:
     """One row per finished run folder (one with metrics.json) under every runs root, oldest
     first: name, stage, model, seed, fold, val_acc (the final model's), best_val_acc, epochs,
@@ -391,11 +474,7 @@ def finished_runs() -> pd.DataFrame:
     for root in paths.all_runs_dirs():
         stage = None if root == paths.runs_dir() else root.parent.name
         for folder in sorted(p for p in root.iterdir() if (p / METRICS).is_file()):
-            try:
-                m = json.loads((folder / METRICS).read_text())
-                c = json.loads((folder / CONFIG).read_text())
-            except (OSError, ValueError):
-                continue  # half-written or damaged: not a finished run to list
+            m, c = _listed(folder / METRICS, METRICS_SHAPE), _listed(folder / CONFIG, CONFIG_SHAPE)
             rows.append(
                 {
                     "name": folder.name,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -151,3 +153,29 @@ def missing_in_kernel(relative: str) -> str:
         f"kernel build` does) and push this kernel once {stage} has completed (`digits kaggle "
         "kernel push --wait`)"
     )
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path`` is, for a message, when it is not a regular file we can read: missing, a
+    folder, a named pipe (reading it would wait for ever), a device, a dangling or looping link."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it points back to itself)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if isinstance(e, FileNotFoundError):
+            return "file not found"
+        return f"cannot be read ({e.strerror})"
+    linked = f"links to {path.resolve()}, which " if path.is_symlink() else ""
+    for test, what in (
+        (stat.S_ISDIR, "is a folder"),
+        (stat.S_ISFIFO, "is a named pipe (FIFO)"),
+        (stat.S_ISCHR, "is a device"),
+        (stat.S_ISBLK, "is a device"),
+        (stat.S_ISSOCK, "is a socket"),
+    ):
+        if test(mode):
+            return f"{linked}{what}, not a file"
+    return f"{linked}is not a regular file"

@@ -141,6 +141,14 @@ def image(t: Path, name: str, colour: int = 230) -> Path:
     return t / name
 
 
+def broken_kaggle(t: Path) -> str:
+    """A PATH whose first `kaggle` is a script with an interpreter that does not exist."""
+    (t / "brokenbin").mkdir()
+    (t / "brokenbin" / "kaggle").write_text("#!/nonexistent/python3\nprint('hi')\n")
+    (t / "brokenbin" / "kaggle").chmod(0o755)
+    return f"{t / 'brokenbin'}{os.pathsep}{os.environ['PATH']}"
+
+
 def outputs_file(t: Path) -> dict:
     (t / "outputs-file").write_text("not a folder")
     return {"DIGITS_OUTPUTS": str(t / "outputs-file")}
@@ -364,6 +372,10 @@ CASES = {
     "kaggle-403": (
         lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "403"}),
         "accept the competition rules",
+    ),
+    "kaggle-interpreter-missing": (  # "No such file" named the script, which exists
+        lambda t: (["kaggle", "submissions"], {**KAGGLE, "PATH": broken_kaggle(t)}),
+        "its interpreter line '#!/nonexistent/python3' names a program that does not exist",
     ),
     "kaggle-network": (
         lambda t: (["kaggle", "submissions"], {**KAGGLE, "FAKE_KAGGLE_FAIL": "network"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 
 import numpy as np
@@ -349,3 +350,19 @@ def test_cli_goes_on_past_a_blank_image(world, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 1 and "good.png" in out and f"{world['labels'][0]:>5}" in out
     assert err.count("error:") == 1 and "1 of 2 image(s)" in err and "blank.png" in err
+
+
+def test_a_fifo_or_a_float_tiff_with_nan_is_named(world, tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # reading it would wait for ever; "file not found" was wrong
+    with pytest.raises(DataError, match="pipe.png: is a named pipe"):
+        preprocess(fifo)
+    nan = tmp_path / "nan.tif"
+    pixels = np.full((28, 28), 200.0, np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels, mode="F").save(nan)  # np.bincount raised a ValueError here
+    with pytest.raises(DataError, match="nan.tif: has pixels that are not numbers"):
+        preprocess(nan)
+    assert cli.main(["predict", str(nan), "--run", str(world["runs"][0])]) == 1
+    err = capsys.readouterr().err
+    assert "nan.tif" in err and "Traceback" not in err

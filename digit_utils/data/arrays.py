@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from digit_utils import atomic, paths
-from digit_utils.data.checks import SAMPLE_TEST_LABELS, _parse, not_a_file
+from digit_utils.data.checks import SAMPLE_TEST_LABELS, _parse
 from digit_utils.data.sources import DataSource, locate
 from digit_utils.errors import DataError
+from digit_utils.paths import not_a_file
 
 log = logging.getLogger("digit_utils.data")
 

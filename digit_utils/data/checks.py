@@ -7,11 +7,8 @@ integer (labels 0-9, pixels 0-255). An error names the file, row and column.
 from __future__ import annotations
 
 import csv
-import errno
 import io
-import os
 import re
-import stat
 import warnings
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from digit_utils.errors import DataError, DataWarning
+from digit_utils.paths import not_a_file
 
 FILES = ("train.csv", "test.csv", "sample_submission.csv")
 PIXELS = [f"pixel{i}" for i in range(784)]
@@ -42,32 +40,6 @@ GET_REAL_DATA = (
 BOM = b"\xef\xbb\xbf"  # Excel writes one at the start of "CSV UTF-8"; pandas skips it, so do we
 # Files that are not CSV text, by their first bytes, to say what they are instead.
 MAGIC = {b"\x1f\x8b": "a gzip file", b"PK\x03\x04": "a zip archive", b"\x89PNG": "a PNG image"}
-
-
-def not_a_file(path: Path) -> str:
-    """What ``path`` is, for a message, when it is not a regular file we can read: missing, a
-    folder, a named pipe (reading it would wait for ever), a device, a dangling or looping link."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "is a symbolic link that loops (it points back to itself)"
-        if path.is_symlink():
-            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
-        if isinstance(e, FileNotFoundError):
-            return "file not found"
-        return f"cannot be read ({e.strerror})"
-    linked = f"links to {path.resolve()}, which " if path.is_symlink() else ""
-    for test, what in (
-        (stat.S_ISDIR, "is a folder"),
-        (stat.S_ISFIFO, "is a named pipe (FIFO)"),
-        (stat.S_ISCHR, "is a device"),
-        (stat.S_ISBLK, "is a device"),
-        (stat.S_ISSOCK, "is a socket"),
-    ):
-        if test(mode):
-            return f"{linked}{what}, not a file"
-    return f"{linked}is not a regular file"
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -23,12 +23,12 @@ from digit_utils.data.checks import (
     SAMPLE_TEST_LABELS,
     TEST_HEADER,
     TRAIN_HEADER,
-    not_a_file,
     validate_csv,
     validate_sample_submission,
 )
 from digit_utils.errors import DataError, DataWarning
 from digit_utils.kaggle import client as kaggle
+from digit_utils.paths import not_a_file
 
 log = logging.getLogger("digit_utils.data")
 

@@ -24,10 +24,10 @@ from digit_utils.data.checks import (
     check_text,
     cut_cell,
     integer,
-    not_a_file,
 )
 from digit_utils.errors import DataError
 from digit_utils.kaggle import client as kaggle
+from digit_utils.paths import not_a_file
 
 HEADER_LINE = ",".join(SUBMISSION_HEADER)
 

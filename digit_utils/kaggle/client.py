@@ -8,6 +8,7 @@ so this module never imports it: it runs the ``kaggle`` executable and turns its
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -188,9 +189,21 @@ def run(args: list[str], *, cwd: str | Path | None = None, timeout: float = 600)
         raise KaggleError(
             f"`kaggle {' '.join(args[:2])}` timed out after {timeout:.0f} s"
         ) from None
+    except OSError as e:
+        raise KaggleError(_cannot_start(argv[0], e)) from None
     if done.returncode != 0:
         raise KaggleError(redact(explain_failure(done.stdout + "\n" + done.stderr)))
     return redact(done.stdout)
+
+
+def _cannot_start(program: str, e: OSError) -> str:
+    """Why the kaggle executable did not start, naming it: a script whose ``#!`` interpreter is
+    missing fails with "No such file" although the script itself exists."""
+    why = e.strerror or type(e).__name__
+    if e.errno == errno.ENOENT and Path(program).is_file():
+        first = Path(program).read_bytes()[:200].split(b"\n", 1)[0].decode("utf-8", "replace")
+        why = f"its interpreter line {first!r} names a program that does not exist"
+    return f"cannot start the kaggle CLI {program}: {why}; reinstall it (pip install kaggle)"
 
 
 def version() -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digit_utils.errors import DataError, DataWarning
+from digit_utils.paths import not_a_file
 
 # 64 megapixels: a full-resolution 48/50-MP phone photo passes, 108/144/200-MP modes do not.
 MAX_PIXELS = 64_000_000
@@ -55,10 +56,10 @@ def from_pil(img: Image.Image) -> np.ndarray:
 
 
 def from_file(path: Path) -> np.ndarray:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise DataError(f"{path}: is a folder, not an image file")
     if not path.is_file():
-        raise DataError("file not found", file=path)
+        raise DataError(not_a_file(path), file=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
@@ -72,11 +73,14 @@ def from_file(path: Path) -> np.ndarray:
                     stacklevel=2,
                 )
             img.load()
-            return from_pil(img)
+            gray = from_pil(img)
     except Image.DecompressionBombError:
         raise DataError(f"{path}: over PIL's own pixel limit; scale it down first") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"not an image PIL can read ({e.__class__.__name__})", file=path) from None
+    if not np.isfinite(gray).all():  # a float TIFF can hold NaN or infinity
+        raise DataError("has pixels that are not numbers (NaN or infinity)", file=path)
+    return gray
 
 
 def to_gray(a: np.ndarray, where: str) -> np.ndarray:

@@ -104,6 +104,9 @@ class _FoldTeachers:
         self.teachers, self.test_images = teachers, test_images
         self.threshold, self.tta = threshold, tta
         self.cache: dict[tuple, PseudoLabels] = {}
+        # one copy of the selected images per split: every run of the split shares it (all the
+        # second round's jobs are made before the pool trains them)
+        self.rows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
         key = split_key(cfg.to_dict())
@@ -112,7 +115,8 @@ class _FoldTeachers:
                 self.teachers, cfg, self.test_images, tta=self.tta, device=cfg.device
             )
             self.cache[key] = select(proba, self.threshold)
-        return extra_rows(self.test_images, self.cache[key])
+            self.rows[key] = extra_rows(self.test_images, self.cache[key])
+        return self.rows[key]
 
     def selected(self) -> pd.DataFrame:
         """One row per split: its keys and the rows selected."""

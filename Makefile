@@ -8,7 +8,7 @@ PROFILE ?= quick
 # Committed notebooks carry no outputs and no execution metadata; cell tags (`parameters`) stay.
 STRIP_KEYS := metadata.papermill cell.metadata.papermill cell.metadata.execution metadata.widgets
 
-.PHONY: setup pipeline test lint strip clean-outputs
+.PHONY: setup pipeline test lint strip clean-outputs gpu-check
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The GPU path on whatever GPU is here, in at most 8 minutes: CUDA tests, train_speed, the chain
+# (docs/kaggle.md). GPU_CHECK="--device cpu" for the tiny CPU form.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check digit_utils tests benchmarks notebooks

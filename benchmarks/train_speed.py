@@ -63,6 +63,33 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure(model: str, seed: int, recipe: dict, device: str, images, labels, tmp) -> dict:
+    """One run of ``model`` with ``recipe`` on a 10% holdout: its speed and accuracy as a row."""
+    cfg = TrainConfig.from_dict(
+        {**recipe, "model": model, "seed": seed, "device": device, "val_fraction": 0.1}
+    )
+    t0 = time.perf_counter()
+    result = train(cfg, images, labels, run_dir=f"{tmp}/{model}-{seed}", quiet=True)
+    h = result.history
+    row = {
+        "model": model, "device": result.metrics["device"], "seed": seed,
+        "precision": result.metrics["precision"], "compile": cfg.compile,
+        "epochs": cfg.epochs, "images_per_s": float(h["images_per_s"].median()),
+        "s_per_epoch": float(h["seconds"].median()),
+        **{f"s_to_{t * 100:g}": seconds_to(h, t) for t in THRESHOLDS},
+        "final_acc": float(h["val_acc"].iloc[-1]),
+        "best_acc": float(h["val_acc"].max()),
+        "train_s": float(h["seconds"].sum()),
+        "wall_s": time.perf_counter() - t0,
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+        "recipe": str(recipe),
+    }  # fmt: skip
+    accs = " ".join(f"{a:.4f}" for a in h["val_acc"])
+    print(f"{model} seed {seed}: {row['train_s']:.1f}s train, "
+          f"{row['images_per_s']:.0f} img/s, holdout by epoch: {accs}", flush=True)  # fmt: skip
+    return row
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["fast_cnn"])
@@ -100,31 +127,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     print(f"{model}: budget spent, skipping seed {seed}")
                     continue
                 recipe = {**RECIPES.get(model, DEFAULT_RECIPE), **overrides}
-                cfg = TrainConfig.from_dict(
-                    {**recipe, "model": model, "seed": seed, "device": args.device,
-                     "val_fraction": 0.1}
-                )  # fmt: skip
-                t0 = time.perf_counter()
-                result = train(cfg, images, labels, run_dir=f"{tmp}/{model}-{seed}", quiet=True)
-                h = result.history
-                spent += float(h["seconds"].sum())
-                row = {
-                    "model": model, "device": result.metrics["device"], "seed": seed,
-                    "precision": result.metrics["precision"], "compile": cfg.compile,
-                    "epochs": cfg.epochs, "images_per_s": float(h["images_per_s"].median()),
-                    "s_per_epoch": float(h["seconds"].median()),
-                    **{f"s_to_{t * 100:g}": seconds_to(h, t) for t in THRESHOLDS},
-                    "final_acc": float(h["val_acc"].iloc[-1]),
-                    "best_acc": float(h["val_acc"].max()),
-                    "train_s": float(h["seconds"].sum()),
-                    "wall_s": time.perf_counter() - t0,
-                    "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-                    "recipe": str(recipe),
-                }  # fmt: skip
+                row = measure(model, seed, recipe, args.device, images, labels, tmp)
+                spent += row["train_s"]
                 rows.append(row)
-                accs = " ".join(f"{a:.4f}" for a in h["val_acc"])
-                print(f"{model} seed {seed}: {row['train_s']:.1f}s train, "
-                      f"{row['images_per_s']:.0f} img/s, holdout by epoch: {accs}")  # fmt: skip
 
     runs = pd.DataFrame(rows)
 

@@ -8,6 +8,7 @@ The fakes stand in for what torch.cuda reports on Kaggle's GPUs: a T4 is sm_75 (
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 
 from digit_utils import config as C
 from digit_utils.errors import ConfigError
-from digit_utils.train import devices, grids, parallel, runs
+from digit_utils.train import devices, grids, parallel, pseudo, runs
 from digit_utils.train import loop as T
 from digit_utils.train.models import build_model
 
@@ -252,3 +253,51 @@ def test_two_cpu_workers_give_the_sequential_results_bit_for_bit(digits, tmp_pat
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert "devices" in two.summary().columns
+
+
+def _weights(run_dir) -> dict:
+    return runs.load_run(run_dir)[0].state_dict()
+
+
+def test_refits_and_runs_with_extra_rows_go_through_the_pool_bit_for_bit(digits, tmp_path):
+    """Refits, a pseudo-labelled grid and the second round: two CPU workers train what one
+    sequential process trains, weights and validation probabilities bit for bit, and the extra
+    rows reach the workers."""
+    images, labels = digits
+    test = images[::3]  # stand-in test images for the teachers to label
+    base = C.TrainConfig.from_dict({**TINY, "epochs": 1, "model": "fast_cnn", "lr": 0.003})
+    first = grids.run_grid(images, labels, base, {"a": {}}, folds=2, root=tmp_path / "round1",
+                           workers=1, threads=1)  # fmt: skip
+    teachers = first.run_groups()
+    made = {}
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        pool = {"workers": workers, "threads": 1}
+        refits = grids.refit(base, images, labels, seeds=[0, 1], root=root / "refit", **pool)
+        grid, _ = pseudo.run_pseudo_grid(
+            images, labels, test, base, {"b": {}}, teachers, threshold=0.12, folds=2,
+            root=root / "grid", **pool,
+        )  # fmt: skip
+        students, selected = pseudo.retrain(teachers, images, labels, test, root=root / "pl",
+                                            threshold=0.12, **pool)  # fmt: skip
+        made[workers] = {
+            **{name: group[0] for name, group in refits.items()},
+            **{row.run: row.run for row in grid.results.itertuples()},
+            **{f"{name}/{i}": run for name, group in students.items()
+               for i, run in enumerate(group)},
+        }  # fmt: skip
+        assert selected["selected"].min() > 0
+    one, two = made[1], made[2]
+    assert [Path(r).name for r in one.values()] == [Path(r).name for r in two.values()]
+    assert len(one) == 2 + 2 + 2  # two refits, a grid of two folds, two second-round runs
+    for a, b in zip(one.values(), two.values(), strict=True):
+        ma, mb = runs.read_metrics(a), runs.read_metrics(b)
+        assert (ma["n_extra"], ma["device"]) == (mb["n_extra"], mb["device"])
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        if ma.get("n_extra") or "refit" not in Path(a).name:  # a refit validates no row
+            ia, pa = runs.read_validation(Path(a))
+            ib, pb = runs.read_validation(Path(b))
+            assert np.array_equal(ia, ib) and np.array_equal(pa, pb)
+    extra = [runs.read_metrics(r)["n_extra"] for r in two.values()]
+    assert extra == [0, 0, *extra[2:]] and min(extra[2:]) > 0  # the pseudo-labelled runs

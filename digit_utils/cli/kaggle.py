@@ -56,6 +56,11 @@ def _build(args) -> int:
 
 
 def _push(args) -> int:
+    if args.plan:  # a pushed kernel runs its notebook's defaults: their budget, nothing pushed
+        from digit_utils.pipeline.budget import plan_budget
+
+        print(plan_budget(profile=None).report())
+        return 0
     kernels.check_accelerator(args.accelerator)  # before building anything
     # Built and pushed in pipeline order, so an upstream kernel comes before its readers.
     poller = kernel_push.Poller(poll=args.poll, timeout=args.timeout * 60)
@@ -133,7 +138,13 @@ def register_cli(sub) -> None:
 
 
 def _push_options(v) -> None:
-    """`kernel push`'s own options: the GPU, and waiting stage by stage."""
+    """`kernel push`'s own options: the GPU, waiting stage by stage, and the budget."""
+    v.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each stage's training work and estimated T4 GPU-hours against Kaggle's "
+        "12-hour session and weekly quota; push nothing",
+    )
     v.add_argument(
         "--accelerator",
         default=kernels.ACCELERATOR,

@@ -13,6 +13,13 @@ def _cli(args) -> int:
         path = paths.outputs_dir() / record.RECORD
         print(record.describe(record.read(path), path))
         return 0
+    if args.plan:  # the GPU budget of this profile, nothing run
+        from digit_utils.pipeline.budget import plan_budget
+
+        print(
+            plan_budget(profile=args.profile, overrides=parse_overrides(args.param or [])).report()
+        )
+        return 0
     run_pipeline(
         profile=args.profile,
         only=args.only,
@@ -40,6 +47,11 @@ def register_cli(sub) -> None:
         help="override a parameter (YAML value); NOTEBOOK.KEY=VALUE targets one notebook",
     )
     p.add_argument("--no-html", action="store_true", help="skip the HTML reports")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each stage's training work and estimated T4 GPU-hours; run nothing",
+    )
     p.add_argument(
         "--status", action="store_true", help="report the last run (finished, failed, interrupted)"
     )

@@ -18,7 +18,7 @@ from digit_utils import paths
 from digit_utils.config import TrainConfig
 from digit_utils.errors import ConfigError
 from digit_utils.train.inference import inference_ms
-from digit_utils.train.loop import TrainResult, train
+from digit_utils.train.loop import TrainResult
 from digit_utils.train.parallel import train_all
 from digit_utils.train.progress import bar
 
@@ -73,7 +73,7 @@ def run_grid(
     on every visible GPU at once (one run per GPU at a time; one at a time on the CPU), with the
     results of training them one after another; ``threads`` see :func:`parallel.train_all`.
     ``extra(config)`` gives a run extra training rows ``(images, labels)`` that never validate
-    (see :mod:`pseudo`); such runs train in this process, one after another.
+    (see :mod:`pseudo`): worked out here for every run first, then sent with its job.
     """
     if not variants or not seeds:
         raise ConfigError("run_grid: need at least one variant and one seed")
@@ -83,19 +83,13 @@ def run_grid(
     # quiet: one bar for the grid; otherwise each run draws its own and this one would interleave
     shown = quiet and len(jobs) > 1
     with bar(total=len(jobs), desc="runs", unit="run", disable=not shown) as grid_bar:
-        configs = [(job.config, job.run_dir) for job in jobs]
-        if extra is None:
-            runs = train_all(
-                configs, images, labels, workers=workers, threads=threads, quiet=quiet,
-                done=lambda: grid_bar.update(1),
-            )  # fmt: skip
-        else:  # runs with their own extra rows (pseudo-labels) train here, one after another
-            runs = []
-            for cfg, run_dir in configs:
-                x_extra, y_extra = extra(cfg)
-                runs.append(train(cfg, images, labels, run_dir=run_dir, quiet=quiet,
-                                  extra_images=x_extra, extra_labels=y_extra))  # fmt: skip
-                grid_bar.update(1)
+        configs = [
+            (job.config, job.run_dir, None if extra is None else extra(job.config)) for job in jobs
+        ]
+        runs = train_all(
+            configs, images, labels, workers=workers, threads=threads, quiet=quiet,
+            done=lambda: grid_bar.update(1),
+        )  # fmt: skip
     return _tabulate(jobs, runs)
 
 
@@ -177,23 +171,28 @@ def refit(
     epochs: int | None = None,
     root: Path | None = None,
     quiet: bool = True,
+    workers: int | str = "auto",
+    threads: int | None = None,
 ) -> dict[str, list[str]]:
     """Retrain a recipe on every labelled row (no validation), once per seed.
 
     ``epochs`` is the number CV chose (default the recipe's). Returns ``{name: [run folder]}``,
     one base model per seed, as :meth:`Grid.run_groups` does. A refit has no held-out row: its
-    accuracy can only be inferred from the CV of the same recipe.
+    accuracy can only be inferred from the CV of the same recipe. The seeds train at once over
+    every visible GPU (``workers``, ``threads``: see :func:`parallel.train_all`).
     """
-    groups = {}
-    for seed in seeds:  # each run draws its own epoch bar unless quiet
+    jobs = []
+    for seed in seeds:
         name = f"{cfg.name or cfg.model}-s{seed}-refit"
         run_cfg = cfg.replace(
             val_fraction=0.0, fold=None, seed=seed, epochs=epochs or cfg.epochs,
             name=name,
         )  # fmt: skip
-        run_dir = Path(root or paths.runs_dir()) / name
-        groups[name] = [str(train(run_cfg, images, labels, run_dir=run_dir, quiet=quiet).run_dir)]
-    return groups
+        jobs.append((run_cfg, Path(root or paths.runs_dir()) / name))
+    with bar(total=len(jobs), desc="refits", unit="run", disable=not quiet or len(jobs) < 2) as b:
+        done = train_all(jobs, images, labels, workers=workers, threads=threads, quiet=quiet,
+                         done=lambda: b.update(1))  # fmt: skip
+    return {job[0].name: [str(result.run_dir)] for job, result in zip(jobs, done, strict=True)}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Independent training runs spread over devices: one worker process per device, each run pinned
 to its worker's device (a Kaggle T4 kernel has two GPUs; a grid's runs do not depend on each
-other).
+other). Every independent training job goes through here: grids, refits on all rows, and runs
+with extra rows of their own (the pseudo-labelled second round), whose extra rows travel to the
+worker with the job.
 
 Every run seeds all its RNGs from its own config, so where it runs does not change what it
 computes: on the CPU, with the same number of torch threads, the workers' results equal a
@@ -24,7 +26,9 @@ from digit_utils.errors import ConfigError
 from digit_utils.train.devices import visible_devices
 from digit_utils.train.loop import TrainResult, train
 
-Job = tuple[TrainConfig, Path]  # a run's config and its run folder
+Extra = tuple[np.ndarray, np.ndarray]  # extra training rows of one run: uint8 images, labels
+# a run's config and its run folder, and optionally its extra rows (never validated)
+Job = tuple[TrainConfig, Path] | tuple[TrainConfig, Path, Extra | None]
 
 
 def worker_devices(device: str = "auto", workers: int | str = "auto") -> list[torch.device]:
@@ -63,11 +67,20 @@ def _start_worker(devices, images: np.ndarray, labels: np.ndarray, threads: int)
     _WORKER.update(device=device, images=images, labels=labels)
 
 
-def _run_job(cfg: TrainConfig, run_dir: Path) -> TrainResult:
-    device = _WORKER["device"]
-    if cfg.device == "auto":  # pin the run (its metrics then name the GPU that trained it)
+def _train_job(job: Job, images, labels, *, quiet: bool, device=None) -> TrainResult:
+    """Train one job here; ``device`` pins a run whose config says "auto" to a worker's device
+    (its metrics then name the GPU that trained it)."""
+    cfg, run_dir, extra = (*job, None)[:3]
+    if device is not None and cfg.device == "auto":
         cfg = cfg.replace(device=str(device))
-    result = train(cfg, _WORKER["images"], _WORKER["labels"], run_dir=run_dir, quiet=True)
+    x_extra, y_extra = extra if extra is not None else (None, None)
+    return train(cfg, images, labels, run_dir=Path(run_dir), quiet=quiet,
+                 extra_images=x_extra, extra_labels=y_extra)  # fmt: skip
+
+
+def _run_job(job: Job) -> TrainResult:
+    result = _train_job(job, _WORKER["images"], _WORKER["labels"], quiet=True,
+                        device=_WORKER["device"])  # fmt: skip
     result.model.cpu()  # tensors travel back to the parent process through the CPU
     return result
 
@@ -86,7 +99,8 @@ def train_all(
     quiet: bool = True,
     done: Callable[[], None] = lambda: None,
 ) -> list[TrainResult]:
-    """Train every job, in the order given; ``done()`` is called as each run finishes.
+    """Train every job, in the order given; ``done()`` is called as each run finishes. A job
+    is ``(config, run folder)`` or ``(config, run folder, (extra images, extra labels))``.
 
     One worker (a CPU, one GPU) trains in this process; several train in worker processes.
     ``threads`` sets torch's CPU threads of every run (default: this process's own, shared
@@ -98,8 +112,8 @@ def train_all(
     if len(devices) == 1 or len(jobs) == 1:
         results = []
         with _torch_threads(threads):
-            for cfg, run_dir in jobs:
-                results.append(train(cfg, images, labels, run_dir=run_dir, quiet=quiet))
+            for job in jobs:
+                results.append(_train_job(job, images, labels, quiet=quiet))
                 done()
         return results
     ctx = mp.get_context("spawn")
@@ -113,7 +127,7 @@ def train_all(
         initializer=_start_worker,
         initargs=(queue, np.asarray(images), np.asarray(labels), threads),
     ) as pool:
-        futures = [pool.submit(_run_job, cfg, Path(run_dir)) for cfg, run_dir in jobs]
+        futures = [pool.submit(_run_job, job) for job in jobs]
         try:
             for future in as_completed(futures):
                 future.result()  # the first failure stops the grid

@@ -24,7 +24,7 @@ from digit_utils.splits import SPLIT_KEYS, split_key
 from digit_utils.train import runs
 from digit_utils.train.grids import Grid, run_grid
 from digit_utils.train.inference import predict_runs
-from digit_utils.train.loop import train
+from digit_utils.train.parallel import train_all
 from digit_utils.train.progress import bar
 
 
@@ -104,6 +104,9 @@ class _FoldTeachers:
         self.teachers, self.test_images = teachers, test_images
         self.threshold, self.tta = threshold, tta
         self.cache: dict[tuple, PseudoLabels] = {}
+        # one copy of the selected images per split: every run of the split shares it (all the
+        # second round's jobs are made before the pool trains them)
+        self.rows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
         key = split_key(cfg.to_dict())
@@ -112,7 +115,8 @@ class _FoldTeachers:
                 self.teachers, cfg, self.test_images, tta=self.tta, device=cfg.device
             )
             self.cache[key] = select(proba, self.threshold)
-        return extra_rows(self.test_images, self.cache[key])
+            self.rows[key] = extra_rows(self.test_images, self.cache[key])
+        return self.rows[key]
 
     def selected(self) -> pd.DataFrame:
         """One row per split: its keys and the rows selected."""
@@ -138,6 +142,8 @@ def run_pseudo_grid(
     tta: int = 0,
     root: Path | None = None,
     quiet: bool = True,
+    workers: int | str = "auto",
+    threads: int | None = None,
 ) -> tuple[Grid, pd.DataFrame]:
     """A second round: :func:`experiments.run_grid` where each run also trains on the test rows
     its fold's teacher is sure of. Returns the grid and one row per split: rows selected.
@@ -145,7 +151,7 @@ def run_pseudo_grid(
     teachers_by_fold = _FoldTeachers(teachers, test_images, threshold, tta)
     grid = run_grid(
         images, labels, base, variants, seeds=seeds, folds=folds, root=root, quiet=quiet,
-        extra=teachers_by_fold,
+        workers=workers, threads=threads, extra=teachers_by_fold,
     )  # fmt: skip
     selected = teachers_by_fold.selected()
     return grid, selected
@@ -162,13 +168,17 @@ def retrain(
     tta: int = 0,
     device: str | None = None,
     quiet: bool = True,
+    workers: int | str = "auto",
+    threads: int | None = None,
 ) -> tuple[dict[str, list[str]], pd.DataFrame]:
     """The second round of an ensemble: every run of every member is trained again with its own
     recipe (its saved config, on its own fold) plus the test rows its fold's teachers, the first
     round's runs on that fold, are sure of. ``device`` replaces the runs' own when given.
 
     Returns ``{member + "+pl": [run folders]}`` under ``root`` (one run per first-round run) and
-    one row per split: the test rows selected.
+    one row per split: the test rows selected. The teachers' pseudo-labels are worked out here
+    (once per split); the runs then train at once over every visible GPU, each with its extra
+    rows (``workers``, ``threads``: see :func:`parallel.train_all`).
     """
     groups = runs.as_groups(members)
     jobs = []
@@ -183,10 +193,11 @@ def retrain(
                 (f"{name}+pl", cfg.replace(name=folder, **({"device": device} if device else {})))
             )
     teachers_by_fold = _FoldTeachers(groups, test_images, threshold, tta)
+    work = [(cfg, Path(root) / cfg.name, teachers_by_fold(cfg)) for _, cfg in jobs]
+    with bar(total=len(work), desc="second round", unit="run", disable=quiet) as progress:
+        results = train_all(work, images, labels, workers=workers, threads=threads,
+                            done=lambda: progress.update(1))  # fmt: skip
     students: dict[str, list[str]] = {}
-    for student, cfg in bar(jobs, desc="second round", unit="run", disable=quiet):
-        x_extra, y_extra = teachers_by_fold(cfg)
-        result = train(cfg, images, labels, run_dir=Path(root) / cfg.name, quiet=True,
-                       extra_images=x_extra, extra_labels=y_extra)  # fmt: skip
+    for (student, _), result in zip(jobs, results, strict=True):
         students.setdefault(student, []).append(str(result.run_dir))
     return students, teachers_by_fold.selected()

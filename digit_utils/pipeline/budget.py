@@ -1,0 +1,293 @@
+"""The GPU budget of a pipeline run, before anything is pushed: each stage's training work (runs
+× epochs × rows per architecture, from its parameters and the stage graph) and a range of T4
+GPU-hours, against Kaggle's 12-hour session and ~30-hour weekly quota.
+
+The cost of an architecture is its images/s on a T4. None is measured on a GPU yet
+(``MEASURED_T4`` is empty): until then it is derived from the model's forward FLOPs and layer
+count (``MODEL_COST``) under stated assumptions, and the plan says so. The estimate counts
+training and the per-epoch evaluation only (a forward pass costs a third of a training step);
+inference, TTA, t-SNE and kernel start-up are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from digit_utils import stages
+from digit_utils.data.checks import EXPECTED_ROWS
+from digit_utils.errors import ConfigError
+
+SESSION_HOURS = 12.0  # Kaggle stops a kernel's session after 12 hours
+WEEKLY_QUOTA_HOURS = 30.0  # Kaggle's weekly GPU quota (about 30 h; it varies a little)
+KAGGLE_GPUS = 2  # T4 ×2: the device pool trains two independent runs at once
+
+# Forward MFLOPs per 28×28 image and leaf modules (layers) of each registered model, counted
+# with torch.utils.flop_counter.FlopCounterMode on one image (`costs_of` recomputes a row;
+# tests/test_budget.py checks the cheap ones and that every registered model has a row).
+MODEL_COST: dict[str, tuple[float, int]] = {
+    "simple_cnn": (0.961, 6),
+    "fast_cnn": (4.251, 14),
+    "deep_cnn": (30.33, 26),
+    "deep_cnn_wide": (120.5, 26),
+    "se_vgg": (232.2, 39),
+    "preact_resnet164": (378.8, 549),
+    "wrn16_4": (600.7, 51),
+    "wrn28_10": (8028.4, 93),
+    "resnet18": (911.6, 52),
+    "resnet34": (1871.8, 92),
+    "resnet50": (2093.6, 126),
+    "vgg16_bn": (561.3, 52),
+    "efficientnet_b0": (58.41, 230),
+    "efficientnet_b3": (148.3, 367),
+    "mnasnet0_5": (14.86, 141),
+    "mnasnet1_0": (46.51, 141),
+    "mobilenet_v2": (43.50, 141),
+    "mobilenet_v3_small": (9.869, 141),
+    "mobilenet_v3_large": (36.72, 168),
+    "squeezenet1_0": (76.44, 57),
+    "squeezenet1_1": (30.26, 57),
+}
+# Images/s of one T4 measured by `make gpu-check` (fp16, batch 128); empty until a T4 ran it.
+MEASURED_T4: dict[str, float] = {}
+
+# The FLOP-derived estimate, as a (fast, slow) pair of assumptions. A training step costs 3×
+# the forward FLOPs; a T4 sustains 16 (fast) to 6 (slow) TFLOP/s of its 65 fp16 peak on these
+# small convolutions. Small nets are launch-bound instead: about 6 kernel launches per layer
+# and step (forward, two backward, AMP casts, the optimizer) plus 40 for the step's own work
+# (augmentation, loss, EMA, scaler), at 10 (fast) to 20 (slow) µs each.
+T4_TFLOPS = (16.0, 6.0)
+LAUNCH_US = (10.0, 20.0)
+LAUNCHES_PER_LAYER, LAUNCHES_PER_STEP = 6, 40
+
+
+def t4_images_per_s(model: str, batch_size: int = 128) -> tuple[float, float, str]:
+    """``(fast, slow, how)``: a T4's training images/s for ``model``; "measured" or "FLOPs"."""
+    if model in MEASURED_T4:
+        return MEASURED_T4[model], MEASURED_T4[model], "measured"
+    if model not in MODEL_COST:
+        raise ConfigError(f"no T4 cost for model {model!r}: add it to budget.MODEL_COST")
+    mflops, layers = MODEL_COST[model]
+    rates = []
+    for tflops, launch_us in zip(T4_TFLOPS, LAUNCH_US, strict=True):
+        compute_s = 3 * mflops * 1e6 * batch_size / (tflops * 1e12)  # one step's arithmetic
+        launch_s = (LAUNCHES_PER_LAYER * layers + LAUNCHES_PER_STEP) * launch_us * 1e-6
+        rates.append(batch_size / max(compute_s, launch_s))
+    return rates[0], rates[1], "FLOPs"
+
+
+def costs_of(model: str) -> tuple[float, int]:
+    """``(forward MFLOPs per image, layers)`` of a registered model, counted now (slow for the
+    big ones): what ``MODEL_COST`` holds."""
+    import torch  # here: the plan itself reads the table and never loads torch for it
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from digit_utils.train.models import build_model
+
+    net = build_model(model).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, 28, 28))
+    layers = sum(1 for m in net.modules() if not list(m.children()))
+    return counter.get_total_flops() / 1e6, layers
+
+
+@dataclass(frozen=True)
+class Work:
+    """Training runs of one architecture (or a choice among several) in one stage."""
+
+    stage: str
+    models: tuple[str, ...]  # one, or the candidates when the stage picks at run time
+    runs: tuple[int, int]  # (fewest, most): a stage whose members depend on the data varies
+    epochs: int
+    train_rows: int  # training rows per run and epoch (extra rows included)
+    eval_rows: int  # validation rows per run and epoch
+    batch_size: int
+    what: str
+
+    def gpu_seconds(self) -> tuple[float, float]:
+        """(low, high) T4 GPU-seconds: the fewest runs of the cheapest candidate at the fast
+        assumption, the most runs of the dearest at the slow one."""
+        rates = [t4_images_per_s(m, self.batch_size) for m in self.models]
+        images = self.epochs * (self.train_rows + self.eval_rows / 3)  # a forward is 1/3 step
+        return (
+            self.runs[0] * images / max(r[0] for r in rates),
+            self.runs[1] * images / min(r[1] for r in rates),
+        )
+
+    def describe(self, models: Sequence[str] | None = None) -> str:
+        """One line; ``models`` names several architectures that each do this work."""
+        lo, hi = self.runs
+        runs = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        if models:
+            name, runs = ", ".join(models), f"{runs} runs each"
+        else:
+            many = f"one of {len(self.models)} models"
+            name, runs = (self.models[0] if len(self.models) == 1 else many), f"{runs} runs"
+        return (
+            f"{name}: {runs} × {self.epochs} epochs × {self.train_rows:,} rows "
+            f"(+{self.eval_rows:,} evaluated) — {self.what}"
+        )
+
+
+def _lines(work: Sequence[Work]) -> list[str]:
+    """One line per kind of work: architectures doing the same work share a line."""
+    groups: dict[tuple, list[Work]] = {}
+    for w in work:
+        key = (w.runs, w.epochs, w.train_rows, w.eval_rows, w.what, len(w.models) == 1)
+        groups.setdefault(key, []).append(w)
+    return [
+        ws[0].describe([w.models[0] for w in ws]) if len(ws) > 1 else ws[0].describe()
+        for ws in groups.values()
+    ]
+
+
+def _split_rows(params: Mapping, n: int) -> tuple[int, int, int]:
+    """(runs per variant, training rows, validation rows) of one k-fold or holdout split."""
+    k = int(params["n_folds"])
+    if k >= 2:
+        return k, n - n // k, n // k
+    val = round(n * float(params["val_fraction"]))
+    return 1, n - val, val
+
+
+def _names(text: str, every: Sequence[str]) -> tuple[str, ...]:
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    return tuple(every) if names == ["all"] else tuple(names)
+
+
+def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> list[Work]:
+    """The training work of each stage, from every stage's full parameters ``{stem: {name:
+    value}}`` (notebook defaults with the profile's values over them)."""
+    n, n_test = EXPECTED_ROWS["train"], EXPECTED_ROWS["test"]
+    work = []
+    if p := params.get("02_augmentation"):
+        folds, rows, val = _split_rows(p, n)
+        policies = _names(p["policies"], [])
+        runs = len(policies) * int(p["seeds"]) * folds
+        work.append(Work("02_augmentation", (p["model"],), (runs, runs), int(p["epochs"]), rows,
+                         val, int(p["batch_size"]), f"{len(policies)} policies"))  # fmt: skip
+    zoo = params.get("03_model_zoo")
+    zoo_models = _names(zoo["models"], every_model) if zoo else ()
+    if zoo:
+        folds, rows, val = _split_rows(zoo, n)
+        for model in zoo_models:
+            work.append(Work("03_model_zoo", (model,), (folds, folds), int(zoo["epochs"]), rows,
+                             val, int(zoo["batch_size"]), "the zoo"))  # fmt: skip
+    main = params.get("04_train_cnn")
+    if main:
+        models = (main["model"],) if main["model"] != "auto" else zoo_models or tuple(every_model)
+        picked = "" if len(models) == 1 else " (model=auto: 03's choice)"
+        folds, rows, val = _split_rows(main, n)
+        seeds, epochs, batch = int(main["seeds"]), int(main["epochs"]), int(main["batch_size"])
+        work.append(Work("04_train_cnn", models, (seeds * folds,) * 2, epochs, rows, val, batch,
+                         f"{seeds} seed(s) × {folds} fold(s){picked}"))  # fmt: skip
+        if main["refit"]:
+            work.append(Work("04_train_cnn", models, (seeds, seeds), epochs, n, 0, batch,
+                             "refits on every labelled row"))  # fmt: skip
+    last = params.get("05_ensemble_submission")
+    if last and main and float(last["pseudo_threshold"]) > 0:
+        # every member retrained with its own recipe plus the test rows its teachers are sure
+        # of: counted as all of them (the most there can be)
+        what = "second round, + every test row as pseudo-labels"
+        work.append(Work("05_ensemble_submission", models, (seeds * folds,) * 2, epochs,
+                         rows + n_test, val, batch, f"{what}: 04's runs"))  # fmt: skip
+        if zoo and int(zoo["n_folds"]) == int(main["n_folds"]) >= 2:
+            z_folds, z_rows, z_val = _split_rows(zoo, n)
+            for model in zoo_models:  # a zoo model joins only when 04's best does not beat it
+                work.append(Work("05_ensemble_submission", (model,), (0, z_folds),
+                                 int(zoo["epochs"]), z_rows + n_test, z_val,
+                                 int(zoo["batch_size"]), f"{what}: the zoo's ties"))  # fmt: skip
+    return work
+
+
+@dataclass(frozen=True)
+class Plan:
+    work: list[Work]
+    parameters: dict[str, dict]
+
+    def stage_hours(self) -> dict[str, tuple[float, float]]:
+        """{stage: (low, high) T4 GPU-hours}, in pipeline order."""
+        hours: dict[str, list[float]] = {}
+        for w in self.work:
+            low, high = w.gpu_seconds()
+            total = hours.setdefault(w.stage, [0.0, 0.0])
+            total[0] += low / 3600
+            total[1] += high / 3600
+        return {s: (h[0], h[1]) for s, h in hours.items()}
+
+    def session_hours(self) -> dict[str, tuple[float, float]]:
+        """{stage: (low, high) hours of its Kaggle session}: its runs shared by two T4s."""
+        return {
+            s: (lo / KAGGLE_GPUS, hi / KAGGLE_GPUS) for s, (lo, hi) in self.stage_hours().items()
+        }
+
+    def warnings(self) -> list[str]:
+        out = []
+        for stage, (_, high) in self.session_hours().items():
+            if high > SESSION_HOURS:
+                out.append(
+                    f"{stage} may need {high:.1f} h of session, over Kaggle's "
+                    f"{SESSION_HOURS:g}-hour limit: fewer epochs, folds or models"
+                )
+        total = sum(hi for _, hi in self.session_hours().values())
+        if total > WEEKLY_QUOTA_HOURS:
+            out.append(f"the whole run may need {total:.1f} h of T4×2 sessions, over the weekly "
+                       f"GPU quota of about {WEEKLY_QUOTA_HOURS:g} h")  # fmt: skip
+        return out
+
+    def report(self) -> str:
+        models = sorted({m for w in self.work for m in w.models})
+        how = {t4_images_per_s(m)[2] for m in models}
+        lines = [
+            f"GPU budget: {EXPECTED_ROWS['train']:,} training rows, {EXPECTED_ROWS['test']:,} "
+            f"test rows; a T4×2 kernel trains two runs at once.",
+            "Cost per architecture (T4 images/s, batch 128): "
+            + ("measured by make gpu-check" if how == {"measured"} else
+               "DERIVED FROM FLOPs, not measured on a GPU yet (budget.MODEL_COST)")
+            + ": " + ", ".join(
+                f"{m} {t4_images_per_s(m)[1]:,.0f}–{t4_images_per_s(m)[0]:,.0f}" for m in models
+            ),
+            "",
+        ]  # fmt: skip
+        sessions = self.session_hours()
+        for stage, (low, high) in self.stage_hours().items():
+            s_low, s_high = sessions[stage]
+            lines.append(f"{stage}: {low:.2f}–{high:.2f} GPU-h, {s_low:.2f}–{s_high:.2f} h of "
+                         "session")  # fmt: skip
+            lines += [f"    {line}" for line in _lines([w for w in self.work if w.stage == stage])]
+        trained = set(self.stage_hours())
+        idle = [s for s in self.parameters if s not in trained]
+        if idle:
+            lines.append(f"no training: {', '.join(idle)}")
+        total = [sum(h[i] for h in sessions.values()) for i in (0, 1)]
+        lines.append(
+            f"total: {total[0]:.1f}–{total[1]:.1f} h of T4×2 sessions (limits: "
+            f"{SESSION_HOURS:g} h a session, ~{WEEKLY_QUOTA_HOURS:g} h a week)"
+        )
+        lines += [f"WARNING: {w}" for w in self.warnings()]
+        return "\n".join(lines)
+
+
+def full_parameters(declared: Mapping[str, Mapping], given: Mapping[str, Mapping]) -> dict:
+    """``{stem: {name: value}}``: each notebook's parameters cell defaults, ``given`` over them."""
+    from digit_utils.pipeline.profiles import parse_value
+
+    return {
+        stem: {**{k: parse_value(d["default"]) for k, d in cell.items()}, **given.get(stem, {})}
+        for stem, cell in declared.items()
+    }
+
+
+def plan_budget(
+    notebooks_dir: str | Path | None = None, profile: str | Path | None = None, overrides=None
+) -> Plan:
+    """The budget of running every notebook with ``profile`` and ``overrides`` (None: the
+    notebooks' own defaults, what a Kaggle kernel runs)."""
+    from digit_utils.pipeline.request import discover_notebooks, plan
+    from digit_utils.train.models import list_models
+
+    request = plan(discover_notebooks(notebooks_dir), profile, None, None, overrides)
+    params = full_parameters(request.declared, request.parameters)
+    params = {s: p for s, p in params.items() if s in stages.STAGES}
+    return Plan(stage_work(params, list_models()), params)

@@ -10,7 +10,7 @@ import torch
 from test_devices import _first_epoch_checkpoint
 
 from digit_utils import config as C
-from digit_utils.train import devices, grids, runs
+from digit_utils.train import checkpoints, devices, grids, runs
 from digit_utils.train import loop as T
 from digit_utils.train.inference import predict_proba
 from digit_utils.train.models import build_model
@@ -44,7 +44,7 @@ def test_fp16_training_uses_the_grad_scaler(digits, tmp_path):
     images, labels = digits
     cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "precision": "fp16"})
     result = T.train(cfg, images, labels, run_dir=tmp_path, quiet=True)
-    scaler = runs.load_checkpoint(tmp_path / runs.LAST)["scaler"]
+    scaler = checkpoints.load_checkpoint(tmp_path / runs.LAST)["scaler"]
     assert scaler and scaler["scale"] > 0  # an enabled scaler saved its state
     assert result.metrics["precision"] == "fp16"
 

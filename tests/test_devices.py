@@ -16,7 +16,7 @@ import torch
 
 from digit_utils import config as C
 from digit_utils.errors import ConfigError
-from digit_utils.train import devices, grids, parallel, pseudo, runs
+from digit_utils.train import checkpoints, devices, grids, parallel, pseudo, runs
 from digit_utils.train import loop as T
 from digit_utils.train.models import build_model
 
@@ -192,11 +192,11 @@ def _first_epoch_checkpoint(monkeypatch, cfg, images, labels, run_dir):
 
 def test_rng_state_records_its_machine():
     gen = torch.Generator().manual_seed(0)
-    state = runs.rng_state(gen)
+    state = checkpoints.rng_state(gen)
     assert (state["device_type"], state["gpus"]) == ("cpu", 0)
-    assert runs.rng_fits(state, gen)
+    assert checkpoints.rng_fits(state, gen)
     old = {k: v for k, v in state.items() if k not in ("device_type", "gpus")}
-    assert runs.rng_fits(old, gen)  # a checkpoint from before: the generator's size tells
+    assert checkpoints.rng_fits(old, gen)  # a checkpoint from before: the generator's size tells
 
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu_reseeded_with_a_warning(
@@ -205,21 +205,21 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_reseeded_with_a_warning(
     images, labels = digits
     cfg = C.TrainConfig.from_dict(TINY)
     epoch1, straight = _first_epoch_checkpoint(monkeypatch, cfg, images, labels, tmp_path / "a")
-    state = runs.load_checkpoint(epoch1)
+    state = checkpoints.load_checkpoint(epoch1)
     # what a run on a two-GPU machine saves: a CUDA generator's 16-byte state, two GPU states
     cuda_state = torch.zeros(16, dtype=torch.uint8)
     state["rng"].update(device_type="cuda", gpus=2, generator=cuda_state, cuda=[cuda_state] * 2)
     weights = []
     for name in ("b", "c"):
         (tmp_path / name).mkdir()
-        runs.save_checkpoint(state, tmp_path / name / runs.LAST)
+        checkpoints.save_checkpoint(state, tmp_path / name / runs.LAST)
         with pytest.warns(UserWarning, match="another kind of machine .*not bit-identical"):
             result = T.train(cfg, images, labels, run_dir=tmp_path / name, resume=True, quiet=True)
         assert list(result.history["epoch"]) == [1, 2]
-        weights.append(runs.load_checkpoint(tmp_path / name / runs.LAST)["model"])
+        weights.append(checkpoints.load_checkpoint(tmp_path / name / runs.LAST)["model"])
     w = "conv1.weight"
     assert torch.equal(weights[0][w], weights[1][w])  # reseeded from (seed, epoch): repeatable
-    finished = runs.load_checkpoint(tmp_path / "a" / runs.LAST)["model"]
+    finished = checkpoints.load_checkpoint(tmp_path / "a" / runs.LAST)["model"]
     assert not torch.equal(weights[0][w], finished[w])  # but not the uninterrupted stream
 
 
@@ -256,7 +256,7 @@ def test_two_cpu_workers_give_the_sequential_results_bit_for_bit(digits, tmp_pat
 
 
 def _weights(run_dir) -> dict:
-    return runs.load_run(run_dir)[0].state_dict()
+    return checkpoints.load_run(run_dir)[0].state_dict()
 
 
 def test_refits_and_runs_with_extra_rows_go_through_the_pool_bit_for_bit(digits, tmp_path):

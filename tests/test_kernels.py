@@ -385,7 +385,7 @@ def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
 
     from conftest import sample_arrays
     from digit_utils.config import TrainConfig
-    from digit_utils.train import loop, runs
+    from digit_utils.train import checkpoints, loop, runs
 
     images, labels, _, _ = sample_arrays(sample_dir)
     images, labels = images[:300], labels[:300]
@@ -406,7 +406,7 @@ def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
     assert "optimizer" in full and "optimizer" not in final and final["ema"] is None
     # the output's last.pt holds the evaluated (EMA) weights: what every reader loads
     assert all(torch.equal(final["model"][k], full["ema"][k]) for k in full["ema"])
-    model, _ = runs.load_run(run_dir, "last")  # complete.json covers the slim file
+    model, _ = checkpoints.load_run(run_dir, "last")  # complete.json covers the slim file
     assert sum(p.numel() for p in model.parameters()) == result.metrics["params"]
     size = lambda p: p.stat().st_size  # noqa: E731
     assert size(run_dir / runs.LAST) < size(resumable) / 2

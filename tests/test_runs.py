@@ -18,7 +18,7 @@ import torch
 from digit_utils import paths
 from digit_utils.config import TrainConfig
 from digit_utils.errors import CheckpointError
-from digit_utils.train import inference, runs
+from digit_utils.train import checkpoints, inference, runs
 from digit_utils.train import loop as T
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -65,8 +65,8 @@ def test_a_killed_rerun_is_unfinished_and_readers_refuse_it_until_resumed(digits
     kill_mid_epoch(rerun, digits, run, tmp_path, resume=False)
     assert not (run / runs.COMPLETE).exists()
     assert not (run / runs.VAL_PROBA).exists()  # the old run's results went first
-    assert runs.load_checkpoint(run / runs.LAST)["config"]["seed"] == 1
-    for read in (lambda: inference.load_oof([run]), lambda: runs.load_run(run, "last")):
+    assert checkpoints.load_checkpoint(run / runs.LAST)["config"]["seed"] == 1
+    for read in (lambda: inference.load_oof([run]), lambda: checkpoints.load_run(run, "last")):
         with pytest.raises(CheckpointError, match="unfinished run.*resume it"):
             read()
     with pytest.raises(CheckpointError, match="unfinished"):
@@ -84,7 +84,7 @@ def test_a_file_changed_after_the_run_finished_is_a_mixed_folder(digits, tmp_pat
     np.save(run / runs.VAL_PROBA, proba[::-1].copy())  # another run's predictions, say
     with pytest.raises(CheckpointError, match="mixed run folder: val_proba.npy"):
         inference.load_oof([run])
-    runs.load_run(run, "last")  # the checkpoint itself is still the finished one
+    checkpoints.load_run(run, "last")  # the checkpoint itself is still the finished one
 
 
 def test_runs_table_has_one_row_per_run_name(digits, tmp_path):

@@ -16,7 +16,7 @@ import torch
 from digit_utils import config as C
 from digit_utils import splits
 from digit_utils.errors import CheckpointError, ConfigError
-from digit_utils.train import devices, runs
+from digit_utils.train import checkpoints, devices
 from digit_utils.train import loop as T
 from digit_utils.train.inference import predict_proba
 from digit_utils.train.models import build_model
@@ -171,7 +171,7 @@ def test_one_epoch_beats_chance_and_writes_the_run_folder(digits, tmp_path):
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
     table = pd.read_csv(tmp_path / "runs.csv")
     assert len(table) == 1 and table["run_dir"][0] == str(run)
-    model, cfg2 = runs.load_run(run)
+    model, cfg2 = checkpoints.load_run(run)
     assert cfg2 == cfg and not model.training
     np.testing.assert_allclose(
         predict_proba(model, images[:50]), predict_proba(result.model, images[:50]), atol=1e-5
@@ -185,15 +185,15 @@ def test_ema_without_validation_keeps_the_averaged_weights(digits, tmp_path):
     result = T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
     assert len(result.val_idx) == 0 and result.val_proba.shape == (0, 10)
     assert np.isnan(result.metrics["best_val_acc"]) and result.metrics["n_train"] == 200
-    last = runs.load_checkpoint(tmp_path / "last.pt")
-    best = runs.load_checkpoint(tmp_path / "best.pt")
+    last = checkpoints.load_checkpoint(tmp_path / "last.pt")
+    best = checkpoints.load_checkpoint(tmp_path / "best.pt")
     w = "conv1.weight"
     assert torch.equal(best["model"][w], last["ema"][w])  # evaluated/saved: the average
     assert not torch.equal(last["ema"][w], last["model"][w])  # which differs from the raw weights
 
 
 def _weights(run_dir: Path) -> dict:
-    return runs.load_checkpoint(run_dir / "last.pt")["model"]
+    return checkpoints.load_checkpoint(run_dir / "last.pt")["model"]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path):
@@ -219,7 +219,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(digits, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert runs.load_checkpoint(killed / "last.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(killed / "last.pt")["epoch"] == 1
 
     resumed = T.train(cfg, images, labels, run_dir=killed, resume=True, quiet=True)
     straight = T.train(cfg, images, labels, run_dir=tmp_path / "straight", quiet=True)
@@ -267,7 +267,7 @@ def test_truncated_checkpoint_is_a_checkpoint_error(finished_run, tmp_path):
     data = (finished_run / "best.pt").read_bytes()
     (tmp_path / "best.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        runs.load_run(tmp_path)
+        checkpoints.load_run(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
@@ -275,21 +275,21 @@ def test_foreign_or_missing_checkpoint_is_a_checkpoint_error(tmp_path, content):
     if content is not None:
         (tmp_path / "best.pt").write_bytes(content)
     with pytest.raises(CheckpointError, match="best.pt"):
-        runs.load_run(tmp_path)
+        checkpoints.load_run(tmp_path)
 
 
 def test_someone_elses_torch_file_is_a_checkpoint_error(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="not a digit_utils checkpoint"):
-        runs.load_run(tmp_path)
+        checkpoints.load_run(tmp_path)
 
 
 def test_weights_for_another_architecture_are_a_checkpoint_error(finished_run, tmp_path):
-    payload = runs.load_checkpoint(finished_run / "best.pt")
+    payload = checkpoints.load_checkpoint(finished_run / "best.pt")
     payload["config"]["model"] = "fast_cnn"  # simple_cnn weights claiming to be fast_cnn
     torch.save(payload, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
-        runs.load_run(tmp_path)
+        checkpoints.load_run(tmp_path)
 
 
 def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
@@ -305,7 +305,7 @@ def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
-        runs.save_checkpoint({"format": runs.CHECKPOINT_FORMAT}, path)
+        checkpoints.save_checkpoint({"format": checkpoints.CHECKPOINT_FORMAT}, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".last.pt*"))  # no temp file left behind
-    assert runs.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1

@@ -208,8 +208,8 @@ class Predictor:
         cls, runs, *, which: str = "last", tta: int = 0, device: str | None = None
     ) -> Predictor:
         """Load one run folder, or several (an ensemble by soft averaging)."""
+        from digit_utils.train.checkpoints import load_run
         from digit_utils.train.devices import resolve_device
-        from digit_utils.train.runs import load_run
 
         runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(r) for r in runs]
         device = resolve_device(device)

@@ -13,7 +13,7 @@ from torch import nn
 from digit_utils import ensemble, splits
 from digit_utils.augment_policy import tta_shifts
 from digit_utils.errors import ConfigError, DataError
-from digit_utils.train import runs
+from digit_utils.train import checkpoints, runs
 from digit_utils.train.devices import autocast, resolve_device, synchronize
 from digit_utils.train.models import NUM_CLASSES, normalize
 
@@ -90,7 +90,7 @@ def predict_runs(run_dirs, images, *, tta: int = 0, device: str | None = None) -
     for group in runs.as_groups(run_dirs).values():
         fold_probas = []
         for run in group:
-            model, cfg = runs.load_run(run, which="last", device=device)
+            model, cfg = checkpoints.load_run(run, which="last", device=device)
             proba = predict_proba(model, images, tta=tta, device=device, precision=cfg.precision)
             fold_probas.append(proba)
         out.append(np.mean(fold_probas, axis=0, dtype=np.float32))

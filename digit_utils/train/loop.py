@@ -33,7 +33,7 @@ from digit_utils.config import RESUME_MAY_CHANGE, TrainConfig
 from digit_utils.data.arrays import data_fingerprint
 from digit_utils.errors import CheckpointError, ConfigError, DataError
 from digit_utils.splits import split_for
-from digit_utils.train import runs, tracking
+from digit_utils.train import checkpoints, runs, tracking
 from digit_utils.train.augment import augment_batch
 from digit_utils.train.devices import (
     amp_dtype,
@@ -237,7 +237,7 @@ def _resume(run: _Run) -> None:
     last_path = runs.resume_path(run.run_dir)
     if not last_path.is_file():
         return
-    state = runs.load_checkpoint(last_path)
+    state = checkpoints.load_checkpoint(last_path)
     stored, cfg = state["config"], run.cfg
     changed = sorted(
         k for k in cfg.to_dict() if k not in RESUME_MAY_CHANGE and stored.get(k) != getattr(cfg, k)
@@ -246,13 +246,13 @@ def _resume(run: _Run) -> None:
         raise CheckpointError(f"{last_path}: config differs from the checkpoint's in {changed}")
     if state["data_fingerprint"] != run.fingerprint:
         raise CheckpointError(f"{last_path}: checkpoint was trained on different data")
-    runs.load_weights(run.model, state["model"], last_path)
+    checkpoints.load_weights(run.model, state["model"], last_path)
     if run.ema is not None:
-        runs.load_weights(run.ema.model, state["ema"], last_path)
+        checkpoints.load_weights(run.ema.model, state["ema"], last_path)
     _load_optimizer(run.optimizer, state["optimizer"])
     if state["scaler"]:  # a disabled scaler (fp32, bf16) saved {}: an fp16 one starts afresh
         run.scaler.load_state_dict(state["scaler"])
-    if not runs.set_rng_state(state["rng"], run.gen, seed=cfg.seed, epoch=state["epoch"]):
+    if not checkpoints.set_rng_state(state["rng"], run.gen, seed=cfg.seed, epoch=state["epoch"]):
         warnings.warn(
             f"{last_path}: saved on another kind of machine ({state['rng'].get('device_type')}, "
             f"{len(state['rng']['cuda'])} GPU RNG state(s)); the random streams are reseeded "
@@ -349,13 +349,13 @@ def _evaluate(
 
 def _save_epoch(run: _Run) -> None:
     """best.pt when the epoch improved, last.pt (everything a resume needs) and history.csv."""
-    header = runs.checkpoint_header(run.cfg, run.fingerprint)
+    header = checkpoints.checkpoint_header(run.cfg, run.fingerprint)
     row = run.rows[-1]
     # with no validation rows the best model is simply the last one
     if len(run.x_val) == 0 or row["val_acc"] > run.best_acc:
         run.best_acc = row["val_acc"] if len(run.x_val) else run.best_acc
         best = {**header, "kind": "best", "epoch": row["epoch"], "val_acc": row["val_acc"]}
-        runs.save_checkpoint(
+        checkpoints.save_checkpoint(
             {**best, "model": run.eval_model.state_dict()}, run.run_dir / runs.BEST
         )
     last = {
@@ -367,13 +367,13 @@ def _save_epoch(run: _Run) -> None:
         "ema": run.ema.model.state_dict() if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": runs.rng_state(run.gen),
+        "rng": checkpoints.rng_state(run.gen),
         "history": run.rows,
         "best_val_acc": run.best_acc,
     }
     resumable = runs.resume_path(run.run_dir)
     resumable.parent.mkdir(parents=True, exist_ok=True)
-    runs.save_checkpoint(last, resumable)
+    checkpoints.save_checkpoint(last, resumable)
     runs.write_history(run.run_dir, run.rows)
 
 
@@ -383,7 +383,7 @@ def _save_final(run: _Run) -> None:
     if runs.resume_path(run.run_dir) == run.run_dir / runs.LAST:
         return
     final = {
-        **runs.checkpoint_header(run.cfg, run.fingerprint),
+        **checkpoints.checkpoint_header(run.cfg, run.fingerprint),
         "kind": "last",
         "epoch": run.rows[-1]["epoch"] if run.rows else run.epoch,
         "step": run.step,
@@ -392,7 +392,7 @@ def _save_final(run: _Run) -> None:
         "history": run.rows,
         "best_val_acc": run.best_acc,
     }
-    runs.save_checkpoint(final, run.run_dir / runs.LAST)
+    checkpoints.save_checkpoint(final, run.run_dir / runs.LAST)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,7 +463,9 @@ def _finish(run: _Run, wall: float) -> TrainResult:
     # The run's model is the final one, not the best epoch: picking an epoch by its accuracy on
     # the validation rows would make those rows' probabilities (the out-of-fold predictions the
     # ensemble is chosen on) look better than they are. best.pt stays for inspection.
-    final_model, _ = runs.load_run(run.run_dir, "last", device=run.device, require_complete=False)
+    final_model, _ = checkpoints.load_run(
+        run.run_dir, "last", device=run.device, require_complete=False
+    )
     final_model.to(memory_format=torch.channels_last)
     val_proba = (
         run.val_proba  # the last epoch scored this very model on these rows

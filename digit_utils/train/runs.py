@@ -1,6 +1,7 @@
 """The run folder: the one module that writes and reads it.
 
-(Over 300 lines: everything that knows the run folder's layout lives here.)
+(Over 300 lines: everything that knows the run folder's layout lives here; what a checkpoint
+holds is :mod:`checkpoints`.)
 
 A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import warnings
 from collections.abc import Mapping
 from datetime import datetime
@@ -37,15 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from digit_utils import __version__, atomic, paths, typed
+from digit_utils import atomic, paths, typed
 from digit_utils.config import TrainConfig
 from digit_utils.errors import CheckpointError, ConfigError, DigitsError
-from digit_utils.train.models import build_model
 
-CHECKPOINT_FORMAT = "digit_utils.checkpoint/1"
 CONFIG, HISTORY, METRICS = "config.json", "history.csv", "metrics.json"
 BEST, LAST = "best.pt", "last.pt"
 VAL_INDICES, VAL_PROBA = "val_indices.npy", "val_proba.npy"
@@ -119,125 +115,6 @@ def check_complete(run_dir: str | Path, names=RUN_FILES) -> None:
                 f"{run_dir}: mixed run folder: {name} is not the file this run finished with "
                 "(changed or left from another run); rerun it"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(payload: dict, path: Path) -> Path:
-    """torch.save atomically (a kill or error mid-write leaves the previous file intact)."""
-    return atomic.atomic_write(path, lambda fh: torch.save(payload, fh), mode="wb")
-
-
-def checkpoint_header(cfg: TrainConfig, fingerprint: str) -> dict:
-    """The provenance every checkpoint of a run carries."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": __version__,
-        "config": cfg.to_dict(),
-        "data_fingerprint": fingerprint,
-    }
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's payload (tensors on CPU); CheckpointError if missing, truncated, foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged zip/pickle
-        raise CheckpointError(
-            f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a digit_utils checkpoint (no {CHECKPOINT_FORMAT!r})")
-    return payload
-
-
-def rng_state(gen: torch.Generator) -> dict:
-    """Every RNG the loop draws from, for an exact resume, with the machine they belong to."""
-    np_state = np.random.get_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {
-        "device_type": gen.device.type,  # a CUDA generator's state means nothing to a CPU one
-        "gpus": len(cuda),
-        "torch": torch.get_rng_state(),
-        "cuda": cuda,
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python": random.getstate(),
-        "generator": gen.get_state(),  # the per-epoch permutation and augmentation draws
-    }
-
-
-def rng_fits(state: dict, gen: torch.Generator) -> bool:
-    """Whether saved RNG states can be restored here: same kind of generator, same GPU count."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    # checkpoints from before the device was recorded: a generator state's size tells its kind
-    same_kind = state.get("device_type", gen.device.type) == gen.device.type and len(
-        state["generator"]
-    ) == len(gen.get_state())
-    return same_kind and state.get("gpus", len(state["cuda"])) in (0, gpus)
-
-
-def set_rng_state(state: dict, gen: torch.Generator, *, seed: int, epoch: int) -> bool:
-    """Restore the saved RNG states; True when all of them were.
-
-    The CPU, numpy and Python states always restore. On another kind of machine (a CUDA run
-    resumed on the CPU, two GPUs' states on a one-GPU machine) the device generators are reseeded
-    from ``(seed, epoch)`` instead and False is returned: the run goes on, but not bit-identically.
-    """
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if not rng_fits(state, gen):
-        derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-        gen.manual_seed(derived)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(derived)
-        return False
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    gen.set_state(state["generator"])
-    return True
-
-
-def load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the model ({str(e)[:300]})") from None
-
-
-def load_run(
-    run_dir: str | Path,
-    which: str = "best",
-    device: str | torch.device = "cpu",
-    *,
-    require_complete: bool = True,
-) -> tuple[nn.Module, TrainConfig]:
-    """The model of a run folder's ``best.pt`` or ``last.pt`` in eval mode, and its config.
-
-    A checkpoint of an unfinished or mixed run folder is refused unless ``require_complete``
-    is off (training itself, reloading its final weights before the folder is complete)."""
-    if which not in ("best", "last"):
-        raise ConfigError(f"which: expected 'best' or 'last', got {which!r}")
-    path = Path(run_dir) / (BEST if which == "best" else LAST)
-    payload = load_checkpoint(path)
-    try:
-        cfg = TrainConfig.from_dict(payload["config"])
-    except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: stored config is invalid ({e})") from None
-    model = build_model(cfg.model)
-    # last.pt also holds the raw weights; the EMA weights are the ones that were evaluated
-    load_weights(model, payload.get("ema") or payload["model"], path)
-    if require_complete:
-        check_complete(run_dir, [path.name])
-    return model.to(device).eval(), cfg
 
 
 # --------------------------------------------------------------------------------------------

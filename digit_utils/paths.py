@@ -142,6 +142,22 @@ def upstream(relative: str) -> Path:
     raise DigitsError(f"{relative} not found (looked in {where}); run the notebook that makes it")
 
 
+def outputs_relative(path: str | Path) -> str:
+    """``path`` as :func:`upstream` finds it again: relative to the outputs folder or, inside a
+    Kaggle kernel, to the outputs of the upstream kernel whose mount holds it."""
+    path = Path(path).resolve()
+    roots = [outputs_dir()]
+    if in_kaggle_kernel() and path.is_relative_to(kaggle_input_root().resolve()):
+        roots += [p for p in path.parents if p.name == "outputs"][:1]
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    raise DigitsError(
+        f"{path}: a run folder outside the outputs folder ({outputs_dir()}) cannot be recorded "
+        "in a run list; train it under outputs/ or list it with --run"
+    )
+
+
 def missing_in_kernel(relative: str) -> str:
     """Why a kernel lacks an upstream stage's file: the upstream kernel and where it mounts."""
     stage = relative.split("/", 1)[0]

@@ -430,3 +430,22 @@ def test_a_stage_reports_its_output_size(sample_dir, isolated):
     record = stage.finish(rows=1)
     on_disk = json.loads((isolated / "outputs" / "01_eda" / "metrics.json").read_text())
     assert record["output_bytes"] == on_disk["output_bytes"] == 1234 + 4
+
+
+def test_a_run_list_records_runs_from_an_upstream_mount(tmp_path, isolated, monkeypatch):
+    # 05 submits 04's runs, which live in 04's mounted output: its run list must name them so
+    # that paths.upstream finds them again (relative_to(outputs) raised a ValueError there)
+    from digit_utils.errors import DigitsError
+    from digit_utils.train import runs
+
+    root = tmp_path / "input"
+    run = _kernel_mount(root, "04_train_cnn", "04_train_cnn/runs/cnn-s0-f0/config.json", "{}")
+    monkeypatch.setenv("DIGITS_KAGGLE_INPUT", str(root))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    listed = tmp_path / "runs.json"
+    runs.save_run_list({"cnn-s0": [run.parent]}, listed)
+    recorded = json.loads(listed.read_text())["models"]
+    assert recorded == {"cnn-s0": ["04_train_cnn/runs/cnn-s0-f0"]}
+    assert paths.upstream("04_train_cnn/runs/cnn-s0-f0") == run.parent
+    with pytest.raises(DigitsError, match="outside the outputs folder"):
+        runs.save_run_list({"x": [tmp_path / "elsewhere"]}, listed)

@@ -257,14 +257,10 @@ def default_runs() -> list[Path]:
 def save_run_list(groups: dict[str, list[str | Path]], path: Path) -> Path:
     """Record ``{base model: [run folders]}`` (folds of one recipe form one base model).
 
-    Paths are relative to the outputs folder so that an upstream Kaggle kernel's mounted copy
-    resolves them too (see :func:`paths.upstream`).
+    Paths are relative to the outputs folder (or, for runs an upstream Kaggle kernel made, to
+    its mounted outputs) so that :func:`paths.upstream` resolves them anywhere.
     """
-    outputs = paths.outputs_dir()
-    listing = {
-        name: [str(Path(r).resolve().relative_to(outputs)) for r in runs]
-        for name, runs in groups.items()
-    }
+    listing = {name: [paths.outputs_relative(r) for r in runs] for name, runs in groups.items()}
     return atomic.write_json({"models": listing}, path)
 
 

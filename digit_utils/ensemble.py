@@ -5,7 +5,7 @@ forward selection, scored by CV.
 out-of-fold rows belong together.)
 
 Every method takes the base models' probabilities stacked as ``float32 [K, N, 10]`` (K models, N
-rows). Out-of-fold (OOF) rows are rows that no base model trained on (``predict.load_oof`` reads
+rows). Out-of-fold (OOF) rows are rows that no base model trained on (``inference.load_oof`` reads
 them from the run folders); the methods are compared on them, the best one is then applied to the
 test probabilities. Pure numpy and scikit-learn: no torch, no files.
 """

@@ -1,7 +1,7 @@
 """Grids of training runs for the notebooks: policies × seeds, models × one budget, seeds × folds.
 
-Each grid trains with :func:`train.train`, over every visible GPU at once when there are several
-(:mod:`device_pool`), keeps every run folder, and returns tidy tables (one row per run, one row
+Each grid trains with :func:`loop.train`, over every visible GPU at once when there are several
+(:mod:`parallel`), keeps every run folder, and returns tidy tables (one row per run, one row
 per run-epoch) that the plots take directly.
 """
 

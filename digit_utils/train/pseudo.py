@@ -145,7 +145,7 @@ def run_pseudo_grid(
     workers: int | str = "auto",
     threads: int | None = None,
 ) -> tuple[Grid, pd.DataFrame]:
-    """A second round: :func:`experiments.run_grid` where each run also trains on the test rows
+    """A second round: :func:`grids.run_grid` where each run also trains on the test rows
     its fold's teacher is sure of. Returns the grid and one row per split: rows selected.
     """
     teachers_by_fold = _FoldTeachers(teachers, test_images, threshold, tta)

@@ -3,7 +3,7 @@
 The ``tracking`` setting (a TrainConfig field, shown by every training notebook) names the
 trackers. A notebook's start opens an MLflow *parent* run (:func:`start_stage`) and its finish
 closes it; each training run of its grid is a *child* run (:func:`start_run`, which
-``train.train`` calls at the start, at each epoch end and at the finish: never per batch).
+``loop.train`` calls at the start, at each epoch end and at the finish: never per batch).
 
 - MLflow: a local SQLite store ``outputs/mlflow/mlflow.db`` with artifacts in
   ``outputs/mlflow/artifacts`` (MLflow's recommended local backend; nothing to start), unless
@@ -298,7 +298,7 @@ class RunTracking:
             {k: str(v) for k, v in facts.items()},
             model=cfg.model, seed=str(cfg.seed), fold=str(cfg.fold), run_dir=str(self.run_dir),
         )  # fmt: skip
-        tags.setdefault("data_source", "arrays passed to train.train")
+        tags.setdefault("data_source", "arrays passed to loop.train")
         if "mlflow" in trackers:
             self.mlflow = _guarded("mlflow", "starting a training run", self._start_mlflow,
                                    tags, parent, epoch)  # fmt: skip

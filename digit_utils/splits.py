@@ -42,6 +42,28 @@ def kfold_splits(labels, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.n
         raise ConfigError(f"n_folds={n_folds}: cannot split these labels ({e})") from None
 
 
+def stratified_subset(labels, rows: int, seed: int = 0) -> np.ndarray:
+    """Sorted int64 indices of ``rows`` labelled rows, stratified by label and seeded; every row
+    when ``rows`` is 0 or at least their number. What a comparison trains on when its profile
+    cannot afford every row (the same rows for every option it compares)."""
+    labels = np.asarray(labels)
+    if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 0:
+        raise ConfigError(f"rows={rows!r}: expected 0 (every row) or a positive number of rows")
+    if rows == 0 or rows >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    classes = len(np.unique(labels))
+    if rows < 2 * classes:
+        raise ConfigError(f"rows={rows}: too few to keep all {classes} classes (at least "
+                          f"{2 * classes})")  # fmt: skip
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(labels), dtype=np.int64), train_size=rows, stratify=labels,
+        random_state=seed,
+    )  # fmt: skip
+    return np.sort(keep)
+
+
 def split_for(cfg: TrainConfig, labels) -> tuple[np.ndarray, np.ndarray]:
     """The config's split: fold ``cfg.fold`` of a k-fold when set, else the holdout."""
     if cfg.fold is not None:

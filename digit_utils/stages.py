@@ -64,6 +64,9 @@ class StageSpec:
 
 _TRACKING = ("tracking", "tracking_artifacts")  # MLflow/TensorBoard (tracking.py); off by default
 _TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device", *_TRACKING)
+# 04_train_cnn's recipe: 02 compares augmentation with all of it, so its choice is made at the
+# budget 04 trains at (a profile sets these at top level, for both)
+_RECIPE = ("optimizer", "schedule", "weight_decay", "label_smoothing", "ema", "tta")
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
@@ -71,10 +74,10 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "02_augmentation",
             gpu=True,
-            train_fields=("model", *_TRAINING),
+            train_fields=("model", *_TRAINING, *_RECIPE),
             # n_folds: k-fold so every labelled row scores every policy; 0 for one holdout
-            extras={"policies": str, "n_folds": int, "seeds": int},
-            fixed={"optimizer": "adamw"},
+            # rows: a stratified sample of the labelled rows when every row costs too much
+            extras={"policies": str, "n_folds": int, "seeds": int, "rows": int},
             writes=(Path(POLICY).name,),
         ),
         StageSpec(

@@ -162,7 +162,8 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
     n, n_test = EXPECTED_ROWS["train"], EXPECTED_ROWS["test"]
     work = []
     if p := params.get("02_augmentation"):
-        folds, rows, val = _split_rows(p, n)
+        sample = int(p.get("rows") or 0)  # a stratified sample of the labelled rows
+        folds, rows, val = _split_rows(p, min(sample, n) if sample else n)
         policies = _names(p["policies"], [])
         runs = len(policies) * int(p["seeds"]) * folds
         work.append(Work("02_augmentation", (p["model"],), (runs, runs), int(p["epochs"]), rows,

@@ -83,9 +83,26 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "03_model_zoo",
             gpu=True,
-            train_fields=("augment", *_TRAINING),
-            extras={"models": str, "n_folds": int, "seed": int},
-            fixed={"optimizer": "adamw"},
+            # 04_train_cnn's recipe (its last rung trains at 04's budget on 04's folds)
+            train_fields=(
+                "augment",
+                "optimizer",
+                "schedule",
+                "weight_decay",
+                "label_smoothing",
+                "ema",
+                *_TRAINING,
+            ),  # fmt: skip
+            # successive halving: min_epochs at rung 0, eta the promotion factor; max_gpu_hours
+            # caps the screening in T4 GPU-hours by pipeline/budget's cost table
+            extras={
+                "models": str,
+                "n_folds": int,
+                "seed": int,
+                "min_epochs": int,
+                "eta": int,
+                "max_gpu_hours": float,
+            },  # fmt: skip
             reads=(POLICY,),
             writes=("leaderboard.json", Path(MODEL_CHOICE).name, paths.RUN_LIST),
         ),
@@ -179,6 +196,9 @@ EXTRA_RULES: dict[str, tuple[Any, str]] = {
     "seeds": (lambda v: v >= 1, "must be at least 1"),
     "n_folds": (lambda v: v == 0 or v >= 2, "must be 0 (one holdout) or a k of 2 or more"),
     "cv_folds": (lambda v: v >= 2, "must be at least 2"),
+    "min_epochs": (lambda v: v >= 1, "must be at least 1"),
+    "eta": (lambda v: v >= 2, "must be at least 2 (the factor between rungs)"),
+    "max_gpu_hours": (lambda v: v > 0, "must be above 0 (T4 GPU-hours)"),
     "pseudo_threshold": (lambda v: 0 <= v <= 1, "must be in [0, 1] (0: no second round)"),
     "tta": (tta_shifts, ""),  # the one TTA check; its message says the range
     "device": (DEVICE_NAME.match, "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')"),

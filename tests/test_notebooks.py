@@ -25,7 +25,14 @@ STAGES = [p.stem for p in NOTEBOOKS]
 TINY = {
     "01_eda": {"tsne_samples": 150},
     "02_augmentation": {"epochs": 1, "seeds": 1, "n_folds": 2, "policies": "none, affine_elastic"},
-    "03_model_zoo": {"models": "simple_cnn, fast_cnn", "epochs": 1, "n_folds": 2},
+    # screened: both 1 epoch on fold 0, the better (and a tie) 2 epochs on 04's two folds
+    "03_model_zoo": {
+        "models": "simple_cnn, fast_cnn",
+        "min_epochs": 1,
+        "eta": 2,
+        "epochs": 2,
+        "n_folds": 2,
+    },  # fmt: skip
     # model "auto": the zoo's choice; the zoo's folds, so 05 adds the zoo's runs as members
     "04_train_cnn": {"epochs": 1, "seeds": 1, "tta": 1, "n_folds": 2, "refit": True},
     # a low bar: after one epoch on 300 rows the models put at most about 0.3 on any digit
@@ -135,7 +142,8 @@ def test_training_recorded_its_runs_for_the_ensemble(ran):
     assert m["refits"] == 1 and json.loads((outputs / refit / "metrics.json").read_text())[
         "n_train"] == 600  # fmt: skip
     zoo = json.loads((outputs / "03_model_zoo" / "runs.json").read_text())["models"]
-    assert sorted(zoo) == ["fast_cnn-s0", "simple_cnn-s0"]
+    board = json.loads((outputs / "03_model_zoo" / "leaderboard.json").read_text())
+    assert sorted(zoo) == sorted(f"{r['model']}-s0" for r in board if r["rung"] == 1)
 
 
 def test_model_zoo_leaderboard(ran):
@@ -143,8 +151,12 @@ def test_model_zoo_leaderboard(ran):
     assert sorted(board["model"]) == ["fast_cnn", "simple_cnn"]
     assert (board["params"] > 1000).all() and (board["infer_ms_per_1000"] > 0).all()
     assert board["params"].is_monotonic_increasing  # simplest first, as the rule reads them
-    assert (board["rows"] == 600).all() and (board["low"] <= board["accuracy"]).all()
-    assert board["chosen"].sum() == 1
+    # the last rung on both folds (every row), the one left at rung 0 on fold 0 (half of them)
+    assert set(board["rows"]) <= {300, 600} and (board["rows"] == 600 * board["rung"] + 300
+                                                - 300 * board["rung"]).all()  # fmt: skip
+    assert (board["low"] <= board["accuracy"]).all() and board["acc_1ep_1f"].notna().all()
+    assert board["chosen"].sum() == 1 and board.loc[board["chosen"], "rung"].item() == 1
+    assert (ran[0] / "03_model_zoo" / "screening.png").is_file()
 
 
 def _oof_correct(outputs: Path, runs: list[str], labels: np.ndarray) -> np.ndarray:

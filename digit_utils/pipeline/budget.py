@@ -7,6 +7,9 @@ The cost of an architecture is its images/s on a T4. None is measured on a GPU y
 count (``MODEL_COST``) under stated assumptions, and the plan says so. The estimate counts
 training and the per-epoch evaluation only (a forward pass costs a third of a training step);
 inference, TTA, t-SNE and kernel start-up are not counted.
+
+Over 300 lines: the cost table, each stage's work (03's screening at its worst) and the plan's
+report are one calculation, read together.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from digit_utils import stages
+from digit_utils import screening, stages
 from digit_utils.data.checks import EXPECTED_ROWS
 from digit_utils.errors import ConfigError
 
@@ -171,10 +174,8 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
     zoo = params.get("03_model_zoo")
     zoo_models = _names(zoo["models"], every_model) if zoo else ()
     if zoo:
-        folds, rows, val = _split_rows(zoo, n)
-        for model in zoo_models:
-            work.append(Work("03_model_zoo", (model,), (folds, folds), int(zoo["epochs"]), rows,
-                             val, int(zoo["batch_size"]), "the zoo"))  # fmt: skip
+        work += _screen_work(zoo, zoo_models, n)
+        finalists = [w.models[0] for w in work if w.what.startswith(LAST_RUNG)]
     main = params.get("04_train_cnn")
     if main:
         models = (main["model"],) if main["model"] != "auto" else zoo_models or tuple(every_model)
@@ -195,10 +196,49 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
                          rows + n_test, val, batch, f"{what}: 04's runs"))  # fmt: skip
         if zoo and int(zoo["n_folds"]) == int(main["n_folds"]) >= 2:
             z_folds, z_rows, z_val = _split_rows(zoo, n)
-            for model in zoo_models:  # a zoo model joins only when 04's best does not beat it
+            for model in finalists:  # a zoo model joins only when 04's best does not beat it
                 work.append(Work("05_ensemble_submission", (model,), (0, z_folds),
                                  int(zoo["epochs"]), z_rows + n_test, z_val,
-                                 int(zoo["batch_size"]), f"{what}: the zoo's ties"))  # fmt: skip
+                                 int(zoo["batch_size"]),
+                                 f"{what}: the zoo's ties (its last rung at worst)"))  # fmt: skip
+    return work
+
+
+def epoch_seconds(models: Sequence[str], params: Mapping, n: int) -> dict[str, float]:
+    """``{model: T4 GPU-seconds}`` of one epoch of one fold's run on ``n`` labelled rows at the
+    slow assumption: the costs 03's screening pays its ``max_gpu_hours`` from."""
+    _, rows, val = _split_rows(params, n)
+    one = {m: Work("", (m,), (1, 1), 1, rows, val, int(params["batch_size"]), "") for m in models}
+    return {m: w.gpu_seconds()[1] for m, w in one.items()}
+
+
+def zoo_schedule(params: Mapping, models: Sequence[str], n: int):
+    """03's rungs, the T4 seconds per model-epoch and the budget in seconds, from its params."""
+    rungs = screening.schedule(
+        len(models), min_epochs=int(params["min_epochs"]), eta=int(params["eta"]),
+        epochs=int(params["epochs"]), n_folds=int(params["n_folds"]),
+    )  # fmt: skip
+    return rungs, epoch_seconds(models, params, n), float(params["max_gpu_hours"]) * 3600
+
+
+LAST_RUNG = "screening's last rung"
+
+
+def _screen_work(zoo: Mapping, models: Sequence[str], n: int) -> list[Work]:
+    """03's screening at worst: every model at rung 0, then the dearest promoted at each rung,
+    as many as ties and ``max_gpu_hours`` allow (``screening.worst_case``)."""
+    _, rows, val = _split_rows(zoo, n)
+    rungs, seconds, max_s = zoo_schedule(zoo, models, n)
+    at, _ = screening.worst_case(models, rungs, seconds, max_s)
+    work = []
+    for rung, group in zip(rungs, at, strict=True):
+        runs = (rung.folds,) * 2 if rung.index == 0 else (0, rung.folds)
+        name = LAST_RUNG if rung.index == len(rungs) - 1 else f"screening rung {rung.index}"
+        what = name + (
+            ": every model" if rung.index == 0 else " (worst case: the dearest promoted)"
+        )
+        work += [Work("03_model_zoo", (m,), runs, rung.epochs, rows, val,
+                      int(zoo["batch_size"]), what) for m in group]  # fmt: skip
     return work
 
 
@@ -225,6 +265,12 @@ class Plan:
 
     def warnings(self) -> list[str]:
         out = []
+        if zoo := self.parameters.get("03_model_zoo"):
+            models = _names(zoo["models"], sorted(MODEL_COST))
+            rungs, seconds, max_s = zoo_schedule(zoo, models, EXPECTED_ROWS["train"])
+            if screening.worst_case(models, rungs, seconds, max_s)[1]:
+                out.append(f"03_model_zoo: max_gpu_hours={zoo['max_gpu_hours']:g} may promote "
+                           "fewer models than a rung keeps when the dearest lead")  # fmt: skip
         for stage, (_, high) in self.session_hours().items():
             if high > SESSION_HOURS:
                 out.append(

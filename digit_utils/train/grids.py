@@ -64,6 +64,7 @@ def run_grid(
     workers: int | str = "auto",
     threads: int | None = None,
     extra: Callable[[TrainConfig], tuple[np.ndarray, np.ndarray]] | None = None,
+    only_folds: int | None = None,
 ) -> Grid:
     """Train every variant (config changes to ``base``) with every seed, and every fold if asked.
 
@@ -74,12 +75,13 @@ def run_grid(
     results of training them one after another; ``threads`` see :func:`parallel.train_all`.
     ``extra(config)`` gives a run extra training rows ``(images, labels)`` that never validate
     (see :mod:`pseudo`): worked out here for every run first, then sent with its job.
+    ``only_folds`` trains the first few of the k folds only (a screening rung: fold 0).
     """
     if not variants or not seeds:
         raise ConfigError("run_grid: need at least one variant and one seed")
     if folds == 1 or folds < 0:
         raise ConfigError(f"folds: use 0 for a holdout or ≥ 2 for k-fold, got {folds}")
-    jobs = _jobs(base, variants, seeds, folds, Path(root or paths.runs_dir()))
+    jobs = _jobs(base, variants, seeds, folds, Path(root or paths.runs_dir()), only_folds)
     # quiet: one bar for the grid; otherwise each run draws its own and this one would interleave
     shown = quiet and len(jobs) > 1
     with bar(total=len(jobs), desc="runs", unit="run", disable=not shown) as grid_bar:
@@ -102,12 +104,12 @@ class _Job:
     run_dir: Path
 
 
-def _jobs(base, variants, seeds, folds: int, root: Path) -> list[_Job]:
+def _jobs(base, variants, seeds, folds: int, root: Path, only: int | None = None) -> list[_Job]:
     """One run per (variant, seed[, fold]), named ``<variant>-s<seed>[-f<fold>]`` under root."""
     jobs = []
     for variant in variants:
         for seed in seeds:
-            for fold in range(folds) if folds else [None]:
+            for fold in range(min(only or folds, folds)) if folds else [None]:
                 name = f"{variant}-s{seed}" + (f"-f{fold}" if fold is not None else "")
                 changes = {**variants[variant], "seed": seed, "name": name}
                 if fold is not None:

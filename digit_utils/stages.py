@@ -102,6 +102,7 @@ STAGES: dict[str, StageSpec] = {
                 "min_epochs": int,
                 "eta": int,
                 "max_gpu_hours": float,
+                "rows": int,  # a stratified sample of the labelled rows (0: all)
             },  # fmt: skip
             reads=(POLICY,),
             writes=("leaderboard.json", Path(MODEL_CHOICE).name, paths.RUN_LIST),

@@ -154,6 +154,12 @@ def _split_rows(params: Mapping, n: int) -> tuple[int, int, int]:
     return 1, n - val, val
 
 
+def _sampled(params: Mapping, n: int) -> int:
+    """The labelled rows a comparison stage uses: its stratified sample (``rows``) or all."""
+    sample = int(params.get("rows") or 0)
+    return min(sample, n) if sample else n
+
+
 def _names(text: str, every: Sequence[str]) -> tuple[str, ...]:
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     return tuple(every) if names == ["all"] else tuple(names)
@@ -165,8 +171,7 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
     n, n_test = EXPECTED_ROWS["train"], EXPECTED_ROWS["test"]
     work = []
     if p := params.get("02_augmentation"):
-        sample = int(p.get("rows") or 0)  # a stratified sample of the labelled rows
-        folds, rows, val = _split_rows(p, min(sample, n) if sample else n)
+        folds, rows, val = _split_rows(p, _sampled(p, n))
         policies = _names(p["policies"], [])
         runs = len(policies) * int(p["seeds"]) * folds
         work.append(Work("02_augmentation", (p["model"],), (runs, runs), int(p["epochs"]), rows,
@@ -174,7 +179,7 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
     zoo = params.get("03_model_zoo")
     zoo_models = _names(zoo["models"], every_model) if zoo else ()
     if zoo:
-        work += _screen_work(zoo, zoo_models, n)
+        work += _screen_work(zoo, zoo_models, _sampled(zoo, n))
         finalists = [w.models[0] for w in work if w.what.startswith(LAST_RUNG)]
     main = params.get("04_train_cnn")
     if main:
@@ -194,7 +199,8 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
         what = "second round, + every test row as pseudo-labels"
         work.append(Work("05_ensemble_submission", models, (seeds * folds,) * 2, epochs,
                          rows + n_test, val, batch, f"{what}: 04's runs"))  # fmt: skip
-        if zoo and int(zoo["n_folds"]) == int(main["n_folds"]) >= 2:
+        # the zoo's runs join only on 04's folds of every row (never from a sample)
+        if zoo and int(zoo["n_folds"]) == int(main["n_folds"]) >= 2 and _sampled(zoo, n) == n:
             z_folds, z_rows, z_val = _split_rows(zoo, n)
             for model in finalists:  # a zoo model joins only when 04's best does not beat it
                 work.append(Work("05_ensemble_submission", (model,), (0, z_folds),
@@ -267,7 +273,9 @@ class Plan:
         out = []
         if zoo := self.parameters.get("03_model_zoo"):
             models = _names(zoo["models"], sorted(MODEL_COST))
-            rungs, seconds, max_s = zoo_schedule(zoo, models, EXPECTED_ROWS["train"])
+            rungs, seconds, max_s = zoo_schedule(
+                zoo, models, _sampled(zoo, EXPECTED_ROWS["train"])
+            )
             if screening.worst_case(models, rungs, seconds, max_s)[1]:
                 out.append(f"03_model_zoo: max_gpu_hours={zoo['max_gpu_hours']:g} may promote "
                            "fewer models than a rung keeps when the dearest lead")  # fmt: skip

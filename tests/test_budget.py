@@ -50,11 +50,11 @@ def test_every_registered_model_has_a_cost_and_the_cheap_ones_match_a_fresh_coun
 
 
 def test_the_full_profile_plan_counts_02s_work_and_hours_independently(full):
-    # 02's defaults: fast_cnn, 5 policies × 1 seed × 5 folds, 12 epochs on 4/5 of 42,000 rows
+    # 02's defaults: fast_cnn, 5 policies × 1 seed × 5 folds, 04's 30 epochs on 4/5 of 42,000
     [work] = [w for w in full.work if w.stage == "02_augmentation"]
-    assert (work.models, work.runs, work.epochs) == (("fast_cnn",), (25, 25), 12)
+    assert (work.models, work.runs, work.epochs) == (("fast_cnn",), (25, 25), 30)
     assert (work.train_rows, work.eval_rows) == (33_600, 8_400)
-    images = 25 * 12 * (33_600 + 8_400 / 3)  # an evaluated image costs a third of a step
+    images = 25 * 30 * (33_600 + 8_400 / 3)  # an evaluated image costs a third of a step
     low, high = full.stage_hours()["02_augmentation"]
     assert low == pytest.approx(images / _rate("fast_cnn", *FAST) / 3600, rel=1e-3)
     assert high == pytest.approx(images / _rate("fast_cnn", *SLOW) / 3600, rel=1e-3)
@@ -76,7 +76,7 @@ def test_the_full_profile_plan_counts_02s_work_and_hours_independently(full):
 def test_the_report_says_the_costs_are_flop_derived_and_warns_past_kaggles_limits(full):
     text = full.report()
     assert "DERIVED FROM FLOPs, not measured on a GPU" in text
-    assert "fast_cnn: 25 runs × 12 epochs × 33,600 rows" in text
+    assert "fast_cnn: 25 runs × 30 epochs × 33,600 rows" in text
     sessions = full.session_hours()
     assert sessions["02_augmentation"][1] == pytest.approx(
         full.stage_hours()["02_augmentation"][1] / 2
@@ -88,7 +88,7 @@ def test_the_report_says_the_costs_are_flop_derived_and_warns_past_kaggles_limit
     assert over  # wrn28_10 as 04's choice and every zoo tie retrained: past a session
     calm = _plan("cpu")
     assert calm.warnings() == [] and "WARNING" not in calm.report()
-    long = _plan("cpu", overrides={"02_augmentation": {"epochs": 40_000}})
+    long = _plan("cpu", overrides={"02_augmentation": {"epochs": 400_000}})
     assert any(w.startswith("02_augmentation may need") for w in long.warnings())
 
 

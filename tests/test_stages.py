@@ -46,13 +46,17 @@ def test_a_stage_schema_takes_its_types_from_the_config():
     assert schema["n_folds"] is int and schema["data_dir"] is str  # the stage's own
 
 
-def test_train_config_from_a_stage_uses_its_fields_and_fixed_settings(isolated, sample_dir):
+def test_train_config_from_a_stage_uses_its_fields(isolated, sample_dir):
     ns = {"data_dir": str(sample_dir), "model": "fast_cnn", "epochs": 3, "batch_size": 64}
     ns |= {"lr": 0.02, "policies": "none", "seeds": 1, "val_fraction": 0.1, "device": "cpu"}
-    ns |= {"tracking": "none", "tracking_artifacts": "small", "n_folds": 0}
+    ns |= {"tracking": "none", "tracking_artifacts": "small", "n_folds": 0, "rows": 0}
+    # 04's recipe, which 02 compares augmentation with
+    ns |= {"optimizer": "sgd", "schedule": "cosine", "weight_decay": 0.01}
+    ns |= {"label_smoothing": 0.0, "ema": 0.99, "tta": 1}
     stage = notebook.start("02_augmentation", {**ns, "unrelated_global": object()})
     cfg = stage.train_config(augment="affine")
-    assert (cfg.model, cfg.epochs, cfg.lr, cfg.optimizer) == ("fast_cnn", 3, 0.02, "adamw")
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.optimizer) == ("fast_cnn", 3, 0.02, "sgd")
+    assert (cfg.schedule, cfg.ema, cfg.tta, cfg.label_smoothing) == ("cosine", 0.99, 1, 0.0)
     assert cfg.augment == "affine" and cfg.device == "cpu"
     assert stage.runs_dir() == paths.outputs_dir() / "02_augmentation" / "runs"
 

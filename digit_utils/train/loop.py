@@ -379,7 +379,7 @@ def _save_epoch(run: _Run) -> None:
 
 def _save_final(run: _Run) -> None:
     """Inside a Kaggle kernel (the resumable last.pt in scratch space): the run folder's last.pt
-    with the final weights only (the EMA's when there is one, in fp16), which every reader loads."""
+    with the final weights only (the EMA's when there is one; fp16), which every reader loads."""
     if runs.resume_path(run.run_dir) == run.run_dir / runs.LAST:
         return
     final = {

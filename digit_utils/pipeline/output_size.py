@@ -51,18 +51,18 @@ SLOW_DOWNLOAD_BYTES_PER_S = 2 * 1024**2
 BASE_DOWNLOAD_S = 600.0
 
 
-def run_bytes(model: str, eval_rows: int, state_elements: int | None = None) -> int:
-    """Bytes of one run folder in a kernel's output (an upper bound)."""
-    elements = STATE_ELEMENTS[model] if state_elements is None else state_elements
-    return WEIGHT_BYTES * elements + ROW_BYTES * eval_rows + RUN_FILES_BYTES
+def run_bytes(model: str, eval_rows: int, epochs: int = 0) -> int:
+    """Bytes of one run folder in a kernel's output (an upper bound). The history grows by a
+    few hundred bytes an epoch, inside ``RUN_FILES_BYTES`` for any epoch count a stage uses."""
+    return WEIGHT_BYTES * STATE_ELEMENTS[model] + ROW_BYTES * eval_rows + RUN_FILES_BYTES
 
 
 def stage_bytes(work: Sequence[Work], per_run=run_bytes) -> dict[str, tuple[int, int]]:
     """``{stage: (fewest, most) bytes}`` of the run folders its work writes, plus its small
-    files; ``per_run(model, eval_rows)`` sizes one run folder."""
+    files; ``per_run(model, eval_rows, epochs)`` sizes one run folder."""
     sizes: dict[str, list[int]] = {}
     for w in work:
-        each = [per_run(m, w.eval_rows) for m in w.models]
+        each = [per_run(m, w.eval_rows, w.epochs) for m in w.models]
         total = sizes.setdefault(w.stage, [STAGE_FILES_BYTES, STAGE_FILES_BYTES])
         total[0] += w.runs[0] * min(each)
         total[1] += w.runs[1] * max(each)

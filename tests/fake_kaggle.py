@@ -27,13 +27,16 @@ its argv as one JSON line to $FAKE_KAGGLE_LOG and then behaves like the real CLI
   asks for version N (pushes are numbered 1, 2, … per kernel): an older version is COMPLETE;
   with $FAKE_KAGGLE_STALE set, a status without a version answers COMPLETE (the previous
   version's, as the real API may before the new run registers);
-- `kernels output SLUG -p DIR`: write the files $FAKE_KAGGLE_OUTPUT names (a JSON list of paths
-  relative to DIR; default: 05's submission.csv and run list);
+- `kernels output SLUG -p DIR [--file-pattern REGEX]`: write the files $FAKE_KAGGLE_OUTPUT names
+  (a JSON list of paths relative to DIR; default: 05's submission.csv and run list), only those
+  whose path REGEX matches with re.search (as the real CLI, 1.8.4 and later, filters them);
+  an invalid REGEX fails as the real CLI does;
 - `--version`: "Kaggle CLI $FAKE_KAGGLE_VERSION" (default 2.2.5).
 """
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -173,7 +176,15 @@ def main(args):
     elif group == "kernels" and verb == "output":
         dest = Path(opt(args, "-p", "--path") or ".")
         default = ["submission.csv", "outputs/05_ensemble_submission/runs.json"]
+        pattern = opt(args, "--file-pattern")
+        try:
+            wanted = re.compile(pattern) if pattern is not None else None
+        except re.error as e:
+            print(f"Invalid regex pattern '{pattern}': {e}", file=sys.stderr)
+            return 1
         for name in json.loads(os.environ.get("FAKE_KAGGLE_OUTPUT", json.dumps(default))):
+            if wanted is not None and not wanted.search(name):
+                continue
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             (dest / name).write_text("ImageId,Label\n1,7\n" if name.endswith(".csv") else "{}")
             print(f"Output file downloaded to {dest / name}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from digit_utils import cli, stages
+from digit_utils import cli, paths, stages
 from digit_utils.errors import KaggleError
 from digit_utils.kaggle import kernels, remote
 from digit_utils.kaggle import push as kernel_push
@@ -469,14 +469,19 @@ def test_kernel_output_downloads_into_the_kernel_folder(fake_kaggle, isolated, c
     assert fake_kaggle.calls == [
         ["--version"],
         ["kernels", "output", "alice/digit-recognizer-05-ensemble-submission", "-p", str(partial)]
-        + ["-o"],
+        + ["-o", "--file-pattern", remote.needed_pattern("05_ensemble_submission")],
     ]
     assert "2 output file(s)" in out and "submission.csv" in out and not partial.exists()
     other = isolated / "elsewhere"
     assert digits("kaggle", "kernel", "output", "bob/x", "-p", str(other), capsys=capsys)[0] == 0
     assert fake_kaggle.calls[-1] == [
-        "kernels", "output", "bob/x", "-p", str(other.parent / ".elsewhere.partial"), "-o"
-    ]  # fmt: skip
+        "kernels",
+        "output",
+        "bob/x",
+        "-p",
+        str(other.parent / ".elsewhere.partial"),
+        "-o",
+    ]  # fmt: skip  (a kernel outside the stage graph: all of its files)
     assert (other / "submission.csv").is_file()
 
 
@@ -520,6 +525,80 @@ def test_kernel_output_replaces_stale_files_and_checks_the_promised_ones(
     code, out, err = digits("kaggle", "kernel", "output", "04", "-p", str(mine), capsys=capsys)
     assert code == 1 and "is not empty and holds no earlier kernel output" in err
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+ZOO_OUTPUT = [
+    "outputs/03_model_zoo/choice.json",
+    "outputs/03_model_zoo/leaderboard.json",
+    "outputs/03_model_zoo/runs.json",
+    "outputs/03_model_zoo/metrics.json",
+    "outputs/03_model_zoo/leaderboard.png",
+    "outputs/03_model_zoo/runs/runs.csv",
+    *(f"outputs/03_model_zoo/runs/cnn-f0/{name}" for name in (
+        "config.json", "history.csv", "last.pt", "best.pt", "val_indices.npy", "val_proba.npy",
+        "metrics.json", "complete.json")),
+]  # fmt: skip
+
+
+def downloaded(dest: Path) -> list[str]:
+    return sorted(
+        p.relative_to(dest).as_posix()
+        for p in dest.rglob("*")
+        if p.is_file() and p.name != remote.OUTPUT_MARKER
+    )
+
+
+def test_kernel_output_fetches_what_later_stages_read_or_what_is_asked(
+    fake_kaggle, isolated, capsys, monkeypatch
+):
+    """By default only the hand-off files, metrics.json and the run folders without best.pt come
+    (no figures, no runs.csv); --all brings everything, --files what its pattern matches."""
+    fake_kaggle.login()
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(ZOO_OUTPUT))
+    dest = isolated / "outputs/kernels/digit-recognizer-03-model-zoo/output"
+    assert digits("kaggle", "kernel", "output", "03_model_zoo", capsys=capsys)[0] == 0
+    skipped = {"leaderboard.png", "runs.csv", "best.pt"}
+    assert downloaded(dest) == sorted(f for f in ZOO_OUTPUT if f.rsplit("/", 1)[1] not in skipped)
+    assert "--file-pattern" in fake_kaggle.calls[-1]
+
+    assert digits("kaggle", "kernel", "output", "03_model_zoo", "--all", capsys=capsys)[0] == 0
+    assert downloaded(dest) == sorted(ZOO_OUTPUT) and "--file-pattern" not in fake_kaggle.calls[-1]
+
+    # what the user asks for; the promised files it does not cover are not required
+    argv = ("kaggle", "kernel", "output", "03", "--files", r"choice\.json$")
+    assert digits(*argv, capsys=capsys)[0] == 0
+    assert downloaded(dest) == ["outputs/03_model_zoo/choice.json"]
+    assert fake_kaggle.calls[-1][-2:] == ["--file-pattern", r"choice\.json$"]
+    # ...and those it covers still are
+    monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(ZOO_OUTPUT[1:]))
+    code, _, err = digits(*argv[:-1], r"\.json$", capsys=capsys)
+    assert code == 1 and "lacks outputs/03_model_zoo/choice.json" in err
+
+    calls = len(fake_kaggle.calls)
+    code, out, err = digits("kaggle", "kernel", "output", "03", "--files", "(", capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "files: '(' is not a regular expression" in err
+    assert len(fake_kaggle.calls) == calls  # refused before the CLI ran
+    with pytest.raises(SystemExit) as stop:  # argparse: one or the other
+        digits("kaggle", "kernel", "output", "03", "--all", "--files", "x", capsys=capsys)
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_kernel_output_timeout_follows_the_stage_output_size(isolated, monkeypatch):
+    import shutil
+
+    from digit_utils.cli import kaggle as cli_kaggle
+    from digit_utils.errors import ConfigError
+    from digit_utils.pipeline import output_size
+
+    shutil.copytree(Path(__file__).parents[1] / "notebooks", isolated / "notebooks")
+    sizes = output_size.plan_output_bytes()
+    waits = {s: cli_kaggle._download_timeout(f"alice/{paths.kernel_slug(s)}") for s in sizes}
+    assert waits == {s: output_size.download_seconds(hi) for s, (_, hi) in sizes.items()}
+    assert waits["03_model_zoo"] > waits["01_eda"] >= output_size.BASE_DOWNLOAD_S
+    assert cli_kaggle._download_timeout("bob/not-a-stage") is None  # the kind's default then
+    for bad in (0, -5, float("nan"), float("inf"), "60"):
+        with pytest.raises(ConfigError, match="timeout: expected a finite number of seconds"):
+            remote.output("bob/x", isolated / "out", timeout=bad)
 
 
 def test_promised_files_follow_the_stage_graph():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from digit_utils import data, paths, stages
-from digit_utils.errors import DigitsError, KaggleError
+from digit_utils.errors import CheckpointError, DigitsError, KaggleError
 from digit_utils.kaggle import kernels, local_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -404,12 +404,19 @@ def test_inside_a_kernel_the_resumable_checkpoint_stays_out_of_the_output(
     full = torch.load(resumable, weights_only=True)
     final = torch.load(run_dir / runs.LAST, weights_only=True)
     assert "optimizer" in full and "optimizer" not in final and final["ema"] is None
-    # the output's last.pt holds the evaluated (EMA) weights: what every reader loads
-    assert all(torch.equal(final["model"][k], full["ema"][k]) for k in full["ema"])
+    # the output's last.pt holds the evaluated (EMA) weights, in fp16: what every reader loads
+    for k, v in full["ema"].items():
+        assert final["model"][k].dtype == (torch.float16 if v.is_floating_point() else v.dtype)
+        assert torch.allclose(final["model"][k].to(v.dtype), v, rtol=1e-3, atol=1e-4)
+    # the folder keeps what readers need; best.pt went to scratch with the resumable last.pt
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(runs.OUTPUT_FILES)
+    assert runs.best_path(run_dir).is_relative_to(scratch) and runs.best_path(run_dir).is_file()
+    with pytest.raises(CheckpointError, match="not kept.*which='last'"):
+        checkpoints.load_run(run_dir, "best")
     model, _ = checkpoints.load_run(run_dir, "last")  # complete.json covers the slim file
     assert sum(p.numel() for p in model.parameters()) == result.metrics["params"]
     size = lambda p: p.stat().st_size  # noqa: E731
-    assert size(run_dir / runs.LAST) < size(resumable) / 2
+    assert size(run_dir / runs.LAST) < size(resumable) / 5  # fp16 weights, no moments
 
     # resuming reads the scratch checkpoint (the slim one has no optimizer state to load)
     resumed = loop.train(cfg, images, labels, run_dir=run_dir, resume=True, quiet=True)

@@ -84,9 +84,25 @@ def _status(args) -> int:
     return 0
 
 
+def _download_timeout(slug: str) -> float | None:
+    """Seconds to wait for a kernel's output: by its stage's estimated size (the notebooks'
+    defaults, what a kernel runs) on a slow line; None (the kind's default) outside the graph."""
+    from digit_utils.errors import DigitsError
+    from digit_utils.pipeline import output_size
+
+    try:
+        stage = remote.stage_of(kernels.kernel_ref(slug, kaggle.username()))
+        sizes = output_size.plan_output_bytes() if stage else {}
+    except DigitsError:  # no notebooks here to estimate from, or no user name for the slug
+        return None
+    return output_size.download_seconds(sizes[stage][1]) if stage in sizes else None
+
+
 def _output(args) -> int:
-    timeout = args.timeout * 60 if args.timeout is not None else None
-    dest = remote.output(args.slug, args.path, timeout=timeout)
+    timeout = args.timeout * 60 if args.timeout is not None else _download_timeout(args.slug)
+    dest = remote.output(
+        args.slug, args.path, timeout=timeout, files=args.files, everything=args.all
+    )
     files = sorted(
         p.relative_to(dest).as_posix()
         for p in dest.rglob("*")
@@ -133,8 +149,16 @@ def register_cli(sub) -> None:
         "--timeout",
         type=seconds_or_minutes(allow_zero=False),
         metavar="MINUTES",
-        help="longest download (default: 60 for a training stage's runs, else 10)",
+        help="longest download (default: 10 plus the stage's estimated output at 2 MB/s)",
     )
+    which = v.add_mutually_exclusive_group()
+    which.add_argument(
+        "--files",
+        metavar="REGEX",
+        help="only the files whose path under /kaggle/working this matches (default: what a "
+        "later stage, predict and serve read: no figures, no best.pt)",
+    )
+    which.add_argument("--all", action="store_true", help="every file of the output")
 
 
 def _push_options(v) -> None:

@@ -3,12 +3,13 @@ its run status, and its output files (complete, fresh, and holding what its stag
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
 
 from digit_utils import paths, stages
-from digit_utils.errors import KaggleError
+from digit_utils.errors import ConfigError, KaggleError
 from digit_utils.kaggle import client as kaggle
 from digit_utils.kaggle.kernels import (
     ACCELERATOR,
@@ -138,12 +139,14 @@ def status(ref: str) -> tuple[str, str]:
 
 
 # CLI 1.8.4–2.2.1 downloads only the first page (about 20) of a kernel's output files and still
-# exits 0; 03 writes hundreds, so submission.csv could silently never arrive.
+# exits 0; 03 writes hundreds, so submission.csv could silently never arrive. (`--file-pattern`,
+# a regular expression searched in each file's path under /kaggle/working, came with 1.8.4.)
 MIN_OUTPUT_CLI = "2.2.2"
 OUTPUT_MARKER = ".digits-kernel-output"  # names the kernel a folder's files were downloaded from
-# Seconds to wait for a download: a training stage's output holds its run folders (hundreds of
-# files, weights among them); the others hold a few small files.
+# Seconds to wait for a download when its size is not estimated (the CLI passes the estimate of
+# pipeline/output_size): a training stage's output holds its run folders, the others a few files.
 OUTPUT_TIMEOUT = {"training": 3600.0, "other": 600.0}
+KEPT_OUT = ("best.pt",)  # run-folder files no reader loads (older kernels' outputs have them)
 
 
 def stage_of(ref: str) -> str | None:
@@ -152,15 +155,48 @@ def stage_of(ref: str) -> str | None:
     return next((name for name in stages.STAGES if paths.kernel_slug(name) == slug), None)
 
 
-def output_args(ref: str, dest: str | Path) -> list[str]:
+def output_args(ref: str, dest: str | Path, pattern: str | None = None) -> list[str]:
     """The ``kaggle`` arguments that download a kernel's output (pure); ``-o`` overwrites, so a
-    newer file of the same size is never skipped on the CLI's time-zone-naive date check."""
-    return ["kernels", "output", ref, "-p", str(dest), "-o"]
+    newer file of the same size is never skipped on the CLI's time-zone-naive date check, and
+    ``--file-pattern`` downloads only the files whose path it matches (``re.search``)."""
+    args = ["kernels", "output", ref, "-p", str(dest), "-o"]
+    return args + ["--file-pattern", pattern] if pattern is not None else args
+
+
+def needed_pattern(stage: str | None) -> str | None:
+    """The files of a stage's output that a later stage, ``digits predict`` or ``digits serve``
+    reads, as a ``--file-pattern``: what it delivers (submission.csv), its hand-off files and
+    metrics.json, and its run folders without best.pt. None (everything) outside the graph."""
+    if stage is None:
+        return None
+    spec = stages.STAGES[stage]
+    own = "|".join(re.escape(name) for name in (*spec.writes, "metrics.json"))
+    skip = "|".join(re.escape(name) for name in KEPT_OUT)
+    run_files = rf"runs/[^/]+/(?!(?:{skip})$)[^/]+"  # a run folder's files, not runs/runs.csv
+    folder = rf"outputs/{re.escape(stage)}/(?:{own}|{run_files})"
+    return rf"(?:^|/)(?:{'|'.join([*map(re.escape, spec.delivers), folder])})$"
 
 
 def output_timeout(stage: str | None) -> float:
     spec = stages.STAGES.get(stage or "")
     return OUTPUT_TIMEOUT["training" if spec and spec.gpu else "other"]
+
+
+def _checked_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise ConfigError(f"timeout: expected a finite number of seconds above 0, got {timeout!r}")
+    return timeout
+
+
+def _checked_pattern(files: str | None) -> str | None:
+    if files is not None:
+        try:
+            re.compile(files)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"files: {files!r} is not a regular expression ({e})") from None
+    return files
 
 
 def _check_replaceable(dest: Path, default: bool) -> None:
@@ -174,10 +210,26 @@ def _check_replaceable(dest: Path, default: bool) -> None:
         )
 
 
-def output(ref: str, dest: str | Path | None = None, *, timeout: float | None = None) -> Path:
+def output(
+    ref: str,
+    dest: str | Path | None = None,
+    *,
+    timeout: float | None = None,
+    files: str | None = None,
+    everything: bool = False,
+) -> Path:
     """Download a kernel's output files into ``dest`` (default outputs/kernels/<slug>/output),
     replacing what an earlier download left there; KaggleError when a file its stage promises
-    (``StageSpec.promised``) did not arrive."""
+    (``StageSpec.promised``) and the selection covers did not arrive.
+
+    Which files: those a later stage or ``digits predict``/``serve`` reads
+    (:func:`needed_pattern`), ``files`` (a regular expression searched in each path, as the
+    CLI's ``--file-pattern``), or, with ``everything``, all of them. ``timeout``: seconds
+    (default by the stage's kind).
+    """
+    timeout, files = _checked_timeout(timeout), _checked_pattern(files)
+    if everything and files is not None:
+        raise ConfigError("files: give a pattern or ask for everything, not both")
     ref = kernel_ref(ref, kaggle.username())
     default = dest is None
     dest = Path(dest or paths.outputs_dir() / "kernels" / ref.split("/")[1] / "output")
@@ -192,9 +244,11 @@ def output(ref: str, dest: str | Path | None = None, *, timeout: float | None = 
     partial = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _run_about(ref, output_args(ref, partial), timeout=timeout or output_timeout(stage))
+    pattern = None if everything else files if files is not None else needed_pattern(stage)
+    _run_about(ref, output_args(ref, partial, pattern), timeout=timeout or output_timeout(stage))
     promised = stages.STAGES[stage].promised if stage else ()
-    if missing := [name for name in promised if not (partial / name).is_file()]:
+    wanted = [name for name in promised if pattern is None or re.search(pattern, name)]
+    if missing := [name for name in wanted if not (partial / name).is_file()]:
         raise KaggleError(
             f"kernel {ref}: its output lacks {', '.join(missing)}, which {stage} always writes "
             f"(what did arrive is in {partial}): check its latest run with `digits kaggle kernel "

@@ -1,6 +1,7 @@
 """A run's checkpoints (``best.pt``, ``last.pt``): what they hold (config, package version, data
-fingerprint, weights, EMA, optimizer, scaler, RNG states), saving them atomically, and loading a
-finished run's model. Where they live is the run folder's business (:mod:`runs`)."""
+fingerprint, weights, EMA, optimizer, scaler, RNG states), saving them atomically, the fp16
+weights a Kaggle kernel's output keeps, and loading a finished run's model. Where they live is
+the run folder's business (:mod:`runs`)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,22 @@ def set_rng_state(state: dict, gen: torch.Generator, *, seed: int, epoch: int) -
     return True
 
 
+FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def half_weights(state: dict) -> dict:
+    """A state dict for a Kaggle kernel's output: fp32 tensors stored in fp16 (half the bytes;
+    tests/test_kaggle_output.py checks a model's predictions do not move), except a tensor fp16
+    cannot hold (a value past its range). Integers (BatchNorm's counters) stay as they are;
+    ``load_state_dict`` casts back to the model's own dtype."""
+
+    def half(t: torch.Tensor) -> torch.Tensor:
+        fits = t.dtype == torch.float32 and (t.numel() == 0 or float(t.abs().max()) <= FP16_MAX)
+        return t.half() if fits else t
+
+    return {k: half(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
@@ -122,6 +139,11 @@ def load_run(
     if which not in ("best", "last"):
         raise ConfigError(f"which: expected 'best' or 'last', got {which!r}")
     path = Path(run_dir) / (BEST if which == "best" else LAST)
+    if which == "best" and not path.exists() and (path.parent / LAST).is_file():
+        raise CheckpointError(
+            f"{path}: not kept (a Kaggle kernel's output keeps a run's final weights only, "
+            "last.pt); load which='last' (--which last)"
+        )
     payload = load_checkpoint(path)
     try:
         cfg = TrainConfig.from_dict(payload["config"])

@@ -356,7 +356,7 @@ def _save_epoch(run: _Run) -> None:
         run.best_acc = row["val_acc"] if len(run.x_val) else run.best_acc
         best = {**header, "kind": "best", "epoch": row["epoch"], "val_acc": row["val_acc"]}
         checkpoints.save_checkpoint(
-            {**best, "model": run.eval_model.state_dict()}, run.run_dir / runs.BEST
+            {**best, "model": run.eval_model.state_dict()}, runs.best_path(run.run_dir)
         )
     last = {
         **header,
@@ -379,7 +379,7 @@ def _save_epoch(run: _Run) -> None:
 
 def _save_final(run: _Run) -> None:
     """Inside a Kaggle kernel (the resumable last.pt in scratch space): the run folder's last.pt
-    with the final weights only (the EMA's when there is one), which every reader loads."""
+    with the final weights only (the EMA's when there is one; fp16), which every reader loads."""
     if runs.resume_path(run.run_dir) == run.run_dir / runs.LAST:
         return
     final = {
@@ -387,12 +387,13 @@ def _save_final(run: _Run) -> None:
         "kind": "last",
         "epoch": run.rows[-1]["epoch"] if run.rows else run.epoch,
         "step": run.step,
-        "model": run.eval_model.state_dict(),
+        "model": checkpoints.half_weights(run.eval_model.state_dict()),
         "ema": None,
         "history": run.rows,
         "best_val_acc": run.best_acc,
     }
     checkpoints.save_checkpoint(final, run.run_dir / runs.LAST)
+    run.val_proba = None  # the saved probabilities are then the fp16 weights' own (_finish)
 
 
 # --------------------------------------------------------------------------------------------

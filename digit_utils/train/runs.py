@@ -6,16 +6,18 @@ holds is :mod:`checkpoints`.)
 A training run lives in ``<runs root>/<name>/`` (see :func:`paths.runs_dir` for where roots are):
 
     config.json      the TrainConfig, written before the first epoch
-    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here);
-                     inside a Kaggle kernel the resumable one lives in scratch space
-                     (:func:`resume_path`) and the folder's last.pt holds the final weights
-                     only, so the kernel's output keeps what readers need (a fifth of the size)
+    last.pt          weights, EMA, optimizer, scaler, RNG states and history (resume from here)
     best.pt          the weights of the epoch with the best validation accuracy (inspection only)
     history.csv      one row per epoch
     val_indices.npy  int64 [n_val]: rows of the train set this run held out
     val_proba.npy    float32 [n_val, 10]: the final model's probabilities on them
     metrics.json     headline figures and provenance
     complete.json    written last, atomically: the run's files and their hashes
+
+Inside a Kaggle kernel the folder is part of the kernel's output (at most 20 GB, downloaded and
+mounted into every later stage), so it keeps only what readers need (``OUTPUT_FILES``): the
+resumable last.pt and best.pt live in scratch space (:func:`resume_path`, :func:`best_path`) and
+the folder's last.pt holds the final (EMA) weights only, in fp16 (a tenth of the resumable one).
 
 and a row in ``runs.csv`` beside the folders (one row per run name; bookkeeping written after
 the run is complete, rebuilt from the folders when damaged). A folder without
@@ -48,6 +50,8 @@ VAL_INDICES, VAL_PROBA = "val_indices.npy", "val_proba.npy"
 COMPLETE = "complete.json"
 RESULTS = (METRICS, VAL_INDICES, VAL_PROBA)  # what a finished run adds to its checkpoints
 RUN_FILES = (CONFIG, HISTORY, BEST, LAST, *RESULTS)
+# What a run folder in a Kaggle kernel's output holds: everything a reader loads, no best.pt
+OUTPUT_FILES = (CONFIG, HISTORY, LAST, *RESULTS, COMPLETE)
 RUNS_TABLE = "runs.csv"
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
@@ -70,15 +74,26 @@ def default_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
 # Complete or unfinished
 
 
-def resume_path(run_dir: Path) -> Path:
-    """Where a run's resumable checkpoint lives: ``run_dir/last.pt``, except inside a Kaggle
-    kernel, where /kaggle/working becomes the kernel's output (20 GB at most, mounted into every
-    reader): there the optimizer's moments and the raw weights stay in scratch space."""
+def _kept_out(run_dir: Path, name: str) -> Path:
+    """``run_dir/name``, except inside a Kaggle kernel, where /kaggle/working becomes the
+    kernel's output (20 GB at most, mounted into every reader): there it is in scratch space."""
     run_dir = Path(run_dir)
     if not paths.in_kaggle_kernel():
-        return run_dir / LAST
+        return run_dir / name
     key = hashlib.blake2b(str(run_dir.resolve()).encode(), digest_size=6).hexdigest()
-    return paths.kaggle_temp_root() / "digit_utils-resume" / f"{run_dir.name}-{key}" / LAST
+    return paths.kaggle_temp_root() / "digit_utils-resume" / f"{run_dir.name}-{key}" / name
+
+
+def resume_path(run_dir: Path) -> Path:
+    """Where a run's resumable checkpoint lives: ``run_dir/last.pt``, in scratch space inside a
+    Kaggle kernel (the optimizer's moments and the raw weights stay out of its output)."""
+    return _kept_out(run_dir, LAST)
+
+
+def best_path(run_dir: Path) -> Path:
+    """Where a run's best.pt (inspection only; no reader loads it) is written: ``run_dir/best.pt``,
+    in scratch space inside a Kaggle kernel."""
+    return _kept_out(run_dir, BEST)
 
 
 def start_fresh(run_dir: Path, *, keep_checkpoints: bool) -> None:
@@ -89,6 +104,7 @@ def start_fresh(run_dir: Path, *, keep_checkpoints: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
     if not keep_checkpoints:
         resume_path(run_dir).unlink(missing_ok=True)
+        best_path(run_dir).unlink(missing_ok=True)
 
 
 def mark_complete(run_dir: Path) -> Path:
@@ -241,7 +257,7 @@ def default_runs() -> list[Path]:
     if lists:
         rel = lists[-1].relative_to(paths.outputs_dir()).as_posix()
         return [run for group in load_run_list(rel).values() for run in group]
-    found = [p for root in paths.all_runs_dirs() for p in root.glob(f"*/{BEST}")]
+    found = [p for root in paths.all_runs_dirs() for p in root.glob(f"*/{COMPLETE}")]
     if not found:
         raise DigitsError(
             f"no trained run in {paths.outputs_dir()}; train one first (make pipeline, or "

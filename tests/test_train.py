@@ -266,6 +266,19 @@ def test_resume_refuses_a_different_config_or_data(digits, tmp_path):
         T.train(cfg, images[200:400], labels[200:400], run_dir=tmp_path, resume=True, quiet=True)
 
 
+def test_resume_reads_a_setting_newer_than_the_checkpoint_as_its_default(digits, tmp_path):
+    images, labels = digits
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
+    state = checkpoints.load_checkpoint(tmp_path / "last.pt")
+    del state["config"]["lr_scaling"]  # as saved before the setting existed
+    checkpoints.save_checkpoint(state, tmp_path / "last.pt")
+    T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
+    scaled = cfg.replace(lr_scaling="linear")  # not the default: a different run
+    with pytest.raises(CheckpointError, match=r"config differs .*'lr_scaling'"):
+        T.train(scaled, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
+
+
 def test_resume_needs_a_name_or_folder():
     with pytest.raises(ConfigError, match="resume"):
         T.train(
@@ -363,6 +376,15 @@ def test_ema_of_weights_and_batchnorm_buffers_matches_a_per_tensor_reference():
     for name, want in reference.items():
         assert torch.equal(averaged[name], want), name
     assert not torch.equal(averaged["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+def test_cuda_graphs_off_cuda_compile_the_step_without_them():
+    model, cpu = build_model("fast_cnn"), torch.device("cpu")
+    with pytest.warns(UserWarning, match="compile='graphs' needs CUDA"):
+        forward, step = steps.training_step(model, "graphs", cpu, "fp32")
+    assert forward is model and step is steps.training_step(model, "step", cpu, "fp32")[1]
+    assert step is not steps.forward_loss  # compiled (lazily: nothing is built until a call)
+    assert steps.training_step(model, "off", cpu, "fp32") == (model, steps.forward_loss)
 
 
 def _cxx() -> str | None:

@@ -3,17 +3,20 @@
 Three steps, then one markdown table under outputs/benchmarks/:
 
 1. the CUDA-marked tests (tests/test_cuda.py; they skip, with the reason, where there is no GPU);
-2. train_speed's measured run of fast_cnn and deep_cnn in fp32 and the auto precision, with and
-   without torch.compile, on a 10% holdout;
+2. train_speed's measured run of fast_cnn and deep_cnn on a 10% holdout in fp32 and the auto
+   precision, compiled (``compile="forward"``) in the auto precision, and at batch 512 with the
+   learning rate scaled by sqrt(512/128); deep_cnn also with the whole step compiled
+   (``compile="step"``) and replayed as CUDA graphs (``"graphs"``): VARIANTS below;
 3. a scaled-down full-profile chain: every notebook through `digits pipeline`'s runner (the real
    code paths, the device pool over every GPU), with a small profile of its own (FORMS below).
 
 The data is the competition's files as `data.locate` finds them (``--data`` or DIGITS_DATA_DIR,
 e.g. the replica zip copied to data/replica/). ``--device cpu`` is the tiny form the test suite
 runs: a few hundred rows, one epoch, no compile (on a CPU it needs a C++ toolchain and tens of
-seconds). Its five notebooks still take about two minutes on a 2-core CPU (kernel start, imports,
-figures), so the suite's test runs the chain with ``--only 02`` and leaves all five to
-tests/test_notebooks.py. It keeps the script working where there is no GPU:
+seconds), so only the eager variants. Its five notebooks still take about two minutes on a
+2-core CPU (kernel start, imports, figures), so the suite's test runs the chain with
+``--only 02`` and leaves all five to tests/test_notebooks.py. It keeps the script working where
+there is no GPU:
 
     make gpu-check                                   # on a GPU machine
     python benchmarks/gpu_check.py --device cpu      # tiny, on a CPU
@@ -75,8 +78,22 @@ FORMS = {
         },
     },
 }  # fmt: skip
-COLUMNS = ["GPU", "capability", "job", "precision", "compile", "images/s", "s to 99.0%",
+# The speed runs: (label, models, settings over the recipe). "auto" is this device's precision.
+# Four compiled runs as before (each compile costs tens of seconds): the step and graphs modes
+# on deep_cnn only, the net the launch counts are about. Every option here is unmeasured on a
+# GPU until this check has run on one; none is a default.
+LARGE_BATCH = {"batch_size": 512, "lr_scaling": "sqrt"}
+VARIANTS = (
+    (MODELS, {"precision": "fp32"}),
+    (MODELS, {"precision": "auto"}),
+    (MODELS, {"precision": "auto", "compile": "forward"}),
+    (("deep_cnn",), {"precision": "auto", "compile": "step"}),
+    (("deep_cnn",), {"precision": "auto", "compile": "graphs"}),
+    (MODELS, {"precision": "auto", **LARGE_BATCH}),
+)
+COLUMNS = ["GPU", "capability", "job", "precision", "compile", "batch", "images/s", "s to 99.0%",
            "s to 99.5%", "seconds", "held-out accuracy"]  # fmt: skip
+FIGURES = COLUMNS[6:]
 NOT_APPLICABLE, NOT_REACHED = "—", "not reached"
 
 
@@ -116,23 +133,38 @@ def figure(value, *, reached: bool = False) -> str:
     return f"{value:.4f}" if isinstance(value, float) and value < 1 else f"{value:,.1f}"
 
 
+def batch_cell(recipe: dict) -> str:
+    """The batch size, and how the learning rate was scaled to it when it was."""
+    scaling = recipe.get("lr_scaling", "none")
+    return str(recipe["batch_size"]) + (f", lr {scaling}" if scaling != "none" else "")
+
+
+def speed_plan(device: torch.device) -> list[tuple[str, dict]]:
+    """(model, settings) of each speed run on ``device``, in VARIANTS' order, without repeats
+    (on a CPU "auto" is fp32) and without compiling off CUDA."""
+    auto = devices.resolve_precision("auto", device)
+    plan = []
+    for models, settings in VARIANTS:
+        settings = {**settings, "precision": settings["precision"].replace("auto", auto)}
+        if device.type != "cuda" and settings.get("compile", "off") != "off":
+            continue
+        plan += [(m, settings) for m in models if (m, settings) not in plan]
+    return plan
+
+
 def speed_rows(form: dict, device: torch.device, images, labels, tmp: Path) -> list[dict]:
-    """fast_cnn and deep_cnn in fp32 and the auto precision, with and without compile."""
-    precisions = dict.fromkeys(["fp32", devices.resolve_precision("auto", device)])  # unique
-    compiles = (False, True) if device.type == "cuda" else (False,)
+    """One measured run per entry of speed_plan, a row each."""
     rows = []
-    for model in MODELS:
-        for precision in precisions:
-            for compiled in compiles:
-                recipe = {**RECIPES[model], "epochs": form["epochs"][model],
-                          "precision": precision, "compile": compiled}  # fmt: skip
-                r = measure(model, 0, recipe, str(device), images, labels, tmp)
-                rows.append({
-                    "job": f"train_speed {model}", "precision": r["precision"],
-                    "compile": "on" if compiled else "off", "images/s": r["images_per_s"],
-                    "s to 99.0%": r["s_to_99"], "s to 99.5%": r["s_to_99.5"],
-                    "seconds": r["train_s"], "held-out accuracy": r["final_acc"],
-                })  # fmt: skip
+    for model, settings in speed_plan(device):
+        recipe = {**RECIPES[model], "epochs": form["epochs"][model], **settings}
+        r = measure(model, 0, recipe, str(device), images, labels, tmp)
+        rows.append({
+            "job": f"train_speed {model}", "precision": r["precision"],
+            "compile": recipe.get("compile", "off"), "batch": batch_cell(recipe),
+            "images/s": r["images_per_s"], "s to 99.0%": r["s_to_99"],
+            "s to 99.5%": r["s_to_99.5"], "seconds": r["train_s"],
+            "held-out accuracy": r["final_acc"],
+        })  # fmt: skip
     return rows
 
 
@@ -159,6 +191,7 @@ def chain_rows(
         metrics = json.loads((out / entry["name"] / "metrics.json").read_text())["metrics"]
         rows.append({
             "job": f"notebook {entry['name']}", "precision": "auto", "compile": "off",
+            "batch": "profile's",
             "seconds": float(entry["seconds"]),
             # 05's out-of-fold accuracy: every labelled row scored by models that never saw it
             "held-out accuracy": metrics.get("cv_accuracy"),
@@ -169,8 +202,8 @@ def chain_rows(
 def table(rows: list[dict], gpu: str, capability: str) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for row in rows:
-        cells = [gpu, capability, row["job"], row["precision"], row["compile"]]
-        cells += [figure(row.get(c), reached=c.startswith("s to")) for c in COLUMNS[5:]]
+        cells = [gpu, capability, row["job"], row["precision"], row["compile"], row["batch"]]
+        cells += [figure(row.get(c), reached=c.startswith("s to")) for c in FIGURES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -227,7 +260,7 @@ def main(argv: list[str] | None = None) -> Path:
     if device.type == "cuda" and "T4" in gpu:  # the budget's cost table wants these figures
         fp16 = {r["job"].split()[-1]: round(r["images/s"]) for r in rows
                 if r["job"].startswith("train_speed") and r["precision"] == "fp16"
-                and r["compile"] == "off"}  # fmt: skip
+                and r["compile"] == "off" and "lr" not in r["batch"]}  # fmt: skip
         print(f"measured on a T4, for digit_utils/pipeline/budget.py MEASURED_T4: {fp16}")
     if not tests_ok:
         raise SystemExit(f"gpu-check: the CUDA tests failed: {tests}")

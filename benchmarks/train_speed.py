@@ -9,6 +9,8 @@ outputs/benchmarks/. Not a test: run it by hand, e.g.
     python benchmarks/train_speed.py --models deep_cnn --seeds 0 --set epochs=15 augment=affine
     python benchmarks/train_speed.py --models fast_cnn se_vgg --device cuda
     python benchmarks/train_speed.py --models deep_cnn --set precision=fp16 compile=true
+    python benchmarks/train_speed.py --models deep_cnn --device cuda --set compile=graphs
+    python benchmarks/train_speed.py --models deep_cnn --set batch_size=512 lr_scaling=sqrt
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def measure(model: str, seed: int, recipe: dict, device: str, images, labels, tm
     row = {
         "model": model, "device": result.metrics["device"], "seed": seed,
         "precision": result.metrics["precision"], "compile": cfg.compile,
+        "batch_size": cfg.batch_size, "lr_scaling": cfg.lr_scaling,
         "epochs": cfg.epochs, "images_per_s": float(h["images_per_s"].median()),
         "s_per_epoch": float(h["seconds"].median()),
         **{f"s_to_{t * 100:g}": seconds_to(h, t) for t in THRESHOLDS},
@@ -139,10 +142,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         return float(m) if np.isfinite(m) else float("nan")
 
     table = (
-        runs.groupby(["model", "device", "precision", "compile"], sort=False)
+        runs.groupby(["model", "device", "precision", "compile", "batch_size", "lr_scaling"],
+                     sort=False)
         .agg(seeds=("seed", "size"), **{
             c: (c, median_reached if c.startswith("s_to_") else "median") for c in runs.columns
-            if c not in ("model", "device", "precision", "compile", "seed", "recipe")
+            if c not in ("model", "device", "precision", "compile", "batch_size", "lr_scaling",
+                         "seed", "recipe")
         })
         .reset_index()
     )  # fmt: skip

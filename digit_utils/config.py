@@ -22,6 +22,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TRACKERS = ("mlflow", "tensorboard")  # experiment trackers `tracking` may name (see tracking.py)
 TRACKING_ARTIFACTS = ("small", "all")  # small: config, history, metrics; all: + checkpoints
+# off; forward: torch.compile the model; step: forward, loss and backward as one compiled graph;
+# graphs: step replayed as CUDA graphs (CUDA only). Unmeasured on a GPU so far (docs/kaggle.md).
+COMPILE_MODES = ("off", "forward", "step", "graphs")
+LR_SCALINGS = ("none", "linear", "sqrt")  # lr × (batch/128)^{0, 1, 1/2}
+LR_REFERENCE_BATCH = 128  # the batch size every recipe's lr was tuned at
 # Config fields that may differ between a run and its resumption without changing the maths.
 RESUME_MAY_CHANGE = {"name", "device", "compile", "tracking", "tracking_artifacts"}
 
@@ -61,7 +66,8 @@ class TrainConfig:
     split_seed: int = 0  # seed of the holdout/k-fold split: runs that are ensembled share it
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     precision: str = "auto"  # "auto" (bf16 from sm_80, fp16 below, fp32 on CPU) | fp32/bf16/fp16
-    compile: bool = False  # torch.compile the training forward pass
+    compile: bool | str = "off"  # COMPILE_MODES; True means "forward", False "off"
+    lr_scaling: str = "none"  # "none" | "linear" | "sqrt": lr scaled by batch_size / 128
     tta: int = 0  # shifts averaged for the saved validation probabilities (augment_policy.SHIFTS)
     name: str | None = None  # run folder name; default <model>-seed<seed>-<timestamp>
     tracking: str = "none"  # "none" | "mlflow" | "tensorboard" | "mlflow,tensorboard"
@@ -70,6 +76,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.ema, bool):  # ema=True means the default decay
             object.__setattr__(self, "ema", DEFAULT_EMA_DECAY if self.ema else 0.0)
+        if isinstance(self.compile, bool):  # the old switch: compile=True was the forward pass
+            object.__setattr__(self, "compile", "forward" if self.compile else "off")
         typed.check_dataclass(self)
         self._check_values()
 
@@ -107,6 +115,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             bad("precision", "must be 'auto', 'fp32', 'bf16' or 'fp16'")
         tta_shifts(self.tta)
+        if self.compile not in COMPILE_MODES:
+            bad("compile", f"must be one of {', '.join(COMPILE_MODES)} (or True/False)")
+        if self.lr_scaling not in LR_SCALINGS:
+            bad("lr_scaling", f"must be one of {', '.join(LR_SCALINGS)}")
         if not DEVICE_NAME.match(self.device):
             bad("device", "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')")
         if self.name is not None and (not self.name or set(self.name) & set("/\\:")):
@@ -115,6 +127,12 @@ class TrainConfig:
         if self.tracking_artifacts not in TRACKING_ARTIFACTS:
             bad("tracking_artifacts", "must be 'small' or 'all'")
         self.policy  # noqa: B018  (validates the augmentation spec)
+
+    def peak_lr(self, batch_size: int) -> float:
+        """The peak learning rate at ``batch_size`` (the run's, which a small data set may cap):
+        ``lr`` scaled by ``lr_scaling`` relative to LR_REFERENCE_BATCH."""
+        power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[self.lr_scaling]
+        return self.lr * (batch_size / LR_REFERENCE_BATCH) ** power
 
     @property
     def policy(self) -> AugmentPolicy:
@@ -140,3 +158,4 @@ class TrainConfig:
 
 
 FIELDS: dict[str, object] = typed.field_types(TrainConfig)
+DEFAULTS: dict[str, object] = TrainConfig().to_dict()

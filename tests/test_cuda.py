@@ -91,6 +91,24 @@ def test_compile_runs_or_falls_back_on_this_gpu(digits, tmp_path):
     assert np.isfinite(result.metrics["final_val_acc"])
 
 
+@pytest.mark.parametrize("mode", ["step", "graphs"])
+def test_a_compiled_step_and_its_cuda_graphs_train_like_eager(digits, tmp_path, mode):
+    cuda = devices.resolve_device("cuda")
+    if reason := devices.compile_blocker(cuda, "fp32"):
+        pytest.skip(reason)
+    images, labels = digits
+    # fast_cnn: no dropout, whose compiled RNG differs from eager's
+    base = {**TINY, "model": "fast_cnn", "epochs": 1, "augment": "none", "precision": "fp32"}
+    history = {}
+    for name, compile_mode in (("eager", "off"), (mode, mode)):
+        cfg = C.TrainConfig.from_dict({**base, "compile": compile_mode})
+        result = T.train(cfg, images[:600], labels[:600], run_dir=tmp_path / name, quiet=True)
+        history[name] = result.history.iloc[-1]
+    # the same seed and batches; only the kernels differ (fused, TF32): close, not equal
+    assert history[mode]["train_loss"] == pytest.approx(history["eager"]["train_loss"], rel=0.05)
+    assert abs(history[mode]["val_acc"] - history["eager"]["val_acc"]) <= 0.05
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (Kaggle's T4 x2)")
 def test_a_grid_uses_every_gpu(digits, tmp_path):
     images, labels = digits

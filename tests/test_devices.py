@@ -16,7 +16,7 @@ import torch
 
 from digit_utils import config as C
 from digit_utils.errors import ConfigError
-from digit_utils.train import checkpoints, devices, grids, parallel, pseudo, runs
+from digit_utils.train import checkpoints, devices, grids, parallel, pseudo, runs, steps
 from digit_utils.train import loop as T
 from digit_utils.train.models import build_model
 
@@ -129,7 +129,7 @@ def test_worker_devices_on_the_cpu():
 def test_ema_update_matches_the_per_tensor_average():
     torch.manual_seed(0)
     model = build_model("simple_cnn")
-    ema = T._Ema(model)
+    ema = steps.Ema(model)
     reference = {k: v.clone() for k, v in ema.model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():

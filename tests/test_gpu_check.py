@@ -11,7 +11,7 @@ import sys
 from conftest import REPO
 
 FIGURES = ["images/s", "s to 99.0%", "s to 99.5%", "seconds", "held-out accuracy"]
-COLUMNS = ["GPU", "capability", "job", "precision", "compile", *FIGURES]
+COLUMNS = ["GPU", "capability", "job", "precision", "compile", "batch", *FIGURES]
 
 
 def _table(text: str) -> list[dict]:
@@ -42,7 +42,8 @@ def test_the_tiny_cpu_form_writes_one_table_of_numbers(tmp_path, sample_dir):
     assert "CUDA tests:" in text and "skipped" in text  # no GPU here: they ran and skipped
     rows = _table(text)
     jobs = [row["job"] for row in rows]
-    assert jobs == ["train_speed fast_cnn", "train_speed deep_cnn", "notebook 02_augmentation"]
+    speed = ["train_speed fast_cnn", "train_speed deep_cnn"]
+    assert jobs == [*speed, *speed, "notebook 02_augmentation"]  # recipe batch, then batch 512
     for row in rows:
         assert row["GPU"].startswith("CPU") and row["capability"] == "—"
         for column in FIGURES:  # a number, or the explicit marker of a figure that cannot exist
@@ -50,7 +51,8 @@ def test_the_tiny_cpu_form_writes_one_table_of_numbers(tmp_path, sample_dir):
             if cell not in ("—", "not reached"):
                 assert math.isfinite(_number(cell)), (row["job"], column, cell)
         assert _number(row["seconds"]) > 0
-    for row in rows[:2]:  # the speed runs: fp32 (auto is fp32 on a CPU), no compile on a CPU
+    assert [row["batch"] for row in rows[:4]] == ["96", "128", "512, lr sqrt", "512, lr sqrt"]
+    for row in rows[:4]:  # the speed runs: fp32 (auto is fp32 on a CPU), no compile on a CPU
         assert (row["precision"], row["compile"]) == ("fp32", "off")
         assert _number(row["images/s"]) > 0
         assert 0 <= _number(row["held-out accuracy"]) <= 1

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 from digit_utils import config as C
 from digit_utils import splits
 from digit_utils.errors import CheckpointError, ConfigError
-from digit_utils.train import checkpoints, devices
+from digit_utils.train import checkpoints, devices, steps
 from digit_utils.train import loop as T
 from digit_utils.train.inference import predict_proba
 from digit_utils.train.models import build_model
@@ -73,11 +74,20 @@ def test_config_from_flat_dict_accepts_ints_for_floats_and_round_trips():
         ({"augment": {"rotation": 3}}, "unknown key"),
         ({"ema": 1.5}, "ema"),
         ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs"),
+        ({"compile": "yes"}, "compile: 'yes' must be one of off, forward, step, graphs"),
+        ({"lr_scaling": "square"}, "lr_scaling: 'square' must be one of none, linear, sqrt"),
+        ({"lr_scaling": 2}, "lr_scaling: expected str"),
     ],
 )
 def test_config_rejects(bad, match):
     with pytest.raises(ConfigError, match=match):
         C.TrainConfig.from_dict(bad)
+
+
+def test_compile_keeps_the_old_switch():
+    assert C.TrainConfig(compile=True).compile == "forward"
+    assert C.TrainConfig(compile=False).compile == C.TrainConfig().compile == "off"
+    assert C.TrainConfig.from_dict({"compile": "graphs"}).compile == "graphs"
 
 
 def test_unknown_model_is_rejected_by_the_registry():
@@ -140,6 +150,19 @@ def test_lr_by_step_is_the_schedule_the_loop_runs():
     lr = T.lr_by_step(cfg, 1050)
     assert len(lr) == 30 and lr.argmax() == 4 and lr.max() == pytest.approx(0.01)
     assert lr[0] == pytest.approx(0.002) and lr[-1] < lr[5]
+
+
+@pytest.mark.parametrize(
+    "scaling, batch, peak", [("none", 512, 0.01), ("linear", 512, 0.04), ("sqrt", 512, 0.02),
+                             ("linear", 64, 0.005), ("sqrt", 32, 0.005)],
+)  # fmt: skip
+def test_lr_scaling_scales_the_peak_by_the_batch_the_run_uses(scaling, batch, peak):
+    cfg = C.TrainConfig(epochs=2, batch_size=batch, lr=0.01, lr_scaling=scaling)
+    lr = T.lr_by_step(cfg, 10 * batch)
+    assert lr.max() == pytest.approx(peak)
+    # a data set smaller than the batch caps the batch, and the scaling follows the real one
+    capped = T.lr_by_step(cfg.replace(batch_size=4 * batch), batch)
+    assert capped.max() == pytest.approx(peak)
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,6 +266,19 @@ def test_resume_refuses_a_different_config_or_data(digits, tmp_path):
         T.train(cfg, images[200:400], labels[200:400], run_dir=tmp_path, resume=True, quiet=True)
 
 
+def test_resume_reads_a_setting_newer_than_the_checkpoint_as_its_default(digits, tmp_path):
+    images, labels = digits
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "augment": "none"})
+    T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, quiet=True)
+    state = checkpoints.load_checkpoint(tmp_path / "last.pt")
+    del state["config"]["lr_scaling"]  # as saved before the setting existed
+    checkpoints.save_checkpoint(state, tmp_path / "last.pt")
+    T.train(cfg, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
+    scaled = cfg.replace(lr_scaling="linear")  # not the default: a different run
+    with pytest.raises(CheckpointError, match=r"config differs .*'lr_scaling'"):
+        T.train(scaled, images[:200], labels[:200], run_dir=tmp_path, resume=True, quiet=True)
+
+
 def test_resume_needs_a_name_or_folder():
     with pytest.raises(ConfigError, match="resume"):
         T.train(
@@ -309,3 +345,74 @@ def test_failure_mid_write_leaves_the_previous_checkpoint_intact(
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".last.pt*"))  # no temp file left behind
     assert checkpoints.load_checkpoint(path)["epoch"] == 1
+
+
+# ------------------------------------------------------------------------------------------
+# The step's parts: EMA, compiled forward and loss
+
+
+def test_ema_of_weights_and_batchnorm_buffers_matches_a_per_tensor_reference():
+    torch.manual_seed(0)
+    model = build_model("fast_cnn")  # BatchNorm: running mean/var and num_batches_tracked
+    ema = steps.Ema(model)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(5):
+        x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        decay = 0.5 + 0.1 * step
+        ema.update(decay)
+        for name, live in model.state_dict().items():  # one tensor at a time, as it used to be
+            if live.is_floating_point():
+                reference[name] = reference[name].lerp(live, 1 - decay)
+            else:
+                reference[name] = live.clone()
+    averaged = ema.model.state_dict()
+    counts = [k for k in averaged if k.endswith("num_batches_tracked")]
+    assert counts and all(int(averaged[k]) == 5 for k in counts)
+    assert averaged[counts[0]].dtype == torch.int64
+    for name, want in reference.items():
+        assert torch.equal(averaged[name], want), name
+    assert not torch.equal(averaged["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+def test_cuda_graphs_off_cuda_compile_the_step_without_them():
+    model, cpu = build_model("fast_cnn"), torch.device("cpu")
+    with pytest.warns(UserWarning, match="compile='graphs' needs CUDA"):
+        forward, step = steps.training_step(model, "graphs", cpu, "fp32")
+    assert forward is model and step is steps.training_step(model, "step", cpu, "fp32")[1]
+    assert step is not steps.forward_loss  # compiled (lazily: nothing is built until a call)
+    assert steps.training_step(model, "off", cpu, "fp32") == (model, steps.forward_loss)
+
+
+def _cxx() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.skipif(
+    not _cxx(), reason="torch.compile on a CPU needs a C++ compiler (g++, clang++)"
+)
+def test_compiled_step_trains_like_eager_and_compiles_once_per_architecture(digits, tmp_path):
+    from torch._dynamo.utils import counters
+
+    images, labels = digits
+    # fast_cnn has no dropout, whose compiled RNG differs from eager's
+    tiny = {**TINY, "model": "fast_cnn", "epochs": 1, "batch_size": 32, "lr": 0.003,
+            "val_fraction": 0, "augment": "none"}  # fmt: skip
+    n = 64  # two steps
+    weights = {}
+    for mode in ("off", "step"):
+        cfg = C.TrainConfig.from_dict({**tiny, "compile": mode})
+        T.train(cfg, images[:n], labels[:n], run_dir=tmp_path / mode, quiet=True)
+        weights[mode] = _weights(tmp_path / mode)
+    for name, eager in weights["off"].items():  # fused kernels reorder sums: close, not equal
+        torch.testing.assert_close(weights["step"][name], eager, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)  # the loop's initial weights (seed 0): training moved them
+    assert not torch.equal(weights["off"]["0.weight"], build_model("fast_cnn")[0].weight)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # "step" did compile (a CPU is no reason to fall back)
+    cfg = C.TrainConfig.from_dict({**tiny, "compile": "step", "seed": 1})
+    T.train(cfg, images[n : 2 * n], labels[n : 2 * n], run_dir=tmp_path / "again", quiet=True)
+    assert counters["stats"]["unique_graphs"] == graphs  # another run, the same compiled graph

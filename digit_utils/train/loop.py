@@ -7,12 +7,12 @@ so the "scheduler state" in a checkpoint is just the step. Every random draw of 
 RNGs whose states are saved at the end of each epoch, so a resumed run repeats the interrupted
 epoch exactly and ends with bit-identical weights on CPU.
 
-(Over 300 lines: the loop's steps and the state they share read best in one place.)
+(Over 300 lines: the loop's steps and the state they share read best in one place; the
+per-batch forward, loss and EMA live in :mod:`steps`.)
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -24,27 +24,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from digit_utils import __version__
 from digit_utils.augment_policy import AugmentPolicy
-from digit_utils.config import RESUME_MAY_CHANGE, TrainConfig
+from digit_utils.config import DEFAULTS, RESUME_MAY_CHANGE, TrainConfig
 from digit_utils.data.arrays import data_fingerprint
 from digit_utils.errors import CheckpointError, ConfigError, DataError
 from digit_utils.splits import split_for
 from digit_utils.train import checkpoints, runs, tracking
 from digit_utils.train.augment import augment_batch
-from digit_utils.train.devices import (
-    amp_dtype,
-    maybe_compile,
-    resolve_device,
-    resolve_precision,
-    synchronize,
-)
+from digit_utils.train.devices import amp_dtype, resolve_device, resolve_precision, synchronize
 from digit_utils.train.inference import as_image_tensor, predict_proba
 from digit_utils.train.models import build_model, count_parameters, normalize
 from digit_utils.train.progress import bar
+from digit_utils.train.steps import Ema, StepFn, training_step
 
 # --------------------------------------------------------------------------------------------
 # Schedule
@@ -69,9 +63,9 @@ def schedule_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int, int]:
 
 def lr_by_step(cfg: TrainConfig, n_train: int) -> np.ndarray:
     """The learning rate at every step of a run on ``n_train`` rows (what the loop will use)."""
-    _, per_epoch, warmup = schedule_steps(cfg, n_train)
-    total = cfg.epochs * per_epoch
-    return np.array([learning_rate(s, total, cfg.lr, warmup, cfg.schedule) for s in range(total)])
+    bs, per_epoch, warmup = schedule_steps(cfg, n_train)
+    total, peak = cfg.epochs * per_epoch, cfg.peak_lr(bs)
+    return np.array([learning_rate(s, total, peak, warmup, cfg.schedule) for s in range(total)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,11 +98,12 @@ class _Run:
     y_val: torch.Tensor
     val_idx: np.ndarray
     model: nn.Module
-    ema: _Ema | None
+    ema: Ema | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     gen: torch.Generator
-    forward: nn.Module
+    forward: nn.Module  # the model, or its compiled wrapper (compile='forward')
+    forward_loss: StepFn  # eager, or compiled once per process (compile='step'/'graphs')
     policy: AugmentPolicy
     batch_size: int
     steps_per_epoch: int
@@ -125,30 +120,6 @@ class _Run:
         return self.ema.model if self.ema is not None else self.model
 
 
-class _Ema:
-    """An exponential moving average of a model's weights, updated with one fused kernel per
-    step: the tensor lists are taken once (views that share the models' storage) rather than
-    walking two state_dicts and launching a kernel per tensor every step."""
-
-    def __init__(self, model: nn.Module):
-        self.model = copy.deepcopy(model).eval()
-        pairs = zip(self.model.state_dict().values(), model.state_dict().values(), strict=True)
-        self._ema, self._live, self._counts = [], [], []
-        for e, m in pairs:
-            if e.is_floating_point():
-                self._ema.append(e)
-                self._live.append(m)
-            else:
-                self._counts.append((e, m))  # BatchNorm's num_batches_tracked
-
-    @torch.no_grad()
-    def update(self, decay: float) -> None:
-        if self._ema:
-            torch._foreach_lerp_(self._ema, self._live, 1 - decay)
-        for e, m in self._counts:
-            e.copy_(m)
-
-
 def _check_data(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
     x = as_image_tensor(images)
     y = torch.as_tensor(labels)
@@ -160,6 +131,7 @@ def _check_data(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # the initial lr is a placeholder: every step sets the scheduled one
     # Decay only weight matrices/kernels: decaying BatchNorm scales and biases just hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
@@ -206,6 +178,7 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool, extra=None)
         torch.backends.cudnn.benchmark = True
     # extra rows (pseudo-labels) train too: the schedule counts every training row
     bs, steps_per_epoch, warmup = schedule_steps(cfg, len(x_train))
+    forward, forward_loss = training_step(model, cfg.compile, device, precision)
     return _Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -219,11 +192,12 @@ def _set_up(cfg: TrainConfig, images, labels, run_dir, resume: bool, extra=None)
         y_val=labels[val_idx].to(device),
         val_idx=val_idx,
         model=model,
-        ema=_Ema(model) if cfg.ema else None,
+        ema=Ema(model) if cfg.ema else None,
         optimizer=_optimizer(cfg, model, device),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         gen=torch.Generator(device=device).manual_seed(cfg.seed),
-        forward=maybe_compile(model, cfg.compile, device, precision),
+        forward=forward,
+        forward_loss=forward_loss,
         policy=cfg.policy,
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
@@ -240,8 +214,10 @@ def _resume(run: _Run) -> None:
     state = checkpoints.load_checkpoint(last_path)
     stored, cfg = state["config"], run.cfg
     changed = sorted(
-        k for k in cfg.to_dict() if k not in RESUME_MAY_CHANGE and stored.get(k) != getattr(cfg, k)
-    )
+        k
+        for k in cfg.to_dict()
+        if k not in RESUME_MAY_CHANGE and stored.get(k, DEFAULTS[k]) != getattr(cfg, k)
+    )  # a setting newer than the checkpoint compares as its default
     if changed:
         raise CheckpointError(f"{last_path}: config differs from the checkpoint's in {changed}")
     if state["data_fingerprint"] != run.fingerprint:
@@ -296,19 +272,17 @@ def _one_epoch(run: _Run, quiet: bool) -> dict:
         range(run.steps_per_epoch), inner=True, leave=False, disable=quiet,
         desc=f"epoch {run.epoch + 1}",
     )  # fmt: skip
-    lr = cfg.lr
+    lr = peak = cfg.peak_lr(bs)  # cfg.lr unless lr_scaling scales it to this batch size
     for i in batches:
         idx = perm[i * bs : (i + 1) * bs]
         xb = run.x_train[idx].float().div_(255)  # (B,1,28,28) on [0,1]
         xb = normalize(augment_batch(xb, run.policy, run.gen))
         xb = xb.contiguous(memory_format=torch.channels_last)
         yb = run.y_train[idx]
-        lr = learning_rate(run.step, total_steps, cfg.lr, run.warmup, cfg.schedule)
+        lr = learning_rate(run.step, total_steps, peak, run.warmup, cfg.schedule)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = run.forward(xb)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        loss, logits = run.forward_loss(run.forward, xb, yb, cfg.label_smoothing, dtype)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)

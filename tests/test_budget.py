@@ -99,3 +99,17 @@ def test_the_plan_flags_print_and_run_nothing(capsys, monkeypatch):
     assert cli.main(["kaggle", "kernel", "push", "--plan"]) == 0  # no credentials needed
     out = capsys.readouterr().out
     assert "total:" in out and "h of T4×2 sessions" in out
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu", "full"])
+def test_02_and_03_choose_with_the_recipe_04_trains_with_in_every_profile(profile):
+    # a choice made at another budget picks the wrong option (augmentation loses at 1 epoch)
+    params = _plan(profile).parameters
+    main = params["04_train_cnn"]
+    recipe = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay",
+              "label_smoothing", "ema")  # fmt: skip
+    for stem in ("02_augmentation", "03_model_zoo"):
+        assert {k: params[stem][k] for k in recipe} == {k: main[k] for k in recipe}, stem
+    assert params["02_augmentation"]["tta"] == main["tta"]
+    # 04 follows the zoo's choice
+    assert main["model"] == "auto"

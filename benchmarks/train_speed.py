@@ -36,7 +36,7 @@ from digit_utils.train.loop import train
 # A recipe named otherwise than its model says which model it trains ("model").
 RECIPES: dict[str, dict] = {
     "simple_cnn": {"epochs": 3, "batch_size": 64, "lr": 0.05},
-    # one epoch to 99.0% (#11): batch 96 costs no more per epoch than 128 on a 2-core CPU
+    # one epoch to 99.0%: batch 96 costs no more per epoch than 128 on a 2-core CPU
     # (measured side by side); a hotter, shorter warm-up uses the extra steps, and lighter label
     # smoothing (0.05) lets one epoch's logits commit: every seed 0-4 at 99.00% or more
     "fast_cnn": {"epochs": 1, "batch_size": 96, "optimizer": "adamw", "lr": 0.04,
@@ -47,7 +47,7 @@ RECIPES: dict[str, dict] = {
     },
     # 99.5% on the holdout in 8 epochs: affine augmentation, a hot peak (0.02), a short weight
     # average (0.995 over about 2,400 steps) and the final model scored with 2 shifts (TTA);
-    # seeds 0 and 1 both ended at 99.50% (a loaded 2-core CPU, README "Benchmarks")
+    # seeds 0 and 1 both ended at 99.50% (a loaded 2-core CPU)
     "fast_cnn_995": {"model": "fast_cnn", "epochs": 8, "batch_size": 128, "optimizer": "adamw",
                      "lr": 0.02, "augment": "affine", "ema": 0.995, "tta": 2},
     "se_vgg": {

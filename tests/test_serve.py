@@ -576,7 +576,7 @@ def test_drawing_a_digit_shows_the_right_answer(world, browser, page_url, tmp_pa
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=shot, full_page=True)
     assert Image.open(shot).size[0] >= 900
-    if os.environ.get("DIGITS_UPDATE_FIGURES"):  # regenerate the README's screenshot
+    if os.environ.get("DIGITS_UPDATE_FIGURES"):  # regenerate docs/serving.md's screenshot
         shutil.copy(shot, REPO / "docs" / "figures" / "serve_page.png")
     before = request_count(page)
     page.mouse.move(box["x"] + 20, box["y"] + 20)  # a new stroke: the answer is dimmed...

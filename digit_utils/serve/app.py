@@ -168,7 +168,7 @@ API_PAGE = """<!doctype html><meta charset="utf-8"><title>digit-recognizer API</
 <h1>digit-recognizer API</h1>
 <p>Swagger UI is off: it loads its scripts from a CDN and shows a blank page offline.
 The OpenAPI schema is at <a href="/openapi.json">/openapi.json</a> (any OpenAPI viewer or
-client generator reads it); the README's serving section has curl examples.</p>
+client generator reads it); the project's docs/serving.md has curl examples.</p>
 <ul><li>POST /predict: image files (multipart, field <code>files</code>) or 28×28 grey values
 (JSON); <code>?image=false</code> leaves out the 28×28 image in the reply</li>
 <li>GET /health: ready, and what is loaded</li><li>GET /info: runs, accuracy, TTA, limits</li>

@@ -173,7 +173,7 @@ def test_test_csv_with_a_label_column(tiny):
 
 
 def test_a_single_csv_is_typed_by_its_header_not_its_name(tmp_path):
-    # Named like a test file but laid out as train.csv: the header decides (issue #14, item 9).
+    # Named like a test file but laid out as train.csv: the header decides.
     path = write_rows(tmp_path / "my_test_rows.csv", TRAIN_HEADER, [_row(), _row(label=9)])
     with pytest.warns(DataWarning, match="competition's train.csv"):
         assert data.validate(path) == {"my_test_rows.csv": 2}
@@ -192,7 +192,7 @@ def test_a_single_csv_is_typed_by_its_header_not_its_name(tmp_path):
     ],
 )
 def test_non_utf8_files_are_named(tmp_path, raw, message):
-    # Issue #14 item 6: a gzip renamed .csv or one latin-1 byte raised UnicodeDecodeError.
+    # A gzip renamed .csv or one latin-1 byte used to raise UnicodeDecodeError.
     path = tmp_path / "train.csv"
     if isinstance(raw, str):
         raw = raw.format(h=TRAIN_HEADER).encode("latin-1")
@@ -413,7 +413,7 @@ def test_locate_falls_back_to_the_sample_loudly_once(isolated, monkeypatch):
 
 
 def test_explicit_zip_never_touches_data_raw(isolated, competition_zip, tiny, monkeypatch):
-    # Issue #14 item 1: the zip used to be extracted over data/raw and became the default.
+    # The zip used to be extracted over data/raw and became the default.
     raw = isolated / "data" / "raw"
     raw.mkdir(parents=True)
     for name in ("train.csv", "test.csv"):

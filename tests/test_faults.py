@@ -1,7 +1,7 @@
 """Fault injection: the `digits` command, in a fresh process, over a table of bad inputs.
 
 Each case must end with a non-zero exit, exactly one ``error:`` line that names the thing at
-fault, no traceback, and no file changed outside the command's outputs folder (issue #14).
+fault, no traceback, and no file changed outside the command's outputs folder.
 """
 
 from __future__ import annotations

@@ -446,7 +446,7 @@ def test_kernel_status(fake_kaggle, capsys, monkeypatch):
 def test_kernel_status_and_output_read_a_prefix_as_build_does(
     fake_kaggle, isolated, capsys, monkeypatch
 ):
-    # Issue #14 item 10: `status 03` asked for alice/digit-recognizer-03.
+    # `status 03` used to ask for alice/digit-recognizer-03.
     fake_kaggle.login()
     monkeypatch.setenv("FAKE_KAGGLE_OUTPUT", json.dumps(["outputs/04_train_cnn/runs.json"]))
     notebooks(isolated, "01_eda", "04_train_cnn")
@@ -627,7 +627,7 @@ EXPECTED = {
     "401": "rejected the credentials",
     "404": "does not know that resource",
     "network": "cannot reach kaggle.com",
-    "proxy-403": "a proxy refused the connection",  # not "accept the rules" (#14 item 7)
+    "proxy-403": "a proxy refused the connection",  # not "accept the rules"
     "leak": "the Kaggle CLI failed: Error: bad request with key ***",  # echoed, redacted
 }
 

@@ -250,7 +250,7 @@ def test_from_run_folders_to_a_valid_submission(world, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Issue #14: odd images, and photos that look like photos
+# Odd images, and photos that look like photos
 
 
 def phone_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -275,7 +275,7 @@ def phone_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def test_photos_with_uneven_light_score_like_the_arrays(world, sample_dir):
-    """The photo-like set against the same digits as 28×28 arrays (the issue's figure of merit)."""
+    """The photo-like set against the same digits as 28×28 arrays (the figure of merit)."""
     source = data.DataSource(sample_dir, "sample")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -97,7 +97,7 @@ def test_each_malformed_file_is_named(tmp_path, text, expected_rows, message):
     ],
 )
 def test_non_utf8_files_are_named_not_a_traceback(tmp_path, raw, message):
-    # Issue #14 item 6: these raised UnicodeDecodeError out of `digits kaggle submit`.
+    # These used to raise UnicodeDecodeError out of `digits kaggle submit`.
     path = tmp_path / "sub.csv"
     path.write_bytes(raw)
     with pytest.raises(SubmissionError) as info:

@@ -107,23 +107,81 @@ def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(dig
         assert metrics["n_train"] == len(x) and metrics["n_val"] == 0
     refit_proba = inference.predict_runs(refits, test).mean(axis=0)
     assert refit_proba.shape == (len(test), 10)
+    # a refit's twin is the k-fold member of its very recipe and seed: 3 epochs against 2 is
+    # another recipe, and seed 1 has no k-fold member
+    assert members.refit_twins(refits, grid.run_groups()) == {}
+    same = grids.refit(base, x, y, seeds=[0, 1], root=tmp_path / "same")
+    assert members.refit_twins(same, grid.run_groups()) == {"fast_cnn-s0-refit": "cnn-s0"}
+    oof = inference.load_oof(grid.run_groups())
+    correct = oof.probas[0].argmax(1) == y[oof.indices]
+    choice = grids.compare_refit(correct, oof.probas, y[oof.indices], averaged, refit_proba,
+                                 member_rows=240, n_rows=len(x), kfold_models=1,
+                                 refit_models=2)  # fmt: skip
     differ = int((averaged.argmax(1) != refit_proba.argmax(1)).sum())
+    assert (choice.table["test_rows_that_differ"] == differ).all()
+    assert f"differ on {differ:,} of {len(test)} rows" in choice.why
+    assert choice.chosen == "k-fold" and "predicts every one of them as the twins do" in choice.why
 
-    def choose(ensemble_oof, single_oof):
-        return grids.compare_refit(
-            averaged, refit_proba, ensemble_oof=ensemble_oof, single_oof=single_oof,
-            member_rows=240, n_rows=len(x), kfold_models=3, refit_models=2,
-        )  # fmt: skip
 
-    gained = choose(0.92, 0.90)  # combining bought 2 points: the measured ensemble is submitted
-    assert gained.chosen == "k-fold" and "+2.00%" in gained.why
-    assert gained.table["rows_per_model"].tolist() == [240, 360]
-    assert gained.table["submit"].tolist() == [True, False]
-    assert np.isnan(gained.table["oof_accuracy"].iloc[1])  # no row can score a refit
-    assert (gained.table["test_rows_that_differ"] == differ).all()
-    assert f"differ on {differ:,} of {len(test)}" in gained.why
-    flat = choose(0.90, 0.90)  # combining bought nothing: the models that saw every row win
-    assert flat.chosen == "refit" and flat.table["submit"].tolist() == [False, True]
+def _choose(kfold_wrong, twin_probas, *, n=200):
+    """compare_refit on constructed rows: labels ``i % 10``; the ensemble misses ``kfold_wrong``."""
+    labels = np.arange(n) % 10
+    correct = np.ones(n, bool)
+    correct[list(kfold_wrong)] = False
+    test = np.eye(10, dtype=np.float32)[labels]
+    return grids.compare_refit(correct, twin_probas, labels, test, test, member_rows=160,
+                               n_rows=n, kfold_models=3, refit_models=2)  # fmt: skip
+
+
+def _twins(wrong_a, wrong_b, *, n=200, sure=(0.6, 0.6)):
+    """Two twins' probabilities: each right with ``sure`` on its class, except on its wrong rows,
+    where it puts that much on the next class."""
+    labels = np.arange(n) % 10
+    out = np.zeros((2, n, 10), np.float32)
+    for k, wrong in enumerate((wrong_a, wrong_b)):
+        cls = labels.copy()
+        cls[list(wrong)] = (cls[list(wrong)] + 1) % 10
+        out[k] = (1 - sure[k]) / 9
+        out[k, np.arange(n), cls] = sure[k]
+    return out
+
+
+def test_refits_win_only_when_their_twins_are_ahead_beyond_the_noise():
+    ahead = _choose(range(30), _twins([], []))  # the ensemble misses 30 rows the twins get
+    assert ahead.chosen == "refit" and ahead.table["submit"].tolist() == [False, True]
+    assert (ahead.test.only_a, ahead.test.only_b) == (0, 30) and ahead.test.p < 0.001
+    assert "the refits are submitted" in ahead.why
+    refit_row = ahead.table.set_index("approach").loc["refit"]
+    assert refit_row["oof_accuracy"] == 1.0 and refit_row["rows_per_model"] == 200
+    assert refit_row["low"] < 1.0 == refit_row["high"]  # Wilson: an interval, not a point
+    kfold_row = ahead.table.set_index("approach").loc["k-fold"]
+    assert kfold_row["oof_accuracy"] == pytest.approx(170 / 200)
+    assert kfold_row["low"] < 0.85 < kfold_row["high"]
+
+    behind = _choose([], _twins(range(30), range(30)))  # the ensemble 30 rows ahead
+    assert behind.chosen == "k-fold" and "ahead beyond the noise" in behind.why
+    assert behind.table.set_index("approach").loc["refit", "oof_accuracy"] == 0.85
+
+
+def test_a_tie_within_the_noise_or_no_twin_keeps_the_measured_kfold_ensemble():
+    noise = _choose([0, 1, 2], _twins([5], [5]))  # 3 rows against 1: p = 0.62
+    assert noise.chosen == "k-fold" and (noise.test.only_a, noise.test.only_b) == (1, 3)
+    assert "within the noise" in noise.why and "p = 0.62" in noise.why
+    same = _choose([7, 8], _twins([7, 8], [7, 8]))  # the same rows wrong: nothing to test
+    assert same.chosen == "k-fold" and same.test.p == 1.0
+    assert "predicts every one of them as the twins do" in same.why
+    none = _choose([0], None)
+    assert none.chosen == "k-fold" and none.test is None and "no estimate" in none.why
+    assert np.isnan(none.table.set_index("approach").loc["refit", "oof_accuracy"])
+
+
+def test_the_refits_estimate_is_their_twins_averaged_as_the_refits_are():
+    # twin a is unsure and right on rows 0-19; twin b is sure and wrong there: their average is
+    # wrong on those 20 rows although one twin alone gets them right
+    twins = _twins([], range(20), sure=(0.6, 0.9))
+    choice = _choose([], twins)
+    assert choice.table.set_index("approach").loc["refit", "oof_accuracy"] == 0.9
+    assert choice.chosen == "k-fold" and choice.test.only_a == 20
 
 
 def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):

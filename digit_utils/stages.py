@@ -121,6 +121,7 @@ STAGES: dict[str, StageSpec] = {
             extras={
                 "runs": str,
                 "pseudo_threshold": float,
+                "max_gpu_hours": float,  # T4 GPU-hours its second round may train (gpu_cost)
                 "tta": int,
                 "cv_folds": int,
                 "device": str,
@@ -177,6 +178,7 @@ EXTRA_RULES: dict[str, tuple[Any, str]] = {
     "n_folds": (lambda v: v == 0 or v >= 2, "must be 0 (one holdout) or a k of 2 or more"),
     "cv_folds": (lambda v: v >= 2, "must be at least 2"),
     "pseudo_threshold": (lambda v: 0 <= v <= 1, "must be in [0, 1] (0: no second round)"),
+    "max_gpu_hours": (lambda v: v > 0, "must be above 0 (pseudo_threshold 0 turns round 2 off)"),
     "tta": (tta_shifts, ""),  # the one TTA check; its message says the range
     "device": (DEVICE_NAME.match, "is not a device name ('auto', 'cpu', 'cuda', 'cuda:0', 'mps')"),
     "policies": (_policies, ""),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digit_utils import paths, splits
+from digit_utils import gpu_cost, paths, splits
 from digit_utils.config import TrainConfig
 from digit_utils.data.arrays import data_fingerprint
 from digit_utils.errors import ConfigError
@@ -124,7 +124,7 @@ def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(dig
 
 
 def _choose(kfold_wrong, twin_probas, *, n=200):
-    """compare_refit on constructed rows: labels ``i % 10``; the ensemble misses ``kfold_wrong``."""
+    """compare_refit on constructed rows (labels ``i % 10``); the ensemble misses kfold_wrong."""
     labels = np.arange(n) % 10
     correct = np.ones(n, bool)
     correct[list(kfold_wrong)] = False
@@ -205,6 +205,53 @@ def test_second_round_retrains_every_member_on_its_own_folds(digits, tmp_path):
             assert n_extra == len(pseudo.select(teacher, 0.3).rows)
     both = inference.load_oof({**first.run_groups(), **students})  # the same rows, combinable
     assert both.indices.tolist() == list(range(len(x)))
+
+
+def test_a_gpu_budget_retrains_the_best_members_that_fit_with_every_first_round_teacher(
+    digits, tmp_path
+):
+    x, y, test = digits
+    base = TrainConfig(**{**TINY, "epochs": 1})
+    first = grids.run_grid(x, y, base, {"a": {}, "b": {"model": "simple_cnn"}}, folds=2,
+                           root=tmp_path / "round1")  # fmt: skip
+    groups = first.run_groups()
+
+    def hours(model):  # two runs of 180 rows (+ every test row), 180 evaluated, 1 epoch
+        slow = gpu_cost.t4_images_per_s(model, 32)[1]
+        return 2 * (180 + len(test) + 180 / 3) / slow / 3600
+
+    cost = {"a-s0": hours("fast_cnn"), "b-s0": hours("simple_cnn")}
+    assert cost["b-s0"] < cost["a-s0"]  # simple_cnn is the cheaper net
+
+    def plan(cap, acc):
+        return pseudo.plan_round(groups, acc, test_rows=len(test), max_gpu_hours=cap)
+
+    roomy = plan(1.0, {"a-s0": 0.9, "b-s0": 0.8})
+    assert roomy.chosen == ["a-s0", "b-s0"] and "Every member is retrained" in roomy.sentence()
+    assert roomy.table["gpu_hours"].to_dict() == pytest.approx(cost, rel=1e-9)
+    # room for one: the best goes first
+    one = plan(cost["a-s0"] * 1.01, {"a-s0": 0.9, "b-s0": 0.8})
+    assert one.chosen == ["a-s0"]
+    assert "left out, as they would pass the budget: `b-s0`" in one.sentence()
+    # a better but dearer member that does not fit is skipped; the cheaper one after it fits
+    cheap = plan(cost["b-s0"] * 1.01, {"a-s0": 0.9, "b-s0": 0.8})
+    assert cheap.chosen == ["b-s0"] and list(cheap.table.index) == ["a-s0", "b-s0"]
+    none = plan(cost["b-s0"] / 2, {"a-s0": 0.9, "b-s0": 0.8})
+    assert none.chosen == [] and "no second round" in none.sentence()
+    with pytest.raises(ConfigError, match="max_gpu_hours"):
+        plan(0, {"a-s0": 0.9, "b-s0": 0.8})
+
+    students, _ = pseudo.retrain(groups, x, y, test, root=tmp_path / "r2", threshold=0.3,
+                                 only=cheap.chosen)  # fmt: skip
+    assert list(students) == ["b-s0+pl"]
+    for fold, run in enumerate(students["b-s0+pl"]):  # its teachers: both members' fold runs
+        teacher = inference.predict_runs({n: [g[fold]] for n, g in groups.items()},
+                                         test).mean(axis=0)  # fmt: skip
+        n_extra = json.loads((Path(run) / "metrics.json").read_text())["n_extra"]
+        assert n_extra == len(pseudo.select(teacher, 0.3).rows)
+    merged = cheap.ensemble(groups, students)
+    assert list(merged) == ["a-s0", "b-s0+pl"] and merged["a-s0"] == groups["a-s0"]
+    assert inference.load_oof(merged).indices.tolist() == list(range(len(x)))
 
 
 def test_ensemble_members_add_the_zoo_only_on_the_same_folds_and_at_04s_level(digits, isolated):

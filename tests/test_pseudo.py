@@ -113,6 +113,8 @@ def test_kfold_member_predicts_with_its_fold_models_and_refit_uses_every_row(dig
     same = grids.refit(base, x, y, seeds=[0, 1], root=tmp_path / "same")
     assert members.refit_twins(same, grid.run_groups()) == {"fast_cnn-s0-refit": "cnn-s0"}
     oof = inference.load_oof(grid.run_groups())
+    assert np.array_equal(members.twins_oof(same, oof), oof.probas[:1])  # seed 0's twin
+    assert members.twins_oof(refits, oof) is None
     correct = oof.probas[0].argmax(1) == y[oof.indices]
     choice = grids.compare_refit(correct, oof.probas, y[oof.indices], averaged, refit_proba,
                                  member_rows=240, n_rows=len(x), kfold_models=1,

@@ -2,7 +2,8 @@
 
 Each grid trains with :func:`loop.train`, over every visible GPU at once when there are several
 (:mod:`parallel`), keeps every run folder, and returns tidy tables (one row per run, one row
-per run-epoch) that the plots take directly.
+per run-epoch) that the plots take directly. (Just over 300 lines: the refit on all rows and the
+rule that weighs it against the k-fold members sit with the grids that train them.)
 """
 
 from __future__ import annotations
@@ -261,12 +262,13 @@ def compare_refit(
     table = pd.DataFrame(rows, columns=columns).assign(
         submit=lambda t: t.approach == chosen, test_rows_that_differ=differ
     )
-    why = _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha)
+    n_twins = 0 if twins_oof_proba is None else len(twins_oof_proba)
+    why = _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha, n_twins)
     why += f" The two test predictions differ on {differ:,} of {len(kfold_test_proba):,} rows."
     return RefitChoice(table, chosen, why, test)
 
 
-def _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha) -> str:
+def _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha, n_twins):
     """The decision of :func:`compare_refit` in words, every figure from its arguments."""
     interval = lambda a: f"{a['accuracy']:.2%} (95% interval {a['low']:.2%}–{a['high']:.2%})"  # noqa: E731
     head = (
@@ -279,14 +281,15 @@ def _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, al
             f"either: the measured k-fold ensemble, {interval(kfold)} out of fold, is submitted."
         )
     head += (
-        f"Their twins (the same recipe and seeds, each row predicted by fold networks trained on "
-        f"{member_rows:,} rows that never saw it) score {interval(twins)} out of fold: the "
-        f"refits' estimate. The k-fold ensemble scores {interval(kfold)} on the same rows "
+        f"Their {n_twins} twin(s) (k-fold members of the same recipe and seed, each row "
+        f"predicted by fold networks trained on {member_rows:,} rows that never saw it), "
+        f"averaged, score {interval(twins)} out of fold: the refits' estimate. The k-fold "
+        f"ensemble scores {interval(kfold)} on the same rows "
     )
     if test.only_a + test.only_b == 0:
         return head + (
-            "and predicts every one of them as the twins do (it is the refits' own recipe and "
-            "seeds), so nothing favours the refits: the measured k-fold ensemble is submitted."
+            "and predicts every one of them as the twins do, so nothing favours the refits: "
+            "the measured k-fold ensemble is submitted."
         )
     head += (
         f"({test.only_a} rows only the ensemble gets right, {test.only_b} only the twins, "

@@ -126,6 +126,15 @@ def refit_twins(
     return twins
 
 
+def twins_oof(refits: dict[str, Sequence[Path]], oof) -> np.ndarray | None:
+    """The out-of-fold probabilities ``[R,N,10]`` of the refits' twins among ``oof``'s members
+    (an :class:`ensemble.OutOfFold`), one per refit that has one; None when none has."""
+    twins = refit_twins(refits, oof.runs)
+    if not twins:
+        return None
+    return np.stack([oof.probas[oof.names.index(twin)] for twin in twins.values()])
+
+
 def refit_members() -> dict[str, list[Path]]:
     """04_train_cnn's refits on every labelled row (``{name: [run folder]}``), or {} when it
     trained none (``refit=False``)."""

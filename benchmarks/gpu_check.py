@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> Path:
         fp16 = {r["job"].split()[-1]: round(r["images/s"]) for r in rows
                 if r["job"].startswith("train_speed") and r["precision"] == "fp16"
                 and r["compile"] == "off" and "lr" not in r["batch"]}  # fmt: skip
-        print(f"measured on a T4, for digit_utils/pipeline/budget.py MEASURED_T4: {fp16}")
+        print(f"measured on a T4, for digit_utils/gpu_cost.py MEASURED_T4: {fp16}")
     if not tests_ok:
         raise SystemExit(f"gpu-check: the CUDA tests failed: {tests}")
     return path

@@ -142,6 +142,7 @@ STAGES: dict[str, StageSpec] = {
             extras={
                 "runs": str,
                 "pseudo_threshold": float,
+                "max_gpu_hours": float,  # T4 GPU-hours its second round may train (gpu_cost)
                 "tta": int,
                 "cv_folds": int,
                 "device": str,

@@ -85,7 +85,10 @@ def test_the_report_says_the_costs_are_flop_derived_and_warns_past_kaggles_limit
     assert [w for w in full.warnings() if "12-hour" in w] == [
         w for w in full.warnings() if w.split()[0] in over
     ]
-    assert over  # wrn28_10 as 04's choice and every zoo tie retrained: past a session
+    assert "05_ensemble_submission" not in over  # its max_gpu_hours keeps it within a session
+    # without that cap, wrn28_10 as 04's choice and every zoo tie retrained: past a session
+    roomy = _plan("full", overrides={"05_ensemble_submission": {"max_gpu_hours": 1000.0}})
+    assert any(w.startswith("05_ensemble_submission may need") for w in roomy.warnings())
     calm = _plan("cpu")
     assert calm.warnings() == [] and "WARNING" not in calm.report()
     long = _plan("cpu", overrides={"02_augmentation": {"epochs": 400_000}})
@@ -113,3 +116,15 @@ def test_02_and_03_choose_with_the_recipe_04_trains_with_in_every_profile(profil
     assert params["02_augmentation"]["tta"] == main["tta"]
     # 04 follows the zoo's choice
     assert main["model"] == "auto"
+
+
+def test_05s_second_round_is_capped_by_its_max_gpu_hours(full):
+    hours = lambda plan: sum(w.gpu_seconds()[1] for w in plan.work  # noqa: E731
+                             if w.stage == "05_ensemble_submission") / 3600  # fmt: skip
+    cap = full.parameters["05_ensemble_submission"]["max_gpu_hours"]
+    assert hours(full) > cap  # a dear zoo model could join: the uncapped work passes the budget
+    assert full.stage_hours()["05_ensemble_submission"][1] == cap
+    assert f"at most {cap:g} GPU-h in all (max_gpu_hours)" in full.report()
+    roomy = _plan("full", overrides={"05_ensemble_submission": {"max_gpu_hours": 1000.0}})
+    assert roomy.stage_hours()["05_ensemble_submission"][1] == pytest.approx(hours(roomy))
+    assert "max_gpu_hours" not in roomy.report()

@@ -16,7 +16,7 @@ import torch
 
 from digit_utils import config as C
 from digit_utils.errors import ConfigError
-from digit_utils.train import checkpoints, devices, grids, parallel, pseudo, runs, steps
+from digit_utils.train import checkpoints, devices, grids, inference, parallel, pseudo, runs, steps
 from digit_utils.train import loop as T
 from digit_utils.train.models import build_model
 
@@ -301,3 +301,49 @@ def test_refits_and_runs_with_extra_rows_go_through_the_pool_bit_for_bit(digits,
             assert np.array_equal(ia, ib) and np.array_equal(pa, pb)
     extra = [runs.read_metrics(r)["n_extra"] for r in two.values()]
     assert extra == [0, 0, *extra[2:]] and min(extra[2:]) > 0  # the pseudo-labelled runs
+
+
+def test_predictions_over_two_cpu_workers_equal_one_process_in_order(digits, tmp_path):
+    """Many runs predicted at once (05's test prediction, the re-predicted out-of-fold rows):
+    two CPU workers give one process's probabilities bit for bit, each run in its place."""
+    images, labels = digits
+    base = C.TrainConfig.from_dict({**TINY, "epochs": 1, "model": "fast_cnn", "lr": 0.003})
+    grid = grids.run_grid(images, labels, base, {"a": {}, "b": {"model": "simple_cnn"}},
+                          folds=2, root=tmp_path, workers=1, threads=1)  # fmt: skip
+    groups = grid.run_groups()
+    test = images[::4]
+    one, two = (
+        inference.predict_runs(groups, test, tta=1, device="cpu", workers=w, threads=1)
+        for w in (1, 2)
+    )
+    assert one.shape == (2, len(test), 10) and np.array_equal(one, two)
+    for k, group in enumerate(groups.values()):  # the members in order, each its folds' mean
+        alone = [inference.predict_runs([run], test, tta=1, device="cpu")[0] for run in group]
+        np.testing.assert_allclose(two[k], np.mean(alone, axis=0), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(two[0], two[1])  # two different nets: a swap would show
+    jobs = [(run, runs.read_validation(run)[0]) for g in groups.values() for run in g]
+    each = {w: inference.predict_each(jobs, images, tta=1, device="cpu", workers=w, threads=1)
+            for w in (1, 2)}  # fmt: skip
+    assert [len(p) for p in each[2]] == [len(rows) for _, rows in jobs]
+    assert all(np.array_equal(a, b) for a, b in zip(each[1], each[2], strict=True))
+
+
+def test_predictions_spread_over_every_visible_gpu(fake_gpus, monkeypatch, digits, tmp_path):
+    """With two GPUs and device "auto", the runs go to one worker per GPU (the pool is faked:
+    each "GPU" worker here computes on the CPU)."""
+    images, labels = digits
+    cfg = C.TrainConfig.from_dict({**TINY, "epochs": 1, "model": "simple_cnn", "device": "cpu"})
+    run = T.train(cfg, images, labels, run_dir=tmp_path / "r", quiet=True).run_dir
+    fake_gpus(T4, count=2)
+    seen = {}
+
+    def fake_run_all(fn, jobs, devices, shared, *, threads=None, done=None):
+        seen["devices"] = list(devices)
+        return [fn(job, torch.device("cpu"), *shared) for job in jobs]
+
+    monkeypatch.setattr(inference, "run_all", fake_run_all)
+    proba = inference.predict_runs({"m": [run, run]}, images[:8])
+    assert seen["devices"] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert proba.shape == (1, 8, 10)
+    inference.predict_runs({"m": [run]}, images[:8], device="cuda:1")
+    assert seen["devices"] == [torch.device("cuda", 1)]  # a named device: that one only

@@ -2,7 +2,8 @@
 × epochs × rows per architecture, from its parameters and the stage graph) and a range of T4
 GPU-hours, against Kaggle's 12-hour session and ~30-hour weekly quota.
 
-The cost of an architecture is its images/s on a T4. None is measured on a GPU yet
+The cost of an architecture is its images/s on a T4 (the table is :mod:`digit_utils.gpu_cost`'s,
+which 05 reads too to fit its second round into ``max_gpu_hours``). None is measured on a GPU yet
 (``MEASURED_T4`` is empty): until then it is derived from the model's forward FLOPs and layer
 count (``MODEL_COST``) under stated assumptions, and the plan says so. The estimate counts
 training and the per-epoch evaluation only (a forward pass costs a third of a training step);
@@ -15,69 +16,16 @@ report are one calculation, read together.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from digit_utils import screening, stages
 from digit_utils.data.checks import EXPECTED_ROWS
-from digit_utils.errors import ConfigError
+from digit_utils.gpu_cost import MEASURED_T4, MODEL_COST, t4_images_per_s  # noqa: F401
 
 SESSION_HOURS = 12.0  # Kaggle stops a kernel's session after 12 hours
 WEEKLY_QUOTA_HOURS = 30.0  # Kaggle's weekly GPU quota (about 30 h; it varies a little)
 KAGGLE_GPUS = 2  # T4 ×2: the device pool trains two independent runs at once
-
-# Forward MFLOPs per 28×28 image and leaf modules (layers) of each registered model, counted
-# with torch.utils.flop_counter.FlopCounterMode on one image (`costs_of` recomputes a row;
-# tests/test_budget.py checks the cheap ones and that every registered model has a row).
-MODEL_COST: dict[str, tuple[float, int]] = {
-    "simple_cnn": (0.961, 6),
-    "fast_cnn": (4.251, 14),
-    "deep_cnn": (30.33, 26),
-    "deep_cnn_wide": (120.5, 26),
-    "se_vgg": (232.2, 39),
-    "preact_resnet164": (378.8, 549),
-    "wrn16_4": (600.7, 51),
-    "wrn28_10": (8028.4, 93),
-    "resnet18": (911.6, 52),
-    "resnet34": (1871.8, 92),
-    "resnet50": (2093.6, 126),
-    "vgg16_bn": (561.3, 52),
-    "efficientnet_b0": (58.41, 230),
-    "efficientnet_b3": (148.3, 367),
-    "mnasnet0_5": (14.86, 141),
-    "mnasnet1_0": (46.51, 141),
-    "mobilenet_v2": (43.50, 141),
-    "mobilenet_v3_small": (9.869, 141),
-    "mobilenet_v3_large": (36.72, 168),
-    "squeezenet1_0": (76.44, 57),
-    "squeezenet1_1": (30.26, 57),
-}
-# Images/s of one T4 measured by `make gpu-check` (fp16, batch 128); empty until a T4 ran it.
-MEASURED_T4: dict[str, float] = {}
-
-# The FLOP-derived estimate, as a (fast, slow) pair of assumptions. A training step costs 3×
-# the forward FLOPs; a T4 sustains 16 (fast) to 6 (slow) TFLOP/s of its 65 fp16 peak on these
-# small convolutions. Small nets are launch-bound instead: about 6 kernel launches per layer
-# and step (forward, two backward, AMP casts, the optimizer) plus 40 for the step's own work
-# (augmentation, loss, EMA, scaler), at 10 (fast) to 20 (slow) µs each.
-T4_TFLOPS = (16.0, 6.0)
-LAUNCH_US = (10.0, 20.0)
-LAUNCHES_PER_LAYER, LAUNCHES_PER_STEP = 6, 40
-
-
-def t4_images_per_s(model: str, batch_size: int = 128) -> tuple[float, float, str]:
-    """``(fast, slow, how)``: a T4's training images/s for ``model``; "measured" or "FLOPs"."""
-    if model in MEASURED_T4:
-        return MEASURED_T4[model], MEASURED_T4[model], "measured"
-    if model not in MODEL_COST:
-        raise ConfigError(f"no T4 cost for model {model!r}: add it to budget.MODEL_COST")
-    mflops, layers = MODEL_COST[model]
-    rates = []
-    for tflops, launch_us in zip(T4_TFLOPS, LAUNCH_US, strict=True):
-        compute_s = 3 * mflops * 1e6 * batch_size / (tflops * 1e12)  # one step's arithmetic
-        launch_s = (LAUNCHES_PER_LAYER * layers + LAUNCHES_PER_STEP) * launch_us * 1e-6
-        rates.append(batch_size / max(compute_s, launch_s))
-    return rates[0], rates[1], "FLOPs"
 
 
 def costs_of(model: str) -> tuple[float, int]:
@@ -192,21 +140,26 @@ def stage_work(params: Mapping[str, Mapping], every_model: Sequence[str]) -> lis
         if main["refit"]:
             work.append(Work("04_train_cnn", models, (seeds, seeds), epochs, n, 0, batch,
                              "refits on every labelled row"))  # fmt: skip
-    last = params.get("05_ensemble_submission")
+    last_stage = "05_ensemble_submission"
+    last = params.get(last_stage)
     if last and main and float(last["pseudo_threshold"]) > 0:
         # every member retrained with its own recipe plus the test rows its teachers are sure
         # of: counted as all of them (the most there can be)
         what = "second round, + every test row as pseudo-labels"
-        work.append(Work("05_ensemble_submission", models, (seeds * folds,) * 2, epochs,
+        work.append(Work(last_stage, models, (seeds * folds,) * 2, epochs,
                          rows + n_test, val, batch, f"{what}: 04's runs"))  # fmt: skip
         # the zoo's runs join only on 04's folds of every row (never from a sample)
         if zoo and int(zoo["n_folds"]) == int(main["n_folds"]) >= 2 and _sampled(zoo, n) == n:
             z_folds, z_rows, z_val = _split_rows(zoo, n)
             for model in finalists:  # a zoo model joins only when 04's best does not beat it
-                work.append(Work("05_ensemble_submission", (model,), (0, z_folds),
+                work.append(Work(last_stage, (model,), (0, z_folds),
                                  int(zoo["epochs"]), z_rows + n_test, z_val,
                                  int(zoo["batch_size"]),
                                  f"{what}: the zoo's ties (its last rung at worst)"))  # fmt: skip
+        cap = float(last["max_gpu_hours"])  # 05 retrains fewer members past it, best first
+        if sum(w.gpu_seconds()[1] for w in work if w.stage == last_stage) > cap * 3600:
+            work = [replace(w, what=f"{w.what}; at most {cap:g} GPU-h in all (max_gpu_hours)")
+                    if w.stage == last_stage else w for w in work]  # fmt: skip
     return work
 
 
@@ -261,7 +214,9 @@ class Plan:
             total = hours.setdefault(w.stage, [0.0, 0.0])
             total[0] += low / 3600
             total[1] += high / 3600
-        return {s: (h[0], h[1]) for s, h in hours.items()}
+        # a stage with a GPU budget (05's max_gpu_hours) trains no more than it allows
+        caps = {s: float(self.parameters.get(s, {}).get("max_gpu_hours", "inf")) for s in hours}
+        return {s: (min(h[0], caps[s]), min(h[1], caps[s])) for s, h in hours.items()}
 
     def session_hours(self) -> dict[str, tuple[float, float]]:
         """{stage: (low, high) hours of its Kaggle session}: its runs shared by two T4s."""
@@ -299,7 +254,7 @@ class Plan:
             f"test rows; a T4×2 kernel trains two runs at once.",
             "Cost per architecture (T4 images/s, batch 128): "
             + ("measured by make gpu-check" if how == {"measured"} else
-               "DERIVED FROM FLOPs, not measured on a GPU yet (budget.MODEL_COST)")
+               "DERIVED FROM FLOPs, not measured on a GPU yet (gpu_cost.MODEL_COST)")
             + ": " + ", ".join(
                 f"{m} {t4_images_per_s(m)[1]:,.0f}–{t4_images_per_s(m)[0]:,.0f}" for m in models
             ),

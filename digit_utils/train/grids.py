@@ -2,7 +2,8 @@
 
 Each grid trains with :func:`loop.train`, over every visible GPU at once when there are several
 (:mod:`parallel`), keeps every run folder, and returns tidy tables (one row per run, one row
-per run-epoch) that the plots take directly.
+per run-epoch) that the plots take directly. (Just over 300 lines: the refit on all rows and the
+rule that weighs it against the k-fold members sit with the grids that train them.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pandas as pd
 
 from digit_utils import paths
 from digit_utils.config import TrainConfig
+from digit_utils.ensemble import soft_average
 from digit_utils.errors import ConfigError
+from digit_utils.stats import ALPHA, Paired, accuracy, mcnemar, p_value
 from digit_utils.train.inference import inference_ms
 from digit_utils.train.loop import TrainResult
 from digit_utils.train.parallel import train_all
@@ -204,53 +207,106 @@ class RefitChoice:
     table: pd.DataFrame  # one row per approach
     chosen: str  # "k-fold" or "refit"
     why: str
+    test: Paired | None  # the k-fold ensemble against the refits' twins; None: no twin
 
 
 def compare_refit(
+    kfold_correct: np.ndarray,
+    twins_oof_proba: np.ndarray | None,
+    oof_labels: np.ndarray,
     kfold_test_proba: np.ndarray,
     refit_test_proba: np.ndarray,
     *,
-    ensemble_oof: float,
-    single_oof: float,
     member_rows: int,
     n_rows: int,
     kfold_models: int,
     refit_models: int,
+    alpha: float = ALPHA,
 ) -> RefitChoice:
-    """Choose between the k-fold members' test prediction and the refits' (averaged) one.
+    """Choose between the k-fold ensemble's test prediction and the refits' (averaged) one.
 
-    What is measured: the k-fold ensemble's out-of-fold accuracy (``ensemble_oof``) and the mean
-    out-of-fold accuracy of its single fold models (``single_oof``), so the gain that combining
-    models bought. What is not: any refit's accuracy, since no row is held out from it. The rule,
-    fixed in advance: submit the k-fold ensemble when combining its models measurably gained
-    accuracy (its models each missed 1/k of the rows, and the gain shows that averaging made up
-    for it); submit the refits, which saw every row, when combining gained nothing. The table
-    also counts the test rows on which the two predictions differ: how much the choice matters.
-    ``member_rows`` is the labelled rows each k-fold model trained on, ``n_rows`` all of them.
+    A refit trained on every labelled row, so no row can score it. What can be scored is its
+    *twin*: the k-fold members with the refits' own recipe and seeds (``twins_oof_proba``,
+    ``[R,N,10]`` out of fold, see :func:`members.refit_twins`), each row predicted by the fold
+    networks that never saw it, averaged as the refits are. The twins are the refits trained on
+    ``member_rows`` rows instead of ``n_rows``: their out-of-fold accuracy, with its Wilson
+    interval, is the refits' estimate, and it leaves out both sides' unmeasured advantages (the
+    refits' extra 1/k of rows; the k-fold prediction's average of k fold networks per member).
+
+    The rule, fixed in advance: McNemar on the out-of-fold rows, the k-fold ensemble as combined
+    (``kfold_correct``, per-row correctness of its chosen method) against the twins. The refits
+    are submitted only when the twins are ahead beyond the noise (p < ``alpha``): the recipe
+    alone measurably beats what the ensemble adds (other members, a fitted method), and a refit
+    is that recipe with more rows. In every other case (the ensemble ahead, a tie within the
+    noise, no discordant row at all, or no twin to score) the measured k-fold ensemble is
+    submitted. The table also counts the test rows on which the two predictions differ.
     """
+    kfold_correct = np.asarray(kfold_correct, dtype=bool)
     differ = int((kfold_test_proba.argmax(1) != refit_test_proba.argmax(1)).sum())
-    gain = ensemble_oof - single_oof
-    chosen = "k-fold" if gain > 0 else "refit"
+    kfold = accuracy(kfold_correct)
+    if twins_oof_proba is None or len(twins_oof_proba) == 0:
+        twins, test = None, None
+    else:
+        twin_correct = soft_average(twins_oof_proba).argmax(1) == np.asarray(oof_labels)
+        twins, test = accuracy(twin_correct), mcnemar(kfold_correct, twin_correct)
+    refit_ahead = test is not None and test.p < alpha and test.only_b > test.only_a
+    chosen = "refit" if refit_ahead else "k-fold"
     rows = [
-        ("k-fold", kfold_models, member_rows, ensemble_oof,
-         "measured on every labelled row, none of which its fold models trained on"),
-        ("refit", refit_models, n_rows, float("nan"),
-         "unmeasured: no row is held out from a model trained on all of them"),
+        ("k-fold", kfold_models, member_rows, kfold["accuracy"], kfold["low"], kfold["high"],
+         "measured: out of fold, on rows none of its fold networks trained on"),
+        ("refit", refit_models, n_rows, *(
+            (twins["accuracy"], twins["low"], twins["high"],
+             f"estimated: its twins, trained on {member_rows:,} rows, out of fold")
+            if twins else (float("nan"),) * 3 + ("unmeasured: no k-fold member is its twin",))),
     ]  # fmt: skip
-    columns = ["approach", "models", "rows_per_model", "oof_accuracy", "accuracy_is"]
+    columns = ["approach", "models", "rows_per_model", "oof_accuracy", "low", "high",
+               "accuracy_is"]  # fmt: skip
     table = pd.DataFrame(rows, columns=columns).assign(
         submit=lambda t: t.approach == chosen, test_rows_that_differ=differ
     )
-    why = (
-        f"Combining the k-fold models gained {gain:+.2%} out of fold over their single models "
-        f"({single_oof:.2%} → {ensemble_oof:.2%}), "
-        + (
-            "a measured gain that outweighs the 1/k of rows each fold model missed: the k-fold "
-            "ensemble is submitted."
-            if chosen == "k-fold"
-            else "so averaging bought nothing measurable and the refits, which trained on every "
-            "row, are submitted."
-        )
-        + f" The two predictions differ on {differ:,} of {len(kfold_test_proba):,} test rows."
+    n_twins = 0 if twins_oof_proba is None else len(twins_oof_proba)
+    why = _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha, n_twins)
+    why += f" The two test predictions differ on {differ:,} of {len(kfold_test_proba):,} rows."
+    return RefitChoice(table, chosen, why, test)
+
+
+def _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, alpha, n_twins):
+    """The decision of :func:`compare_refit` in words, every figure from its arguments."""
+    interval = lambda a: f"{a['accuracy']:.2%} (95% interval {a['low']:.2%}–{a['high']:.2%})"  # noqa: E731
+    head = (
+        f"The {refit_models} refit(s) trained on all {n_rows:,} labelled rows, so no row can "
+        "score them. "
     )
-    return RefitChoice(table, chosen, why)
+    if twins is None:
+        return head + (
+            "No k-fold member shares their recipe and seed, so there is no estimate of them "
+            f"either: the measured k-fold ensemble, {interval(kfold)} out of fold, is submitted."
+        )
+    head += (
+        f"Their {n_twins} twin(s) (k-fold members of the same recipe and seed, each row "
+        f"predicted by fold networks trained on {member_rows:,} rows that never saw it), "
+        f"averaged, score {interval(twins)} out of fold: the refits' estimate. The k-fold "
+        f"ensemble scores {interval(kfold)} on the same rows "
+    )
+    if test.only_a + test.only_b == 0:
+        return head + (
+            "and predicts every one of them as the twins do, so nothing favours the refits: "
+            "the measured k-fold ensemble is submitted."
+        )
+    head += (
+        f"({test.only_a} rows only the ensemble gets right, {test.only_b} only the twins, "
+        f"McNemar {p_value(test.p)}): "
+    )
+    if chosen == "refit":
+        return head + (
+            "the refits' recipe alone is ahead beyond the noise, and the refits are that recipe "
+            "trained on every row, so the refits are submitted."
+        )
+    if test.p < alpha:
+        return head + (
+            "the ensemble is ahead beyond the noise, so the k-fold ensemble is submitted."
+        )
+    return head + (
+        f"within the noise (p ≥ {alpha:g}), so the evidence does not favour the refits and the "
+        "measured k-fold ensemble is submitted, as the rule says in that case."
+    )

@@ -1,9 +1,11 @@
-"""All inference: batched probabilities with shift-TTA, trained runs on new images, the
-out-of-fold probabilities of a set of runs, and inference timing."""
+"""All inference: batched probabilities with shift-TTA, trained runs on new images (their runs
+spread over every visible GPU, :mod:`pool`), the out-of-fold probabilities of a set of runs, and
+inference timing."""
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from digit_utils.errors import ConfigError, DataError
 from digit_utils.train import checkpoints, runs
 from digit_utils.train.devices import autocast, resolve_device, synchronize
 from digit_utils.train.models import NUM_CLASSES, normalize
+from digit_utils.train.pool import run_all, worker_devices
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -79,21 +82,47 @@ def predict_proba(
     return out.numpy()
 
 
-def predict_runs(run_dirs, images, *, tta: int = 0, device: str | None = None) -> np.ndarray:
+def _predict_run(job, worker_device, images, *, tta: int, device) -> np.ndarray:
+    """One run's probabilities on ``images[rows]`` (all images when rows is None), on the
+    worker's device, or in this process on ``device``."""
+    run, rows = job
+    dev = worker_device if worker_device is not None else resolve_device(device)
+    model, cfg = checkpoints.load_run(run, which="last", device=dev)
+    x = images if rows is None else images[rows]
+    return predict_proba(model, x, tta=tta, device=dev, precision=cfg.precision)
+
+
+def predict_each(
+    jobs, images, *, tta: int = 0, device: str | None = None, workers: int | str = "auto",
+    threads: int | None = None,
+) -> list[np.ndarray]:  # fmt: skip
+    """Each run's probabilities ``float32 [n,10]`` for jobs ``(run folder, rows or None)``, in
+    order, over every visible GPU at once when ``device`` is None or "auto" (one worker per
+    GPU; in this process with one device). Where a run is scored does not change its numbers
+    beyond the device's own arithmetic: on the CPU with the same ``threads``, bit for bit."""
+    images = as_image_tensor(images).numpy() if isinstance(images, torch.Tensor) else images
+    devices = worker_devices("auto" if device in (None, "auto") else device, workers)
+    fn = partial(_predict_run, tta=tta, device=device)
+    return run_all(fn, list(jobs), devices, (np.asarray(images),), threads=threads)
+
+
+def predict_runs(
+    run_dirs, images, *, tta: int = 0, device: str | None = None, workers: int | str = "auto",
+    threads: int | None = None,
+) -> np.ndarray:  # fmt: skip
     """Each base model's probabilities on ``images`` (uint8 [N,1,28,28]): ``float32 [K,N,10]``.
 
     A base model made of several fold runs averages its runs' probabilities. ``device`` None
-    (or "auto") means CUDA when available, else the CPU.
+    (or "auto") spreads the runs over every visible GPU (:func:`predict_each`), else the CPU;
+    a named device scores them all there.
     """
-    device = resolve_device(device)
-    out = []
-    for group in runs.as_groups(run_dirs).values():
-        fold_probas = []
-        for run in group:
-            model, cfg = checkpoints.load_run(run, which="last", device=device)
-            proba = predict_proba(model, images, tta=tta, device=device, precision=cfg.precision)
-            fold_probas.append(proba)
-        out.append(np.mean(fold_probas, axis=0, dtype=np.float32))
+    as_image_tensor(images)  # the contract, checked here before any worker starts
+    groups = runs.as_groups(run_dirs)
+    jobs = [(run, None) for group in groups.values() for run in group]
+    probas = iter(predict_each(jobs, images, tta=tta, device=device, workers=workers,
+                               threads=threads))  # fmt: skip
+    out = [np.mean([next(probas) for _ in group], axis=0, dtype=np.float32)
+           for group in groups.values()]  # fmt: skip
     return np.stack(out).astype(np.float32)
 
 
@@ -115,14 +144,12 @@ def load_oof(
     groups = runs.as_groups(run_dirs)
     if tta is not None and images is None:
         raise ConfigError("tta: re-predicting the validation rows needs the train images")
-    parts = {}
-    for name, group in groups.items():
-        parts[name] = []
-        for run in group:
-            idx, proba = runs.read_validation(run)
-            if tta is not None:
-                proba = predict_runs([run], images[idx], tta=tta, device=device)[0]
-            parts[name].append((idx, proba))
+    saved = {run: runs.read_validation(run) for group in groups.values() for run in group}
+    if tta is not None:  # every run re-predicts its own rows, over every GPU at once
+        fresh = predict_each([(run, idx) for run, (idx, _) in saved.items()], images, tta=tta,
+                             device=device)  # fmt: skip
+        saved = {run: (idx, p) for (run, (idx, _)), p in zip(saved.items(), fresh, strict=True)}
+    parts = {name: [saved[run] for run in group] for name, group in groups.items()}
     splits_of = {
         name: splits.describe([runs.read_config(run) for run in group])
         for name, group in groups.items()

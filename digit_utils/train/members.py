@@ -101,6 +101,40 @@ def _against_best(
     return verdicts
 
 
+# a refit's config differs from its twin's only in how rows were split, its name and its device
+_NOT_RECIPE = {"name", "device", "fold", "n_folds", "val_fraction", "split_seed"}
+
+
+def _recipe(run: Path) -> dict:
+    return {k: v for k, v in (runs.read_config(run) or {}).items() if k not in _NOT_RECIPE}
+
+
+def refit_twins(
+    refits: dict[str, Sequence[Path]], kfold: dict[str, Sequence[Path]]
+) -> dict[str, str]:
+    """``{refit: k-fold member}``: for each refit, the member trained with its very recipe
+    (config.json equal but for the split, the name and the device: model, seed, epochs, …) on
+    k folds, whose out-of-fold rows are the refit's estimate (:func:`grids.compare_refit`). A
+    refit with no twin (runs given by hand, another seed) is left out."""
+    recipes = {name: _recipe(group[0]) for name, group in kfold.items()
+               if (runs.read_config(group[0]) or {}).get("fold") is not None}  # fmt: skip
+    twins = {}
+    for refit, (run, *_) in refits.items():
+        mine = _recipe(run)
+        if twin := next((name for name, recipe in recipes.items() if recipe == mine), None):
+            twins[refit] = twin
+    return twins
+
+
+def twins_oof(refits: dict[str, Sequence[Path]], oof) -> np.ndarray | None:
+    """The out-of-fold probabilities ``[R,N,10]`` of the refits' twins among ``oof``'s members
+    (an :class:`ensemble.OutOfFold`), one per refit that has one; None when none has."""
+    twins = refit_twins(refits, oof.runs)
+    if not twins:
+        return None
+    return np.stack([oof.probas[oof.names.index(twin)] for twin in twins.values()])
+
+
 def refit_members() -> dict[str, list[Path]]:
     """04_train_cnn's refits on every labelled row (``{name: [run folder]}``), or {} when it
     trained none (``refit=False``)."""

@@ -20,6 +20,7 @@ import pandas as pd
 
 from digit_utils.config import TrainConfig
 from digit_utils.errors import ConfigError
+from digit_utils.gpu_cost import training_seconds
 from digit_utils.splits import SPLIT_KEYS, split_key
 from digit_utils.train import runs
 from digit_utils.train.grids import Grid, run_grid
@@ -157,6 +158,82 @@ def run_pseudo_grid(
     return grid, selected
 
 
+@dataclass(frozen=True)
+class SecondRound:
+    """Which members a second round retrains within ``max_gpu_hours`` (see :func:`plan_round`)."""
+
+    table: pd.DataFrame  # per member, best first: model, runs, epochs, oof_accuracy, gpu_hours, …
+    max_gpu_hours: float
+
+    @property
+    def chosen(self) -> list[str]:
+        return list(self.table.index[self.table["retrain"]])
+
+    def ensemble(self, first: Mapping[str, Sequence[Path]], students: Mapping[str, Sequence]):
+        """The second round's members, in the first round's order: each retrained member's
+        student (``name+pl``), and the first-round runs of the members left out."""
+        return {f"{n}+pl" if f"{n}+pl" in students else n: list(students.get(f"{n}+pl", g))
+                for n, g in first.items()}  # fmt: skip
+
+    def sentence(self) -> str:
+        """What the budget allowed, in words (every figure from the table)."""
+        t, cap = self.table, self.max_gpu_hours
+        spent = float(t.loc[t["retrain"], "gpu_hours"].sum())
+        head = (
+            f"The second round's estimated cost (T4 GPU-hours, the slow end of the estimate from "
+            f"each architecture's FLOPs, counting every test row as a pseudo-label) is "
+            f"{float(t['gpu_hours'].sum()):.2f} for all {len(t)} member(s); "
+            f"`max_gpu_hours` is {cap:g}. "
+        )
+        if t["retrain"].all():
+            return head + f"Every member is retrained ({spent:.2f} GPU-hours)."
+        left = ", ".join(f"`{n}` ({h:.2f})" for n, h in t.loc[~t["retrain"], "gpu_hours"].items())
+        if not t["retrain"].any():
+            return head + f"No member fits ({left}): there is no second round."
+        return head + (
+            f"Best out-of-fold first, {len(self.chosen)} are retrained ({spent:.2f} GPU-hours); "
+            f"left out, as they would pass the budget: {left}. Those keep their first-round runs."
+        )
+
+
+def plan_round(
+    members: Mapping[str, Sequence[Path]],
+    accuracy: Mapping[str, float],
+    *,
+    test_rows: int,
+    max_gpu_hours: float,
+) -> SecondRound:
+    """The members a second round retrains: best out-of-fold ``accuracy`` first, each taken
+    while the estimated T4 GPU-hours so far stay within ``max_gpu_hours`` (one that would pass
+    it is skipped, and a cheaper one after it may still fit).
+
+    A member's cost is the sum over its runs of :func:`gpu_cost.training_seconds` at the slow
+    assumption, for its saved recipe (model, epochs, batch size) on its own training and
+    validation rows plus ``test_rows`` (as if every test row were pseudo-labelled: the most a
+    teacher can select) so the budget holds whatever the teachers pick.
+    """
+    if not max_gpu_hours > 0:
+        raise ConfigError(f"max_gpu_hours: {max_gpu_hours} must be above 0")
+    rows = []
+    for name, group in runs.as_groups(members).items():
+        cfg = runs.read_config(group[0]) or {}
+        seconds = 0.0
+        for run in group:
+            m = runs.read_metrics(run)
+            seconds += training_seconds(cfg["model"], int(cfg["epochs"]), m["n_train"] + test_rows,
+                                        m["n_val"], int(cfg["batch_size"]))[1]  # fmt: skip
+        rows.append({"member": name, "model": cfg["model"], "runs": len(group),
+                     "epochs": int(cfg["epochs"]), "oof_accuracy": float(accuracy[name]),
+                     "gpu_hours": seconds / 3600})  # fmt: skip
+    table = pd.DataFrame(rows).set_index("member")
+    table = table.sort_values("oof_accuracy", ascending=False, kind="stable")
+    spent, keep = 0.0, []
+    for hours in table["gpu_hours"]:
+        keep.append(spent + hours <= max_gpu_hours)
+        spent += hours if keep[-1] else 0.0
+    return SecondRound(table.assign(retrain=keep), float(max_gpu_hours))
+
+
 def retrain(
     members: Mapping[str, Sequence[Path]],
     images: np.ndarray,
@@ -170,9 +247,11 @@ def retrain(
     quiet: bool = True,
     workers: int | str = "auto",
     threads: int | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[dict[str, list[str]], pd.DataFrame]:
-    """The second round of an ensemble: every run of every member is trained again with its own
-    recipe (its saved config, on its own fold) plus the test rows its fold's teachers, the first
+    """The second round of an ensemble: every run of every member (of the members named in
+    ``only``, e.g. :attr:`SecondRound.chosen`, when given) is trained again with its own recipe
+    (its saved config, on its own fold) plus the test rows its fold's teachers, all the first
     round's runs on that fold, are sure of. ``device`` replaces the runs' own when given.
 
     Returns ``{member + "+pl": [run folders]}`` under ``root`` (one run per first-round run) and
@@ -183,6 +262,8 @@ def retrain(
     groups = runs.as_groups(members)
     jobs = []
     for name, group in groups.items():
+        if only is not None and name not in only:
+            continue
         for run in group:
             saved = runs.read_config(run)
             if saved is None:

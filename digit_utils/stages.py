@@ -200,6 +200,7 @@ EXTRA_RULES: dict[str, tuple[Any, str]] = {
     "cv_folds": (lambda v: v >= 2, "must be at least 2"),
     "min_epochs": (lambda v: v >= 1, "must be at least 1"),
     "eta": (lambda v: v >= 2, "must be at least 2 (the factor between rungs)"),
+    "rows": (lambda v: v >= 0, "must be 0 (every row) or the number of rows to sample"),
     "max_gpu_hours": (lambda v: v > 0, "must be above 0 (T4 GPU-hours)"),
     "pseudo_threshold": (lambda v: 0 <= v <= 1, "must be in [0, 1] (0: no second round)"),
     "tta": (tta_shifts, ""),  # the one TTA check; its message says the range

@@ -38,6 +38,20 @@ def accuracy(correct) -> dict:
             "errors": int((~correct).sum()), "rows": len(correct)}  # fmt: skip
 
 
+def score_interval(correct: int, total: int, rows: int, confidence: float = 0.95):
+    """Where a predictor's score on ``rows`` unseen rows (a leaderboard's share of the test set)
+    should land, 95%: ``correct`` of ``total`` scored rows estimate its accuracy, and both that
+    estimate and the ``rows`` drawn add their binomial spread (a normal approximation around the
+    estimate, clipped to [0, 1]). Fewer rows, a wider interval."""
+    from scipy.stats import norm
+
+    if total <= 0 or rows <= 0:
+        raise ConfigError(f"score_interval: need scored rows and unseen rows, got {total}, {rows}")
+    p = correct / total
+    half = norm.ppf(0.5 + confidence / 2) * np.sqrt(p * (1 - p) * (1 / total + 1 / rows))
+    return max(0.0, p - half), min(1.0, p + half)
+
+
 def p_value(p: float) -> str:
     """``p = 0.03`` or ``p < 0.001`` (a p-value printed as 0.000 reads as impossible)."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"

@@ -44,9 +44,34 @@ def test_the_five_notebooks_exist():
     assert STAGES == list(stages.STAGES) == list(TINY)
 
 
+# Another shape of run, where the sentences' premises differ: one holdout instead of folds, two
+# seeds, TTA off, 3-epoch curves, 02 on a sample of rows, one zoo model (on 04's holdout, so it
+# may join 05), no refit and no second round. Every nb.say check runs in it too.
+OTHER = {
+    "01_eda": {"tsne_samples": 100},
+    "02_augmentation": {"epochs": 3, "seeds": 2, "n_folds": 0, "val_fraction": 0.25,
+                        "rows": 400, "tta": 0, "policies": "none, affine"},
+    "03_model_zoo": {"models": "fast_cnn", "min_epochs": 3, "epochs": 3, "n_folds": 0,
+                     "val_fraction": 0.25},
+    "04_train_cnn": {"epochs": 3, "seeds": 2, "tta": 0, "n_folds": 0, "val_fraction": 0.25,
+                     "refit": False},
+    "05_ensemble_submission": {"tta": 0, "cv_folds": 3, "pseudo_threshold": 0},
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, sample_dir):
     """Run the whole pipeline once on a tiny slice of the offline sample."""
+    return _run(tmp_path_factory, sample_dir, TINY)
+
+
+@pytest.fixture(scope="module")
+def ran_other(tmp_path_factory, sample_dir):
+    """The same, in the other shape of run."""
+    return _run(tmp_path_factory, sample_dir, OTHER)
+
+
+def _run(tmp_path_factory, sample_dir, params: dict):
     root = tmp_path_factory.mktemp("project")
     tiny = data.copy_subset(data.DataSource(sample_dir, "sample"), root / "tiny", 600, 200)
     with pytest.MonkeyPatch.context() as mp:
@@ -55,7 +80,7 @@ def ran(tmp_path_factory, sample_dir):
         mp.delenv("DIGITS_OUTPUTS", raising=False)
         mp.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
         profile = root / "tiny.yaml"
-        profile.write_text(json.dumps({"device": "cpu", "data_dir": str(tiny), **TINY}))
+        profile.write_text(json.dumps({"device": "cpu", "data_dir": str(tiny), **params}))
         record = pipeline.run_pipeline(
             profile=str(profile), notebooks_dir=REPO / "notebooks", outputs=root / "outputs"
         )
@@ -203,6 +228,31 @@ def test_submission_is_valid_and_scored_on_the_sample(ran):
     assert 0 < m["pseudo_oof_before"] <= 1 and 0 < m["pseudo_oof_after"] <= 1
     submitted = json.loads((outputs / "05_ensemble_submission" / "runs.json").read_text())
     assert len(submitted["models"]) == (m["models"] if m["approach"] == "k-fold" else 1)
+
+
+def test_the_other_shape_of_run_reads_true(ran_other):
+    outputs, record = ran_other  # a sentence whose check fails stops its notebook: status error
+    assert [(nb["name"], nb["status"]) for nb in record["notebooks"]] == [
+        (stage, "ok") for stage in STAGES
+    ]
+    policy = json.loads((outputs / "02_augmentation" / "policy.json").read_text())
+    assert policy["rows"] == 100  # a quarter of the 400-row sample scored every policy
+    m = _metrics(outputs, "04_train_cnn")["metrics"]
+    assert (m["runs"], m["oof_rows"], m.get("refits", 0)) == (2, 150, 0)
+    assert not (outputs / "04_train_cnn" / "refit_runs.json").exists()
+    last = _metrics(outputs, "05_ensemble_submission")["metrics"]
+    assert last["approach"] == "k-fold" and last["refits"] == 0
+    validate_submission(outputs / "submission.csv", expected_rows=200)
+    # the premises that differ from the other run: no TTA, no second round
+    text = _markdown_outputs(outputs, "05_ensemble_submission")
+    assert "no second round" in text and "The second round is kept" not in text
+
+
+def _markdown_outputs(outputs: Path, stage: str) -> str:
+    """Every sentence a notebook printed (its Markdown outputs), as one text."""
+    executed = nbformat.read(outputs / "notebooks" / f"{stage}.ipynb", as_version=4)
+    return "\n".join(o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code"
+                     for o in c.outputs if "text/markdown" in o.get("data", {}))  # fmt: skip
 
 
 # --------------------------------------------------------------------- the committed notebooks

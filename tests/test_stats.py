@@ -79,3 +79,18 @@ def test_say_refuses_a_sentence_its_numbers_contradict():
     assert notebook.say("a beats b", a_ahead=True).data == "a beats b"
     with pytest.raises(VerdictError, match="a_ahead"):
         notebook.say("a beats b", a_ahead=0.97 > 0.98)
+
+
+def test_a_leaderboard_score_interval_widens_with_fewer_rows_and_holds_its_coverage():
+    public = stats.score_interval(9_960, 10_000, 7_000)  # 99.6% estimated on 10,000 rows
+    private = stats.score_interval(9_960, 10_000, 21_000)
+    assert public[0] < private[0] < 0.996 < private[1] < public[1] <= 1.0
+    # coverage: draw the estimate's rows and the leaderboard's rows from one true accuracy
+    rng = np.random.default_rng(0)
+    est = rng.binomial(10_000, 0.996, 2_000)
+    board = rng.binomial(7_000, 0.996, 2_000) / 7_000
+    inside = [lo <= b <= hi for e, b in zip(est, board, strict=True)
+              for lo, hi in [stats.score_interval(int(e), 10_000, 7_000)]]  # fmt: skip
+    assert 0.92 <= np.mean(inside) <= 0.98
+    with pytest.raises(ConfigError):
+        stats.score_interval(1, 0, 7_000)

@@ -94,7 +94,7 @@ STAGES: dict[str, StageSpec] = {
                 *_TRAINING,
             ),  # fmt: skip
             # successive halving: min_epochs at rung 0, eta the promotion factor; max_gpu_hours
-            # caps the screening in T4 GPU-hours by pipeline/budget's cost table
+            # caps the screening in T4 GPU-hours by gpu_cost's table
             extras={
                 "models": str,
                 "n_folds": int,

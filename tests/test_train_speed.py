@@ -26,4 +26,4 @@ def test_every_recipe_is_a_valid_training_config_of_a_registered_model():
     for name, recipe in RECIPES.items():
         cfg = TrainConfig.from_dict({"model": name, **recipe})
         assert cfg.model in ("simple_cnn", "fast_cnn", "deep_cnn", "se_vgg")
-    assert RECIPES["fast_cnn_995"]["model"] == "fast_cnn" and RECIPES["fast_cnn_995"]["tta"] > 0
+    assert RECIPES["fast_cnn_45s"]["model"] == "fast_cnn" and RECIPES["fast_cnn_45s"]["tta"] > 0

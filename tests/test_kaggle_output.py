@@ -136,4 +136,5 @@ def test_a_full_stage_output_is_well_inside_kaggles_20_gb(kernel_runs, profile):
         # two small nets counts each tensor's zip framing as bytes per weight, a little high for
         # big nets) and 25% above (its allowance for the small files is generous)
         assert 0.95 * most < estimated[stage][1] < 1.25 * most, stage
-    assert measured["03_model_zoo"][1] > 1000**3  # 21 models × 5 folds: the sum is real work
+    # the screening at its worst: 21 models at rung 0, the dearest promoted after: real work
+    assert measured["03_model_zoo"][1] > 100 * 1000**2

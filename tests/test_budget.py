@@ -128,3 +128,16 @@ def test_05s_second_round_is_capped_by_its_max_gpu_hours(full):
     roomy = _plan("full", overrides={"05_ensemble_submission": {"max_gpu_hours": 1000.0}})
     assert roomy.stage_hours()["05_ensemble_submission"][1] == pytest.approx(hours(roomy))
     assert "GPU-h in all (max_gpu_hours)" not in roomy.report()  # 05 is not capped
+
+
+def test_the_plan_of_selected_notebooks_counts_only_their_work():
+    full = REPO / "params" / "full.yaml"
+    only = budget.plan_budget(REPO / "notebooks", profile=full, only="04")
+    assert {w.stage for w in only.work} == {"04_train_cnn"} and list(only.parameters) == [
+        "04_train_cnn"
+    ]
+    assert set(only.work[0].models) == set(list_models())  # model=auto: any of 03's, all of them
+    later = budget.plan_budget(REPO / "notebooks", profile=full, start="04")
+    assert {w.stage for w in later.work} == {"04_train_cnn", "05_ensemble_submission"}
+    whole = _plan("full")
+    assert later.stage_hours()["04_train_cnn"] == whole.stage_hours()["04_train_cnn"]

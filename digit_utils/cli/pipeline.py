@@ -16,9 +16,9 @@ def _cli(args) -> int:
     if args.plan:  # the GPU budget of this profile, nothing run
         from digit_utils.pipeline.budget import plan_budget
 
-        print(
-            plan_budget(profile=args.profile, overrides=parse_overrides(args.param or [])).report()
-        )
+        overrides = parse_overrides(args.param or [])
+        print(plan_budget(profile=args.profile, overrides=overrides, only=args.only,
+                          start=args.start).report())  # fmt: skip
         return 0
     run_pipeline(
         profile=args.profile,

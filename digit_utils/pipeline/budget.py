@@ -290,14 +290,23 @@ def full_parameters(declared: Mapping[str, Mapping], given: Mapping[str, Mapping
 
 
 def plan_budget(
-    notebooks_dir: str | Path | None = None, profile: str | Path | None = None, overrides=None
+    notebooks_dir: str | Path | None = None,
+    profile: str | Path | None = None,
+    overrides=None,
+    only: str | None = None,
+    start: str | None = None,
 ) -> Plan:
-    """The budget of running every notebook with ``profile`` and ``overrides`` (None: the
-    notebooks' own defaults, what a Kaggle kernel runs)."""
+    """The budget of running the notebooks with ``profile`` and ``overrides`` (None: the
+    notebooks' own defaults, what a Kaggle kernel runs): every notebook, or those ``only`` and
+    ``start`` select as ``digits pipeline`` would (their work still reads the others' settings,
+    e.g. 04's ``model=auto`` is any of 03's models)."""
     from digit_utils.pipeline.request import discover_notebooks, plan
     from digit_utils.train.models import list_models
 
-    request = plan(discover_notebooks(notebooks_dir), profile, None, None, overrides)
+    found = discover_notebooks(notebooks_dir)
+    request = plan(found, profile, None, None, overrides)
     params = full_parameters(request.declared, request.parameters)
     params = {s: p for s, p in params.items() if s in stages.STAGES}
-    return Plan(stage_work(params, list_models()), params)
+    chosen = {p.stem for p in plan(found, profile, only, start, overrides).selected}
+    work = [w for w in stage_work(params, list_models()) if w.stage in chosen]
+    return Plan(work, {s: p for s, p in params.items() if s in chosen})

@@ -9,8 +9,8 @@ count (``MODEL_COST``) under stated assumptions, and the plan says so. The estim
 training and the per-epoch evaluation only (a forward pass costs a third of a training step);
 inference, TTA, t-SNE and kernel start-up are not counted.
 
-Over 300 lines: the cost table, each stage's work (03's screening at its worst) and the plan's
-report are one calculation, read together.
+Just over 300 lines: each stage's work (03's screening at its worst, 05's cap), the selection
+of stages and the plan's report are one calculation, read together.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def test_the_other_shape_of_run_reads_true(ran_other):
         (stage, "ok") for stage in STAGES
     ]
     policy = json.loads((outputs / "02_augmentation" / "policy.json").read_text())
-    assert policy["rows"] == 100  # a quarter of the 400-row sample scored every policy
+    assert policy["rows"] == 2 * 100  # a quarter of the 400-row sample, its 2 seeds pooled
     m = _metrics(outputs, "04_train_cnn")["metrics"]
     assert (m["runs"], m["oof_rows"], m.get("refits", 0)) == (2, 150, 0)
     assert not (outputs / "04_train_cnn" / "refit_runs.json").exists()

@@ -163,10 +163,27 @@ def test_mlflow_tracking_uri_is_respected(digits, tmp_path, monkeypatch, empty_s
 
 
 def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypatch):
-    params = {"data_dir": str(sample_dir), "models": "simple_cnn", "epochs": 1, **{
-        k: v for k, v in TINY.items() if k in ("batch_size", "lr", "val_fraction")},
-        "augment": "affine", "seed": 0, "n_folds": 0, "device": "cpu", "tracking": "mlflow",
-        "tracking_artifacts": "small"}  # fmt: skip
+    params = {
+        "data_dir": str(sample_dir),
+        "models": "simple_cnn",
+        "epochs": 1,
+        **{k: v for k, v in TINY.items() if k in ("batch_size", "lr", "val_fraction")},
+        "augment": "affine",
+        "seed": 0,
+        "n_folds": 0,
+        "device": "cpu",
+        "tracking": "mlflow",
+        "tracking_artifacts": "small",
+        "min_epochs": 1,
+        "eta": 2,
+        "max_gpu_hours": 1.0,
+        "rows": 0,
+        "optimizer": "adamw",
+        "schedule": "onecycle",
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.1,
+        "ema": 0.0,
+    }  # fmt: skip  (03 takes 04's recipe and screens)
     stage = nb.start("03_model_zoo", params)
     base = stage.train_config()
     assert base.tracking == "mlflow"

@@ -183,7 +183,7 @@ def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypa
         "weight_decay": 5e-4,
         "label_smoothing": 0.1,
         "ema": 0.0,
-    }  # fmt: skip  (03 takes 04's recipe and screens)
+    }  # 03 takes 04's recipe and screens the zoo
     stage = nb.start("03_model_zoo", params)
     base = stage.train_config()
     assert base.tracking == "mlflow"

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import patheffects
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from digit_utils import atomic
@@ -116,17 +117,29 @@ def intensity_distributions(images: np.ndarray, labels: np.ndarray) -> plt.Figur
     return fig
 
 
-def embedding(coords: np.ndarray, labels: np.ndarray, title: str) -> plt.Figure:
-    """A 2-D embedding coloured by digit."""
+def embedding(
+    coords: np.ndarray, labels: np.ndarray, title: str, variance: Sequence[float] | None = None
+) -> plt.Figure:
+    """A 2-D embedding coloured by digit, each digit's label once at its class's centroid.
+
+    ``variance``: the share of variance of each axis (PCA), written into the axis labels."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    palette = dict(zip(DIGITS, sns.color_palette("tab10", 10), strict=True))
     sns.scatterplot(
-        x=coords[:, 0], y=coords[:, 1], hue=labels, palette="tab10", s=6, linewidth=0, ax=ax
+        x=coords[:, 0], y=coords[:, 1], hue=labels, palette=palette, s=6, linewidth=0, ax=ax
     )
+    outline = [patheffects.withStroke(linewidth=4, foreground="white")]  # legible over points
+    label = {"fontsize": 15, "weight": "bold", "ha": "center", "va": "center"}
     for d in DIGITS:
         if (labels == d).any():
-            cx, cy = np.median(coords[labels == d], axis=0)
-            ax.text(cx, cy, str(d), fontsize=14, weight="bold", ha="center", va="center")
+            cx, cy = coords[labels == d].mean(axis=0)
+            ax.text(cx, cy, str(d), color=palette[d], path_effects=outline, **label)
     ax.set(title=title, xticks=[], yticks=[])
+    if variance is not None:
+        ax.set(
+            xlabel=f"PC1 ({variance[0]:.1%} of variance)",
+            ylabel=f"PC2 ({variance[1]:.1%} of variance)",
+        )
     ax.legend(title="digit", bbox_to_anchor=(1.02, 1), loc="upper left", markerscale=2)
     return fig
 
@@ -340,7 +353,7 @@ def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) ->
         ax.bar(np.arange(10) + (i - (len(bars) - 1) / 2) * width, share, width, label=name)
     ax.set_xticks(DIGITS)
     ax.set(xlabel="digit", ylabel="share of images", title="Class shares: predicted test vs train")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never on them
     return fig
 
 

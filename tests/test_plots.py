@@ -1,0 +1,68 @@
+"""The figures' promises a reader relies on: labels, legends off the data, honest axes."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from digit_utils.notebook import eda, plots
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    matplotlib.pyplot.close("all")
+
+
+def _digits(n=300, seed=0):
+    """Random 'digits' whose classes differ in where the ink goes, so PCA has structure."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, (n, 1, 28, 28)).astype(np.uint8)
+    for d in range(10):
+        images[labels == d, 0, 2 * d : 2 * d + 6, 4:24] = 250
+    return images, labels
+
+
+def _legend_clear_of_axes(fig, ax, legend) -> bool:
+    fig.canvas.draw()
+    return not legend.get_window_extent().overlaps(ax.get_window_extent())
+
+
+def test_pca_variance_is_the_share_of_the_coordinates():
+    images, _ = _digits()
+    coords, variance = eda.pca(images)
+    pixels = images.reshape(len(images), -1) / 255.0
+    assert coords.shape == (len(images), 2) and variance.shape == (2,)
+    shares = coords.var(axis=0) / pixels.var(axis=0).sum()
+    np.testing.assert_allclose(shares, variance, rtol=1e-3)
+    assert variance[0] >= variance[1] > 0
+
+
+def test_embedding_labels_each_class_once_and_names_the_variance():
+    images, labels = _digits()
+    keep = labels != 7  # a class absent from the sample gets no label
+    coords, variance = eda.pca(images[keep])
+    ax = plots.embedding(coords, labels[keep], "PCA", variance).axes[0]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == [str(d) for d in range(10) if d != 7]
+    assert ax.get_xlabel() == f"PC1 ({variance[0]:.1%} of variance)"
+    assert ax.get_ylabel() == f"PC2 ({variance[1]:.1%} of variance)"
+    one = next(t for t in ax.texts if t.get_text() == "3")
+    assert one.get_position() == pytest.approx(tuple(coords[labels[keep] == 3].mean(axis=0)))
+    assert one.get_path_effects(), "a label needs its white outline to read over the points"
+
+
+def test_embedding_without_variance_has_no_pc_labels():
+    images, labels = _digits()
+    ax = plots.embedding(images.reshape(len(images), -1)[:, :2], labels, "t-SNE").axes[0]
+    assert "PC" not in ax.get_xlabel() + ax.get_ylabel()
+
+
+def test_class_shares_legend_is_off_the_bars():
+    rng = np.random.default_rng(0)
+    fig = plots.class_distribution(rng.integers(0, 10, 500), rng.integers(0, 10, 800))
+    ax = fig.axes[0]
+    assert _legend_clear_of_axes(fig, ax, ax.get_legend())

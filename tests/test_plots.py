@@ -66,3 +66,22 @@ def test_class_shares_legend_is_off_the_bars():
     fig = plots.class_distribution(rng.integers(0, 10, 500), rng.integers(0, 10, 800))
     ax = fig.axes[0]
     assert _legend_clear_of_axes(fig, ax, ax.get_legend())
+
+
+def test_per_class_bars_carry_their_values_and_the_title_names_the_baseline():
+    y_true = np.repeat(np.arange(10), 100)
+    y_pred = y_true.copy()
+    y_pred[:3] = 1  # digit 0: 97 of 100 right
+    y_pred[500:510] = 0  # digit 5: 90 of 100 right
+    fig = plots.per_class_accuracy(y_true, y_pred)
+    ax = fig.axes[0]
+    values = [t.get_text() for t in ax.texts]
+    assert values[0] == "97.00" and values[5] == "90.00" and values.count("100.00") == 8
+    low = ax.get_ylim()[0]
+    assert 0 < low <= 89 and f"axis from {low:g}%, not 0" in ax.get_title()
+
+
+def test_per_class_marks_an_absent_digit():
+    y = np.repeat(np.arange(9), 10)  # no 9
+    ax = plots.per_class_accuracy(y, y).axes[0]
+    assert [t.get_text() for t in ax.texts][9] == "no rows"

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from digit_utils.notebook import eda, plots
@@ -85,3 +86,25 @@ def test_per_class_marks_an_absent_digit():
     y = np.repeat(np.arange(9), 10)  # no 9
     ax = plots.per_class_accuracy(y, y).axes[0]
     assert [t.get_text() for t in ax.texts][9] == "no rows"
+
+
+def _history(epochs=6, runs=2):
+    rows = [
+        {"epoch": e, "train_loss": 0.5 + 1 / e, "val_loss": 0.3 + 1 / e + r / 100,
+         "val_acc": 1 - 0.05 / e - r / 1000}
+        for r in range(runs)
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_history_legend_is_off_the_curves(floor):
+    fig = plots.training_history(_history(), "fast_cnn", loss_floor=floor)
+    loss = fig.axes[0]
+    labels = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert labels == ["training", "validation"] + (["smoothing floor"] if floor else [])
+    assert _legend_clear_of_axes(fig, loss, loss.get_legend())
+    renderer = fig.canvas.get_renderer()
+    label = loss.xaxis.label.get_window_extent(renderer)
+    assert not loss.get_legend().get_window_extent(renderer).overlaps(label)

@@ -226,7 +226,8 @@ def training_history(histories: pd.DataFrame, title: str, loss_floor: float = 0.
     sns.lineplot(data=long, x="epoch", y="value", hue="loss", marker="o", errorbar="sd", ax=a)
     if loss_floor > 0:
         a.axhline(loss_floor, ls="--", color="gray", lw=1, label="smoothing floor")
-        a.legend()
+    n_keys = len(a.get_legend_handles_labels()[0])  # below the axes: the curves stay uncovered
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=n_keys, frameon=False)
     a.set(ylabel="cross-entropy", title="Loss (training: in training mode, smoothed targets)")
     acc = histories.assign(pct=histories.val_acc * 100)
     sns.lineplot(data=acc, x="epoch", y="pct", marker="o", errorbar="sd", color="seagreen", ax=b)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from digit_utils.notebook import eda, plots
+from digit_utils.notebook import eda, plots, zoo_figures
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +108,39 @@ def test_history_legend_is_off_the_curves(floor):
     renderer = fig.canvas.get_renderer()
     label = loss.xaxis.label.get_window_extent(renderer)
     assert not loss.get_legend().get_window_extent(renderer).overlaps(label)
+
+
+def _board():
+    return pd.DataFrame(
+        {
+            "model": ["small", "medium", "large_model_name", "at_chance"],
+            "infer_ms_per_1000": [8.0, 60.0, 2500.0, 40.0],
+            "val_acc": [0.985, 0.992, 0.995, 0.11],
+            "params": [100_000, 1_000_000, 20_000_000, 50_000],
+        }
+    )
+
+
+def test_bubble_key_matches_the_bubbles():
+    fig = zoo_figures.accuracy_vs_speed(_board())
+    ax = fig.axes[0]
+    key = ax.get_legend()
+    assert key.get_title().get_text() == "parameters"
+    sizes = dict(zip(_board()["params"], ax.collections[0].get_sizes(), strict=True))
+    pairs = zip(key.get_texts(), key.legend_handles, strict=True)
+    shown = {t.get_text(): h.get_sizes()[0] for t, h in pairs}
+    assert list(shown) == ["100k", "1M", "10M"]  # powers of ten within 50k..20M
+    assert shown["100k"] == pytest.approx(sizes[100_000]) and shown["1M"] == sizes[1_000_000]
+    assert _legend_clear_of_axes(fig, ax, key)
+
+
+def test_accuracy_vs_speed_labels_stay_inside_the_axes():
+    fig = zoo_figures.accuracy_vs_speed(_board())
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    box = ax.get_window_extent()
+    names = [a for a in ax.texts if a.get_text() in ("small", "medium", "large_model_name")]
+    assert len(names) == 3
+    for a in names:
+        extent = a.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, a.get_text()

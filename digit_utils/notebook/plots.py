@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import patheffects
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from digit_utils import atomic
 
@@ -316,39 +316,6 @@ def digit_grid(images, titles: Sequence[str], ncols: int = 10, title: str = "") 
 
 
 # ----------------------------------------------------------------------- zoo and ensembles
-
-
-def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
-    """Holdout accuracy against inference time, bubble size by parameter count."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sizes = 40 + 400 * np.sqrt(board["params"] / board["params"].max())
-    ax.scatter(board["infer_ms_per_1000"], board["val_acc"] * 100, s=sizes, alpha=0.6)
-    learnt = board[board["val_acc"] > 0.2]  # a model left at chance would flatten the rest
-    if 0 < len(learnt) < len(board):
-        low = learnt["val_acc"].min() * 100
-        ax.set_ylim(low - (100 - low) * 0.3, 100 + (100 - low) * 0.1)
-        off = ", ".join(board.loc[board["val_acc"] <= 0.2, "model"])
-        ax.text(0.01, 0.01, f"off the scale (near chance): {off}", transform=ax.transAxes,
-                fontsize=8, color="gray")  # fmt: skip
-    for _, row in learnt.iterrows():
-        ax.annotate(
-            row["model"],
-            (row["infer_ms_per_1000"], row["val_acc"] * 100),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set(
-        xscale="log",
-        xlabel="inference ms per 1,000 images (log)",
-        ylabel="out-of-fold accuracy (%)",
-        title="Accuracy against inference time (bubble area: parameters)",
-    )
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 200, not 2×10²
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    return fig
 
 
 def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) -> plt.Figure:

@@ -144,3 +144,9 @@ def test_accuracy_vs_speed_labels_stay_inside_the_axes():
     for a in names:
         extent = a.get_window_extent()
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1, a.get_text()
+
+
+def test_bubble_key_of_one_model_reads_short():
+    board = _board().iloc[:1].assign(params=29_434)
+    key = zoo_figures.accuracy_vs_speed(board).axes[0].get_legend()
+    assert [t.get_text() for t in key.get_texts()] == ["29.4k"]

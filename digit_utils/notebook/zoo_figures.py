@@ -56,7 +56,7 @@ def _bubble(params, largest: float):
 
 
 def _count(n: float) -> str:
-    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k" if n >= 1e3 else f"{n:g}"
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:.3g}"
 
 
 def _size_key(ax, params: pd.Series) -> None:

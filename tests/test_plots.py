@@ -51,9 +51,19 @@ def test_embedding_labels_each_class_once_and_names_the_variance():
     assert texts == [str(d) for d in range(10) if d != 7]
     assert ax.get_xlabel() == f"PC1 ({variance[0]:.1%} of variance)"
     assert ax.get_ylabel() == f"PC2 ({variance[1]:.1%} of variance)"
-    one = next(t for t in ax.texts if t.get_text() == "3")
-    assert one.get_position() == pytest.approx(tuple(coords[labels[keep] == 3].mean(axis=0)))
-    assert one.get_path_effects(), "a label needs its white outline to read over the points"
+    for t in ax.texts:  # at its centroid, or nudged at most a little (display units)
+        centroid = ax.transData.transform(coords[labels[keep] == int(t.get_text())].mean(axis=0))
+        shift = t.get_transform().transform(t.get_position()) - centroid
+        assert np.hypot(*shift) < 0.1 * ax.get_window_extent().width, t.get_text()
+    assert all(t.get_path_effects() for t in ax.texts), "white outline to read over the points"
+
+
+def test_spread_keeps_labels_apart_and_leaves_lone_ones_alone():
+    points = np.array([[0.5, 0.5], [0.51, 0.5], [0.5, 0.52], [0.9, 0.1]])
+    out = plots._spread(points, gap=0.05)
+    dist = np.hypot(*(out[:, None] - out[None]).transpose(2, 0, 1)) + np.eye(4)
+    assert dist.min() >= 0.05 - 1e-6
+    assert np.allclose(out[3], points[3]) and np.abs(out - points).max() < 0.06
 
 
 def test_embedding_without_variance_has_no_pc_labels():

@@ -117,10 +117,25 @@ def intensity_distributions(images: np.ndarray, labels: np.ndarray) -> plt.Figur
     return fig
 
 
+def _spread(points: np.ndarray, gap: float = 0.05, rounds: int = 50) -> np.ndarray:
+    """Nudge 2-D points (axes fractions) apart until no two are closer than ``gap``: labels at
+    nearby centroids stay readable, each as close to its own centroid as the others allow."""
+    p = np.array(points, dtype=float)
+    for _ in range(rounds):
+        diff = p[:, None] - p[None]  # (n, n, 2)
+        dist = np.hypot(diff[..., 0], diff[..., 1]) + np.eye(len(p))
+        if dist.min() >= gap:
+            break
+        push = np.where(dist < gap, (gap - dist) / 2 / dist, 0)[..., None] * diff
+        p += push.sum(axis=1)
+    return p
+
+
 def embedding(
     coords: np.ndarray, labels: np.ndarray, title: str, variance: Sequence[float] | None = None
 ) -> plt.Figure:
-    """A 2-D embedding coloured by digit, each digit's label once at its class's centroid.
+    """A 2-D embedding coloured by digit, each digit's label once at its class's centroid (or,
+    where centroids crowd, nudged just clear of the others).
 
     ``variance``: the share of variance of each axis (PCA), written into the axis labels."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -130,10 +145,15 @@ def embedding(
     )
     outline = [patheffects.withStroke(linewidth=4, foreground="white")]  # legible over points
     label = {"fontsize": 15, "weight": "bold", "ha": "center", "va": "center"}
-    for d in DIGITS:
-        if (labels == d).any():
-            cx, cy = coords[labels == d].mean(axis=0)
-            ax.text(cx, cy, str(d), color=palette[d], path_effects=outline, **label)
+    present = [d for d in DIGITS if (labels == d).any()]
+    centres = np.array([coords[labels == d].mean(axis=0) for d in present]).reshape(-1, 2)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    lo, span = np.array([x0, y0]), np.array([x1 - x0, y1 - y0])
+    at = _spread((centres - lo) / span)  # in axes fractions, so both axes weigh alike
+    for d, (x, y) in zip(present, at, strict=True):
+        ax.text(
+            x, y, str(d), color=palette[d], path_effects=outline, transform=ax.transAxes, **label
+        )
     ax.set(title=title, xticks=[], yticks=[])
     if variance is not None:
         ax.set(

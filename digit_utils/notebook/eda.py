@@ -45,13 +45,23 @@ def summary(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> pd.DataF
     return table
 
 
+def pca(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components' coordinates ``[n, 2]`` and the share of the pixels'
+    variance each explains ``[2]``."""
+    from sklearn.decomposition import PCA
+
+    fit = PCA(n_components=2, random_state=seed)
+    coords = fit.fit_transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    return coords, fit.explained_variance_ratio_
+
+
 def embed(images: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """2-D coordinates: PCA, or t-SNE on the first 50 principal components."""
     from sklearn.decomposition import PCA
 
     x = images.reshape(len(images), -1).astype(np.float32) / 255.0
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(x)
+        return pca(images, seed)[0]
     if method == "tsne":
         from sklearn.manifold import TSNE
 

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib import patheffects
+from matplotlib.ticker import MaxNLocator
 
 from digit_utils import atomic
 
@@ -116,17 +117,49 @@ def intensity_distributions(images: np.ndarray, labels: np.ndarray) -> plt.Figur
     return fig
 
 
-def embedding(coords: np.ndarray, labels: np.ndarray, title: str) -> plt.Figure:
-    """A 2-D embedding coloured by digit."""
+def _spread(points: np.ndarray, gap: float = 0.05, rounds: int = 50) -> np.ndarray:
+    """Nudge 2-D points (axes fractions) apart until no two are closer than ``gap``: labels at
+    nearby centroids stay readable, each as close to its own centroid as the others allow."""
+    p = np.array(points, dtype=float)
+    for _ in range(rounds):
+        diff = p[:, None] - p[None]  # (n, n, 2)
+        dist = np.hypot(diff[..., 0], diff[..., 1]) + np.eye(len(p))
+        if dist.min() >= gap:
+            break
+        push = np.where(dist < gap, (gap - dist) / 2 / dist, 0)[..., None] * diff
+        p += push.sum(axis=1)
+    return p
+
+
+def embedding(
+    coords: np.ndarray, labels: np.ndarray, title: str, variance: Sequence[float] | None = None
+) -> plt.Figure:
+    """A 2-D embedding coloured by digit, each digit's label once at its class's centroid (or,
+    where centroids crowd, nudged just clear of the others).
+
+    ``variance``: the share of variance of each axis (PCA), written into the axis labels."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    palette = dict(zip(DIGITS, sns.color_palette("tab10", 10), strict=True))
     sns.scatterplot(
-        x=coords[:, 0], y=coords[:, 1], hue=labels, palette="tab10", s=6, linewidth=0, ax=ax
+        x=coords[:, 0], y=coords[:, 1], hue=labels, palette=palette, s=6, linewidth=0, ax=ax
     )
-    for d in DIGITS:
-        if (labels == d).any():
-            cx, cy = np.median(coords[labels == d], axis=0)
-            ax.text(cx, cy, str(d), fontsize=14, weight="bold", ha="center", va="center")
+    outline = [patheffects.withStroke(linewidth=4, foreground="white")]  # legible over points
+    label = {"fontsize": 15, "weight": "bold", "ha": "center", "va": "center"}
+    present = [d for d in DIGITS if (labels == d).any()]
+    centres = np.array([coords[labels == d].mean(axis=0) for d in present]).reshape(-1, 2)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    lo, span = np.array([x0, y0]), np.array([x1 - x0, y1 - y0])
+    at = _spread((centres - lo) / span)  # in axes fractions, so both axes weigh alike
+    for d, (x, y) in zip(present, at, strict=True):
+        ax.text(
+            x, y, str(d), color=palette[d], path_effects=outline, transform=ax.transAxes, **label
+        )
     ax.set(title=title, xticks=[], yticks=[])
+    if variance is not None:
+        ax.set(
+            xlabel=f"PC1 ({variance[0]:.1%} of variance)",
+            ylabel=f"PC2 ({variance[1]:.1%} of variance)",
+        )
     ax.legend(title="digit", bbox_to_anchor=(1.02, 1), loc="upper left", markerscale=2)
     return fig
 
@@ -213,7 +246,8 @@ def training_history(histories: pd.DataFrame, title: str, loss_floor: float = 0.
     sns.lineplot(data=long, x="epoch", y="value", hue="loss", marker="o", errorbar="sd", ax=a)
     if loss_floor > 0:
         a.axhline(loss_floor, ls="--", color="gray", lw=1, label="smoothing floor")
-        a.legend()
+    n_keys = len(a.get_legend_handles_labels()[0])  # below the axes: the curves stay uncovered
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=n_keys, frameon=False)
     a.set(ylabel="cross-entropy", title="Loss (training: in training mode, smoothed targets)")
     acc = histories.assign(pct=histories.val_acc * 100)
     sns.lineplot(data=acc, x="epoch", y="pct", marker="o", errorbar="sd", color="seagreen", ax=b)
@@ -271,13 +305,22 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> plt.Fi
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> plt.Figure:
-    acc = [(y_pred[y_true == d] == d).mean() if (y_true == d).any() else np.nan for d in DIGITS]
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.bar(DIGITS, np.array(acc) * 100, color="seagreen")
+    """Accuracy per digit, its value on each bar; the axis starts just below the weakest class
+    (gaps of tenths of a percent would vanish from 0), and the title says where."""
+    acc = np.array(
+        [(y_pred[y_true == d] == d).mean() if (y_true == d).any() else np.nan for d in DIGITS]
+    )
+    pct = acc * 100
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    bars = ax.bar(DIGITS, np.nan_to_num(pct), color="seagreen")
     ax.set_xticks(DIGITS)
-    finite = [a for a in acc if not np.isnan(a)]
-    ax.set_ylim(max(0, min(finite) * 100 - 1), 100)
-    ax.set(xlabel="digit", ylabel="accuracy (%)", title="Accuracy per class")
+    low = float(np.floor(max(0, np.nanmin(pct) - 1)))
+    ax.set_ylim(low, 100 + (100 - low) * 0.12)  # room for the labels above a 100% bar
+    ax.set_yticks([t for t in ax.get_yticks() if low <= t <= 100])
+    labels = ["no rows" if np.isnan(p) else f"{p:.2f}" for p in pct]
+    ax.bar_label(bars, labels, padding=2, fontsize=8)
+    where = f"axis from {low:g}%, not 0" if low > 0 else "axis from 0"
+    ax.set(xlabel="digit", ylabel="accuracy (%)", title=f"Accuracy per class ({where})")
     return fig
 
 
@@ -295,39 +338,6 @@ def digit_grid(images, titles: Sequence[str], ncols: int = 10, title: str = "") 
 # ----------------------------------------------------------------------- zoo and ensembles
 
 
-def accuracy_vs_speed(board: pd.DataFrame) -> plt.Figure:
-    """Holdout accuracy against inference time, bubble size by parameter count."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sizes = 40 + 400 * np.sqrt(board["params"] / board["params"].max())
-    ax.scatter(board["infer_ms_per_1000"], board["val_acc"] * 100, s=sizes, alpha=0.6)
-    learnt = board[board["val_acc"] > 0.2]  # a model left at chance would flatten the rest
-    if 0 < len(learnt) < len(board):
-        low = learnt["val_acc"].min() * 100
-        ax.set_ylim(low - (100 - low) * 0.3, 100 + (100 - low) * 0.1)
-        off = ", ".join(board.loc[board["val_acc"] <= 0.2, "model"])
-        ax.text(0.01, 0.01, f"off the scale (near chance): {off}", transform=ax.transAxes,
-                fontsize=8, color="gray")  # fmt: skip
-    for _, row in learnt.iterrows():
-        ax.annotate(
-            row["model"],
-            (row["infer_ms_per_1000"], row["val_acc"] * 100),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set(
-        xscale="log",
-        xlabel="inference ms per 1,000 images (log)",
-        ylabel="out-of-fold accuracy (%)",
-        title="Accuracy against inference time (bubble area: parameters)",
-    )
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 200, not 2×10²
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    return fig
-
-
 def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) -> plt.Figure:
     """Predicted test classes as shares, beside the training labels' shares when given."""
     bars = {"predicted test": pred}
@@ -340,7 +350,7 @@ def class_distribution(pred: np.ndarray, reference: np.ndarray | None = None) ->
         ax.bar(np.arange(10) + (i - (len(bars) - 1) / 2) * width, share, width, label=name)
     ax.set_xticks(DIGITS)
     ax.set(xlabel="digit", ylabel="share of images", title="Class shares: predicted test vs train")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never on them
     return fig
 
 

@@ -39,7 +39,6 @@ class StageSpec:
     gpu: bool  # its Kaggle kernel asks for a GPU
     train_fields: tuple[str, ...] = ()  # TrainConfig fields its parameters cell shows
     extras: Mapping[str, Any] = field(default_factory=dict)  # its own parameters and types
-    fixed: Mapping[str, Any] = field(default_factory=dict)  # training settings it does not show
     reads: tuple[str, ...] = ()  # hand-off files of earlier stages (paths under outputs/)
     writes: tuple[str, ...] = ()  # its own hand-off files, under outputs/<name>/
     optional: tuple[str, ...] = ()  # those of ``writes`` it may leave out (a setting turns off)
@@ -64,8 +63,7 @@ class StageSpec:
 
 _TRACKING = ("tracking", "tracking_artifacts")  # MLflow/TensorBoard (tracking.py); off by default
 _TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device", *_TRACKING)
-# 04_train_cnn's recipe: 02 compares augmentation with all of it, so its choice is made at the
-# budget 04 trains at (a profile sets these at top level, for both)
+# 04_train_cnn's recipe, which 02 compares augmentation with (a profile sets it once, for both)
 _RECIPE = ("optimizer", "schedule", "weight_decay", "label_smoothing", "ema", "tta")
 STAGES: dict[str, StageSpec] = {
     s.name: s
@@ -232,7 +230,7 @@ def check_values(name: str, values: Mapping[str, Any]) -> dict:
         if training.get(key) == "auto" and upstream in stage.reads:
             del training[key]  # "auto": the earlier stage's choice, resolved when the stage runs
     try:
-        TrainConfig.from_dict({**stage.fixed, **training})
+        TrainConfig.from_dict(training)
     except ConfigError as e:
         raise ConfigError(f"{name}: {str(e).removeprefix('training parameters: ')}") from None
     return checked

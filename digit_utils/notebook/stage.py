@@ -63,11 +63,11 @@ class Stage:
         return data.data_fingerprint(*data.load_train(self.source)) if self.source else None
 
     def train_config(self, **overrides) -> TrainConfig:
-        """The TrainConfig this notebook's parameters describe: the fields it shows, the
-        settings its stage fixes, then ``overrides`` (e.g. a resolved augmentation)."""
+        """The TrainConfig this notebook's parameters describe: the fields it shows, then
+        ``overrides`` (e.g. a resolved augmentation)."""
         spec = stages.spec(self.name)
         shown = {f: self.params[f] for f in spec.train_fields}
-        config = TrainConfig.from_dict({**spec.fixed, **shown, **overrides})
+        config = TrainConfig.from_dict({**shown, **overrides})
         models.check_name(config.model)
         return config
 

@@ -12,6 +12,8 @@ from digit_utils import cli
 from digit_utils.pipeline import budget
 from digit_utils.train.models import build_model, list_models
 
+SHIPPED = sorted(p.stem for p in (REPO / "params").glob("*.yaml"))  # every profile we ship
+
 # What the T4 estimate assumes, restated here: (TFLOP/s, µs per launch) fast and slow; a
 # training step is 3 forward passes; launches are 6 per layer plus 40 per step.
 FAST, SLOW = (16e12, 10e-6), (6e12, 20e-6)
@@ -104,7 +106,7 @@ def test_the_plan_flags_print_and_run_nothing(capsys, monkeypatch):
     assert "total:" in out and "h of T4×2 sessions" in out
 
 
-@pytest.mark.parametrize("profile", ["quick", "cpu", "full"])
+@pytest.mark.parametrize("profile", SHIPPED)
 def test_02_and_03_choose_with_the_recipe_04_trains_with_in_every_profile(profile):
     # a choice made at another budget picks the wrong option (augmentation loses at 1 epoch)
     params = _plan(profile).parameters

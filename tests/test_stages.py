@@ -103,7 +103,7 @@ def test_a_bad_value_fails_before_any_notebook_starts(isolated, sample_dir):
         assert not (paths.outputs_dir() / "notebooks").exists()
 
 
-@pytest.mark.parametrize("name", ["quick", "cpu", "full"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "params").glob("*.yaml")))
 def test_every_shipped_profile_routes_to_the_notebooks_and_checks(name):
     """A profile's keys reach notebooks that declare them, with values their stages accept."""
     from digit_utils.pipeline import profiles

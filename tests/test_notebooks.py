@@ -161,6 +161,7 @@ def test_training_recorded_its_runs_for_the_ensemble(ran):
             assert (folder / name).is_file()
     m = _metrics(outputs, "04_train_cnn")["metrics"]
     assert m["oof_rows"] == 600  # two folds: every labelled row out of fold
+    _check_suspicious_rows(outputs, 24)
     assert m["val_acc_mean"] > 0.1  # better than chance after one epoch
     refits = json.loads((outputs / "04_train_cnn" / "refit_runs.json").read_text())["models"]
     [[refit]] = refits.values()
@@ -191,6 +192,31 @@ def _oof_correct(outputs: Path, runs: list[str], labels: np.ndarray) -> np.ndarr
         rows = np.load(outputs / run / "val_indices.npy")
         correct[rows] = np.load(outputs / run / "val_proba.npy").argmax(1) == labels[rows]
     return correct
+
+
+def _check_suspicious_rows(outputs: Path, n_shown: int) -> None:
+    """04's most suspicious rows, against the given labels' loss recomputed here from its run
+    folders: each row's probabilities averaged over the runs that held it out."""
+    labels = pd.read_csv(outputs.parent / "tiny" / "train.csv")["label"].to_numpy()
+    record = _metrics(outputs, "04_train_cnn")
+    shown = record["metrics"]["suspicious_rows"]
+    assert "suspects.png" in record["figures"]
+    assert len(shown) == n_shown == len(set(shown)) and all(isinstance(r, int) for r in shown)
+    listing = json.loads((outputs / "04_train_cnn" / "runs.json").read_text())["models"]
+    total, count = np.zeros((len(labels), 10)), np.zeros(len(labels))
+    for run in (r for runs in listing.values() for r in runs):
+        rows = np.load(outputs / run / "val_indices.npy")
+        total[rows] += np.load(outputs / run / "val_proba.npy")
+        count[rows] += 1
+    scored = np.flatnonzero(count)
+    assert set(shown) <= set(scored.tolist())  # rows no model trained on, inside train.csv
+    p_given = total[scored, labels[scored]] / count[scored]
+    loss = pd.Series(-np.log(p_given), index=scored)
+    assert loss[shown].is_monotonic_decreasing  # most suspicious first
+    assert loss[shown].min() >= loss.drop(shown).max() - 1e-6  # no row left out is worse
+    assert "the ones the models disagree with most" in _markdown_outputs(outputs, "04_train_cnn")
+    for stage in ("04_train_cnn", "05_ensemble_submission"):  # tables name runs, not folders
+        assert str(outputs.parent) not in _html_outputs(outputs, stage)
 
 
 def _zoo_models_04_does_not_beat(outputs: Path) -> list[str]:
@@ -240,12 +266,14 @@ def test_the_other_shape_of_run_reads_true(ran_other):
     m = _metrics(outputs, "04_train_cnn")["metrics"]
     assert (m["runs"], m["oof_rows"], m.get("refits", 0)) == (2, 150, 0)
     assert not (outputs / "04_train_cnn" / "refit_runs.json").exists()
+    _check_suspicious_rows(outputs, 24)  # two seeds on one holdout: their mean
     last = _metrics(outputs, "05_ensemble_submission")["metrics"]
     assert last["approach"] == "k-fold" and last["refits"] == 0
     validate_submission(outputs / "submission.csv", expected_rows=200)
     # the premises that differ from the other run: no TTA, no second round
     text = _markdown_outputs(outputs, "05_ensemble_submission")
     assert "no second round" in text and "The second round is kept" not in text
+    assert "TTA 0" not in _html_outputs(outputs, "05_ensemble_submission")  # no TTA, no rows
 
 
 def _markdown_outputs(outputs: Path, stage: str) -> str:
@@ -253,6 +281,13 @@ def _markdown_outputs(outputs: Path, stage: str) -> str:
     executed = nbformat.read(outputs / "notebooks" / f"{stage}.ipynb", as_version=4)
     return "\n".join(o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code"
                      for o in c.outputs if "text/markdown" in o.get("data", {}))  # fmt: skip
+
+
+def _html_outputs(outputs: Path, stage: str) -> str:
+    """Every table a notebook displayed (its HTML outputs), as one text."""
+    executed = nbformat.read(outputs / "notebooks" / f"{stage}.ipynb", as_version=4)
+    return "\n".join(o["data"]["text/html"] for c in executed.cells if c.cell_type == "code"
+                     for o in c.outputs if "text/html" in o.get("data", {}))  # fmt: skip
 
 
 # --------------------------------------------------------------------- the committed notebooks

@@ -381,3 +381,15 @@ def least_confident(images: np.ndarray, proba: np.ndarray, limit: int = 30):
         for i in order
     ]
     return digit_grid(images[order], titles, title="Least confident predictions (top two guesses)")
+
+
+def suspects(images: np.ndarray, table: pd.DataFrame, what: str) -> plt.Figure:
+    """Ranked training rows (``suspects.rank``'s table, its first rows) with their images:
+    caption ``#row``, ``given→predicted`` and the loss of the given label."""
+    titles = [f"#{r.row}\n{r.label}→{r.predicted}  {r.loss:.2f}" for r in table.itertuples()]
+    return digit_grid(
+        images[table["row"].to_numpy()],
+        titles,
+        title=f"{what}: the {len(table)} rows whose given label the models disagree with most\n"
+        "caption: #row, given→predicted, then the loss of the given label",
+    )

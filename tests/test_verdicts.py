@@ -14,6 +14,7 @@ cells) and a check is refused when it
     another way, typically from the run's files on disk.
 
 A check held in a variable first (``ok = a == b`` … ``ok=ok``) is judged as its expression.
+Aliases (``t = decision.table``) count as what they name, in the check and in the sentence.
 The unit cases below prove each form is caught and that honest checks pass.
 """
 
@@ -105,10 +106,17 @@ class _Expand(ast.NodeTransformer):
 
 
 def _is_check(value) -> bool:
-    """A boolean expression stored ahead of the sentence (``ok = a == b``)."""
-    return isinstance(value, ast.Compare | ast.BoolOp) or (
-        isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.Not)
+    """A boolean expression stored ahead of the sentence (``ok = a == b``), or an alias."""
+    return (
+        _is_alias(value)
+        or isinstance(value, ast.Compare | ast.BoolOp)
+        or (isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.Not))
     )
+
+
+def _is_alias(value) -> bool:
+    """A name for part of another value, computing nothing (``t = decision.table``)."""
+    return isinstance(value, ast.Name | ast.Attribute | ast.Subscript)
 
 
 def _say_calls(tree: ast.AST):
@@ -130,7 +138,8 @@ def verdict_problems(source: str) -> list[str]:
     bindings, modules = _bindings(tree), _imported(tree)
     problems = []
     for call in _say_calls(tree):
-        said = _variables(call.args[0], modules)
+        text = _Expand(bindings, only=_is_alias).visit(copy.deepcopy(call.args[0]))
+        said = _variables(text, modules)
         for kw in call.keywords:
             if kw.arg is None:
                 problems.append("**checks: a check must be named where the sentence is said")
@@ -204,6 +213,10 @@ FLAGGED = {
         "nb.say(f'{len(rising)} of {len(names)} rise', rising_counted=len(rising) <= len(names))"
     ),
     "check held in a variable": ("ok = gap > 0\nnb.say(f'ahead by {gap:.2%}', ahead=ok)"),
+    "an alias of the sentence's value": (
+        "t = decision.table\nd = decision\n"
+        "nb.say(t.loc['x', 'acc'], chosen_ok=bool(d.table.loc[d.chosen, 'within_noise']))"
+    ),
     "sentence through a method": (
         "nb.say(decision.verdict(), chosen_ok=bool(decision.table.loc[decision.chosen, 'x']))"
     ),

@@ -1,5 +1,6 @@
-"""How sure a notebook may be: binomial intervals, McNemar's paired test, the simplest option
-within the noise, and the sentences that state a decision (built from the numbers, never typed).
+"""How sure a notebook may be: binomial intervals, McNemar's paired test and the difference it
+can detect, a permutation test of two image sets, the simplest option within the noise, and the
+sentences that state a decision (built from the numbers, never typed).
 
 Every comparison here is paired: two classifiers scored on the *same* rows differ only where one
 is right and the other wrong, and McNemar's exact test asks whether those discordant rows split
@@ -81,6 +82,85 @@ def mcnemar(correct_a, correct_b) -> Paired:
     return Paired(only_a, only_b, float(binomtest(only_a, only_a + only_b).pvalue))
 
 
+def detectable_difference(
+    rows: int, discordant: float, *, alpha: float = ALPHA, power: float = 0.8
+) -> float | None:
+    """The smallest accuracy difference that McNemar's test on ``rows`` paired rows detects at
+    ``alpha`` (two-sided) with probability ``power``, when the two classifiers disagree on a
+    share ``discordant`` of the rows (normal approximation, Connor 1987):
+    ``d * sqrt(n) = z_a * sqrt(p) + z_b * sqrt(p - d**2)``. None when no difference can reach
+    that power (a difference cannot exceed the discordant share)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if rows <= 0 or not 0 <= discordant <= 1:
+        raise ConfigError(f"detectable_difference: need rows > 0 and a share, got {rows}, "
+                          f"{discordant}")  # fmt: skip
+    z_a, z_b = norm.ppf(1 - alpha / 2), norm.ppf(power)
+
+    def gap(d):  # the power equation; increasing in d, so its root is the smallest d
+        return d * np.sqrt(rows) - z_a * np.sqrt(discordant) - z_b * np.sqrt(discordant - d * d)
+
+    if discordant == 0 or gap(discordant) < 0:
+        return None
+    return float(brentq(gap, 0.0, discordant))
+
+
+def power_note(only_a: int, only_b: int, rows: int) -> str:
+    """What ``rows`` paired rows could have detected, given how often the two disagreed, and
+    whether the observed difference is under it (then, and only then, too few rows to tell)."""
+    gap = abs(only_a - only_b) / rows
+    least = detectable_difference(rows, (only_a + only_b) / rows)
+    if least is None:
+        return (f" They disagree on only {only_a + only_b} of {rows:,} rows: no difference "
+                "that few disagreements allow is detected by McNemar's test (5% level) with 80% "
+                "power, so these rows are too few to tell them apart.")  # fmt: skip
+    head = (f" With {rows:,} paired rows on which the two disagree {(only_a + only_b) / rows:.2%} "
+            f"of the time, McNemar's test (5% level, 80% power) detects accuracy differences of "
+            f"{least * 100:.2f} points or more")  # fmt: skip
+    if gap < least:
+        return head + (f"; the observed {gap * 100:.2f} is under that: differences this small "
+                       f"cannot be detected reliably with {rows:,} rows.")  # fmt: skip
+    return head + f"; the observed {gap * 100:.2f} is not under that, yet this sample missed it."
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A permutation test of two image sets' mean images (see :func:`mean_image_shift`)."""
+
+    observed: float  # the largest per-pixel gap between the two mean images, in grey levels
+    null: np.ndarray  # the same gap over random re-splits of the pooled images, same sizes
+
+    @property
+    def p(self) -> float:
+        """Share of re-splits (and the observed split) with a gap at least the observed one."""
+        return float((1 + (self.null >= self.observed).sum()) / (1 + len(self.null)))
+
+    @property
+    def differ(self) -> bool:
+        return self.p < ALPHA
+
+
+def mean_image_shift(a: np.ndarray, b: np.ndarray, *, permutations: int = 99, seed: int = 0):
+    """Is ``b``'s mean image further from ``a``'s than chance would put it? The statistic is the
+    largest per-pixel gap between the two mean images; its null is that gap when the pooled
+    images are split at random into parts of the same sizes (two samples of one distribution).
+    One random split says little; ``permutations`` of them give the gap's spread and a p-value."""
+    if len(a) == 0 or len(b) == 0 or permutations < 1:
+        raise ConfigError(f"mean_image_shift: need images on both sides and permutations >= 1, "
+                          f"got {len(a)}, {len(b)}, {permutations}")  # fmt: skip
+    flat = np.concatenate([a.reshape(len(a), -1), b.reshape(len(b), -1)])
+    total = flat.sum(axis=0, dtype=np.int64)
+
+    def gap(rows_b: np.ndarray) -> float:  # sums of one part; the other is the rest
+        part = flat[rows_b].sum(axis=0, dtype=np.int64)
+        return float(np.abs(part / len(b) - (total - part) / len(a)).max())
+
+    rng = np.random.default_rng(seed)
+    null = [gap(rng.choice(len(flat), len(b), replace=False)) for _ in range(permutations)]
+    return Shift(gap(np.arange(len(a), len(flat))), np.array(null))
+
+
 @dataclass(frozen=True)
 class Decision:
     """The outcome of :func:`simplest_within_noise`: a table and the choice it supports."""
@@ -124,11 +204,14 @@ class Decision:
                 "extra complexity is paid for."
             )
         gap = t.loc[b, "accuracy"] - t.loc[c, "accuracy"]
-        return head + (
-            f" `{c}` is {gap:.2%} behind ({int(t.loc[c, 'only_best'])} rows only `{b}` gets "
-            f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar "
-            f"{p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is chosen. These "
-            f"{rows:,} rows are too few to tell the two apart."
+        return (
+            head
+            + (
+                f" `{c}` is {gap:.2%} behind ({int(t.loc[c, 'only_best'])} rows only `{b}` gets "
+                f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar "
+                f"{p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is chosen."
+            )
+            + power_note(int(t.loc[c, "only_best"]), int(t.loc[c, "only_self"]), rows)
         )
 
 

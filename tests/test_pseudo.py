@@ -169,6 +169,7 @@ def test_a_tie_within_the_noise_or_no_twin_keeps_the_measured_kfold_ensemble():
     noise = _choose([0, 1, 2], _twins([5], [5]))  # 3 rows against 1: p = 0.62
     assert noise.chosen == "k-fold" and (noise.test.only_a, noise.test.only_b) == (1, 3)
     assert "within the noise" in noise.why and "p = 0.62" in noise.why
+    assert "too few to tell them apart" in noise.why  # 4 disagreements in 200 rows
     same = _choose([7, 8], _twins([7, 8], [7, 8]))  # the same rows wrong: nothing to test
     assert same.chosen == "k-fold" and same.test.p == 1.0
     assert "predicts every one of them as the twins do" in same.why

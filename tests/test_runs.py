@@ -130,3 +130,20 @@ def test_a_damaged_runs_table_never_loses_the_run(digits, tmp_path, damage):
     runs.check_complete(tmp_path / "second")
     if damage == "garbage":  # rebuilt from both finished folders
         assert sorted(pd.read_csv(table)["name"]) == ["first", "second"]
+
+
+def test_validation_correct_reads_each_runs_files_in_index_order(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5, 9])
+    folds = {"f0": ([4, 0, 2], [5, 3, 0]), "f1": ([1, 5, 3], [1, 9, 1])}  # rows, predictions
+    for name, (rows, predicted) in folds.items():
+        run = tmp_path / name
+        run.mkdir()
+        runs.write_validation(run, np.array(rows), np.eye(10, dtype=np.float32)[predicted])
+        runs.mark_complete(run)
+    correct = runs.validation_correct([tmp_path / "f0", tmp_path / "f1"], labels)
+    # f0 sorted by row: 0 (pred 3, right), 2 (0 vs 4, wrong), 4 (5, right); then f1: 1, 3, 5
+    assert correct.tolist() == [True, False, True, True, True, True]
+    assert runs.validation_correct([], labels).shape == (0,)
+    (tmp_path / "f1" / runs.COMPLETE).unlink()
+    with pytest.raises(CheckpointError, match="unfinished"):
+        runs.validation_correct([tmp_path / "f1"], labels)

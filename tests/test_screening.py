@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
 from conftest import REPO
-from digit_utils import screening
+from digit_utils import atomic, screening
 from digit_utils.errors import ConfigError
 from digit_utils.pipeline import budget
+from digit_utils.train import screen
 
 
 def test_rungs_grow_by_eta_up_to_04s_epochs_and_folds():
@@ -88,3 +92,23 @@ def test_the_full_profiles_zoo_fits_one_t4_hour_and_max_gpu_hours_changes_the_pl
     assert tight <= 0.5 < high
     with pytest.raises(ConfigError, match="max_gpu_hours"):
         _zoo_hours(["03_model_zoo.max_gpu_hours=0.1"])  # rung 0 alone needs more
+
+
+def test_runs_on_disk_reads_each_rungs_folder_and_ignores_older_or_foreign_runs(tmp_path):
+    def run(folder, name, **config):
+        atomic.write_json(config, tmp_path / folder / name / "config.json")
+
+    rungs = [screening.Rung(0, 1, 1, 3), screening.Rung(1, 3, 2, 1)]
+    run("rung0", "old", model="a", epochs=1, fold=0)
+    os.utime(tmp_path / "rung0" / "old" / "config.json", (0, 0))  # an earlier screening's
+    since = time.time() - 60
+    for m in "abc":
+        run("rung0", m, model=m, epochs=1, fold=0)
+    run("rung0", "other-fold", model="a", epochs=1, fold=1)  # not how a rung before the last runs
+    run(".", "b-f0", model="b", epochs=3, fold=0)
+    run(".", "b-f1", model="b", epochs=3, fold=1)
+    run(".", "stale-epochs", model="c", epochs=2, fold=0)  # another profile's last rung
+    found = screen.runs_on_disk(tmp_path, rungs, since=since)
+    assert sorted(map(tuple, found[["rung", "model", "fold"]].values.tolist())) == [
+        (0, "a", 0), (0, "b", 0), (0, "c", 0), (1, "b", 0), (1, "b", 1)]  # fmt: skip
+    assert found.epochs.tolist().count(3) == 2

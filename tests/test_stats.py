@@ -94,3 +94,71 @@ def test_a_leaderboard_score_interval_widens_with_fewer_rows_and_holds_its_cover
     assert 0.92 <= np.mean(inside) <= 0.98
     with pytest.raises(ConfigError):
         stats.score_interval(1, 0, 7_000)
+
+
+@pytest.mark.parametrize("rows, discordant", [(1000, 0.02), (42000, 0.01), (400, 0.05)])
+def test_detectable_difference_inverts_connors_sample_size(rows, discordant):
+    from scipy.stats import norm
+
+    d = stats.detectable_difference(rows, discordant)
+    z_a, z_b = norm.ppf(0.975), norm.ppf(0.8)
+    n = (z_a * np.sqrt(discordant) + z_b * np.sqrt(discordant - d * d)) ** 2 / d**2
+    assert n == pytest.approx(rows, rel=1e-6)
+    assert 0 < d <= discordant
+    assert stats.detectable_difference(4 * rows, discordant) < d  # more rows, finer
+
+
+def test_detectable_difference_has_the_power_it_claims_by_simulation():
+    """At the returned difference the exact McNemar test rejects about 80% of the time."""
+    from scipy.stats import binomtest
+
+    rows, disc = 3000, 0.04
+    d = stats.detectable_difference(rows, disc)
+    rng = np.random.default_rng(0)
+    # each row: A only right (p10), B only right (p01), or they agree
+    p10, p01 = (disc + d) / 2, (disc - d) / 2
+    draws = rng.multinomial(rows, [p10, p01, 1 - disc], size=400)
+    power = np.mean([binomtest(a, a + b).pvalue < 0.05 for a, b, _ in draws])
+    assert 0.72 < power < 0.88
+    half = stats.detectable_difference(rows, disc) / 2  # half the size: clearly under-powered
+    draws = rng.multinomial(rows, [(disc + half) / 2, (disc - half) / 2, 1 - disc], size=400)
+    assert np.mean([binomtest(a, a + b).pvalue < 0.05 for a, b, _ in draws]) < 0.5
+
+
+def test_no_difference_is_detectable_with_too_few_disagreements():
+    assert stats.detectable_difference(50, 0.02) is None  # one disagreement in 50 rows
+    assert stats.detectable_difference(1000, 0.0) is None
+    with pytest.raises(ConfigError, match="detectable_difference"):
+        stats.detectable_difference(0, 0.1)
+
+
+def test_the_power_note_says_too_few_rows_only_when_the_gap_is_under_the_detectable():
+    under = stats.power_note(10, 4, 1000)  # gap 0.6 points, detectable about 1.05
+    assert "1.05 points" in under and "cannot be detected reliably with 1,000 rows" in under
+    assert "too few to tell them apart" in stats.power_note(1, 0, 50)
+    above = stats.power_note(45, 20, 20000)  # 0.125 points against 0.113
+    assert "not under that" in above and "cannot be detected" not in above
+
+
+def _digits_like(n: int, rng, ink: int = 0) -> np.ndarray:
+    x = rng.integers(0, 256, size=(n, 1, 4, 4)).astype(np.uint8)
+    x[:, 0, 0, 0] = np.clip(x[:, 0, 0, 0].astype(int) + ink, 0, 255)  # one pixel drawn darker
+    return x
+
+
+def test_mean_image_shift_finds_a_real_shift_and_no_shift_in_one_distribution():
+    rng = np.random.default_rng(1)
+    a, same, shifted = _digits_like(600, rng), _digits_like(300, rng), _digits_like(300, rng, 40)
+    calm, moved = stats.mean_image_shift(a, same), stats.mean_image_shift(a, shifted)
+    assert moved.p == pytest.approx(1 / 100) and moved.differ
+    assert calm.p > 0.05 and not calm.differ
+    direct = np.abs(a.mean(axis=0) - shifted.mean(axis=0)).max()
+    assert moved.observed == pytest.approx(direct) and len(moved.null) == 99
+    assert (moved.null < moved.observed).all()  # random parts never reach the real gap
+
+
+def test_mean_image_shift_p_counts_the_resplits_at_least_as_far():
+    shift = stats.Shift(2.0, np.array([1.0, 2.0, 3.0, 0.5]))
+    assert shift.p == pytest.approx(3 / 5)  # the observed split, 2.0 and 3.0
+    with pytest.raises(ConfigError, match="mean_image_shift"):
+        stats.mean_image_shift(np.zeros((0, 1, 2, 2)), np.zeros((3, 1, 2, 2)))

@@ -19,7 +19,7 @@ from digit_utils import paths
 from digit_utils.config import TrainConfig
 from digit_utils.ensemble import soft_average
 from digit_utils.errors import ConfigError
-from digit_utils.stats import ALPHA, Paired, accuracy, mcnemar, p_value
+from digit_utils.stats import ALPHA, Paired, accuracy, mcnemar, p_value, power_note
 from digit_utils.train.inference import inference_ms
 from digit_utils.train.loop import TrainResult
 from digit_utils.train.parallel import train_all
@@ -309,4 +309,5 @@ def _refit_why(kfold, twins, test, chosen, member_rows, n_rows, refit_models, al
     return head + (
         f"within the noise (p ≥ {alpha:g}), so the evidence does not favour the refits and the "
         "measured k-fold ensemble is submitted, as the rule says in that case."
+        + power_note(test.only_a, test.only_b, int(kfold["rows"]))
     )

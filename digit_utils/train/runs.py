@@ -191,6 +191,18 @@ def read_validation(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), proba.astype(np.float32)
 
 
+def validation_correct(run_dirs, labels) -> np.ndarray:
+    """Per-row correctness of runs' saved validation probabilities, read from their files, each
+    run's rows in index order, runs concatenated in the order given: two lists of runs on the
+    same folds give paired vectors (what a notebook's check recomputes a decision from)."""
+    out = []
+    for run in run_dirs:
+        idx, proba = read_validation(Path(run))
+        order = np.argsort(idx, kind="stable")
+        out.append(proba[order].argmax(axis=1) == np.asarray(labels)[idx[order]])
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
 def write_metrics(run_dir: Path, metrics: dict) -> Path:
     return atomic.write_json(metrics, run_dir / METRICS)
 

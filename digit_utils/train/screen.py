@@ -17,7 +17,7 @@ import pandas as pd
 
 from digit_utils import screening, stats
 from digit_utils.config import TrainConfig
-from digit_utils.train import grids, inference
+from digit_utils.train import grids, inference, runs
 
 
 @dataclass
@@ -121,3 +121,22 @@ def _table(scores, stopped, last_runs, params, images, device) -> pd.DataFrame:
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def runs_on_disk(root: Path, rungs: Sequence[screening.Rung], since: float) -> pd.DataFrame:
+    """The screening's runs read back from their folders' config.json, not from its tables (what
+    the notebook checks its sentences against): one row per run (rung, model, epochs, fold),
+    every rung's folder as :func:`run_screen` lays it out, only runs configured at or after
+    ``since`` (the notebook's start: a grid rewrites every run it trains)."""
+    rows = []
+    for rung in rungs:
+        last = rung.index == len(rungs) - 1
+        folder = root if last else root / f"rung{rung.index}"
+        for path in sorted(folder.glob(f"*/{runs.CONFIG}")):
+            config = runs.read_config(path.parent)
+            if config is None or path.stat().st_mtime < since:
+                continue
+            if config.get("epochs") == rung.epochs and (last or config.get("fold") in (0, None)):
+                rows.append({"rung": rung.index, "model": config.get("model"),
+                             "epochs": config["epochs"], "fold": config.get("fold")})  # fmt: skip
+    return pd.DataFrame(rows, columns=["rung", "model", "epochs", "fold"])

@@ -7,6 +7,7 @@ outputs/benchmarks/. Not a test: run it by hand, e.g.
 
     python benchmarks/train_speed.py --models fast_cnn --seeds 0 1 2
     python benchmarks/train_speed.py --models fast_cnn_45s --seeds 0 1 2
+    python benchmarks/train_speed.py --models fast_cnn_45s_bf16 --seeds 0 1 2
     python benchmarks/train_speed.py --models deep_cnn --seeds 0 --set epochs=15 augment=affine
     python benchmarks/train_speed.py --models fast_cnn se_vgg --device cuda
     python benchmarks/train_speed.py --models deep_cnn --set precision=fp16 compile=true
@@ -51,6 +52,11 @@ RECIPES: dict[str, dict] = {
     # not reached (docs/benchmarks.md)
     "fast_cnn_45s": {"model": "fast_cnn", "epochs": 8, "batch_size": 128, "optimizer": "adamw",
                      "lr": 0.02, "augment": "affine", "ema": 0.995, "tta": 2},
+    # the same recipe in bf16 autocast, which a CPU with native bf16 (avx512_bf16 or amx_bf16 in
+    # `lscpu`) trains about 1.5x faster than fp32: two more epochs in the same 45 s
+    "fast_cnn_45s_bf16": {"model": "fast_cnn", "epochs": 10, "batch_size": 128,
+                          "optimizer": "adamw", "lr": 0.02, "augment": "affine", "ema": 0.995,
+                          "tta": 2, "precision": "bf16"},
     "se_vgg": {
         "epochs": 20, "batch_size": 128, "optimizer": "adamw", "lr": 0.003,
         "augment": "affine", "weight_decay": 5e-2, "ema": 0.999,

@@ -62,7 +62,7 @@ class StageSpec:
 
 
 _TRACKING = ("tracking", "tracking_artifacts")  # MLflow/TensorBoard (tracking.py); off by default
-_TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device", *_TRACKING)
+_TRAINING = ("epochs", "batch_size", "lr", "val_fraction", "device", "precision", *_TRACKING)
 # 04_train_cnn's recipe, which 02 compares augmentation with (a profile sets it once, for both)
 _RECIPE = ("optimizer", "schedule", "weight_decay", "label_smoothing", "ema", "tta")
 STAGES: dict[str, StageSpec] = {

@@ -112,7 +112,7 @@ def test_02_and_03_choose_with_the_recipe_04_trains_with_in_every_profile(profil
     params = _plan(profile).parameters
     main = params["04_train_cnn"]
     recipe = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay",
-              "label_smoothing", "ema")  # fmt: skip
+              "label_smoothing", "ema", "precision")  # fmt: skip
     for stem in ("02_augmentation", "03_model_zoo"):
         assert {k: params[stem][k] for k in recipe} == {k: main[k] for k in recipe}, stem
     assert params["02_augmentation"]["tta"] == main["tta"]

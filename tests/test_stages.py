@@ -49,6 +49,7 @@ def test_a_stage_schema_takes_its_types_from_the_config():
 def test_train_config_from_a_stage_uses_its_fields(isolated, sample_dir):
     ns = {"data_dir": str(sample_dir), "model": "fast_cnn", "epochs": 3, "batch_size": 64}
     ns |= {"lr": 0.02, "policies": "none", "seeds": 1, "val_fraction": 0.1, "device": "cpu"}
+    ns |= {"precision": "bf16"}
     ns |= {"tracking": "none", "tracking_artifacts": "small", "n_folds": 0, "rows": 0}
     # 04's recipe, which 02 compares augmentation with
     ns |= {"optimizer": "sgd", "schedule": "cosine", "weight_decay": 0.01}
@@ -57,7 +58,7 @@ def test_train_config_from_a_stage_uses_its_fields(isolated, sample_dir):
     cfg = stage.train_config(augment="affine")
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.optimizer) == ("fast_cnn", 3, 0.02, "sgd")
     assert (cfg.schedule, cfg.ema, cfg.tta, cfg.label_smoothing) == ("cosine", 0.99, 1, 0.0)
-    assert cfg.augment == "affine" and cfg.device == "cpu"
+    assert cfg.augment == "affine" and cfg.device == "cpu" and cfg.precision == "bf16"
     assert stage.runs_dir() == paths.outputs_dir() / "02_augmentation" / "runs"
 
 

@@ -207,9 +207,10 @@ class Decision:
         return (
             head
             + (
-                f" `{c}` is {gap:.2%} behind ({int(t.loc[c, 'only_best'])} rows only `{b}` gets "
-                f"right against {int(t.loc[c, 'only_self'])} the other way, McNemar "
-                f"{p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is chosen."
+                f" `{c}` is {gap * 100:.2f} points behind ({int(t.loc[c, 'only_best'])} rows "
+                f"only `{b}` gets right against {int(t.loc[c, 'only_self'])} the other way, "
+                f"McNemar {p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is "
+                "chosen."
             )
             + power_note(int(t.loc[c, "only_best"]), int(t.loc[c, "only_self"]), rows)
         )

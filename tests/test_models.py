@@ -9,6 +9,7 @@ from digit_utils.train.models import (
     STD,
     build_model,
     count_parameters,
+    is_torchvision,
     list_models,
     normalize,
 )
@@ -59,6 +60,13 @@ def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError, match="resnet18") as e:
         build_model("resnet19")
     assert "resnet19" in str(e.value)
+
+
+def test_torchvision_designs_are_told_from_ours():
+    assert is_torchvision("resnet18") and is_torchvision("squeezenet1_1")
+    assert not any(map(is_torchvision, ("simple_cnn", "fast_cnn", "deep_cnn", "wrn16_4")))
+    with pytest.raises(ConfigError, match="resnet19"):
+        is_torchvision("resnet19")
 
 
 def test_bad_keyword_is_a_config_error():

@@ -43,7 +43,7 @@ def test_a_tie_goes_to_the_simplest_candidate():
     assert decision.best == "large" and decision.chosen == "small"
     assert decision.ties == ["small", "medium", "large"]
     words = decision.verdict()
-    assert "`small`" in words and "too few to tell" in words and "0.30% behind" in words
+    assert "`small`" in words and "too few to tell" in words and "0.30 points behind" in words
 
 
 def test_a_real_gain_pays_for_complexity():

@@ -240,6 +240,11 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def is_torchvision(name: str) -> bool:
+    """Whether registered model ``name`` is one of torchvision's ImageNet designs (adapted)."""
+    return MODELS[check_name(name)].__doc__.startswith("torchvision's")
+
+
 def check_name(name: str) -> str:
     """``name`` if it is registered; else a ConfigError listing the registered names."""
     if name not in MODELS:

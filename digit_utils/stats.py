@@ -207,7 +207,7 @@ class Decision:
         return (
             head
             + (
-                f" `{c}` is {gap * 100:.2f} points behind ({int(t.loc[c, 'only_best'])} rows "
+                f" `{c}` is {gap * 100:.2f} points behind ({int(t.loc[c, 'only_best'])} row(s) "
                 f"only `{b}` gets right against {int(t.loc[c, 'only_self'])} the other way, "
                 f"McNemar {p_value(t.loc[c, 'p'])}): within the noise, so the simpler `{c}` is "
                 "chosen."

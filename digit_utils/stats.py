@@ -203,7 +203,9 @@ class Decision:
                 f" It beats every simpler candidate beyond the noise (McNemar: {tests}), so the "
                 "extra complexity is paid for."
             )
-        gap = t.loc[b, "accuracy"] - t.loc[c, "accuracy"]
+        # on paired rows the accuracy gap is the discordant counts' difference over the rows:
+        # the same figure power_note prints, rounded the same way
+        gap = abs(int(t.loc[c, "only_best"]) - int(t.loc[c, "only_self"])) / rows
         return (
             head
             + (

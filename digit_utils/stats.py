@@ -111,6 +111,8 @@ def power_note(only_a: int, only_b: int, rows: int) -> str:
     whether the observed difference is under it (then, and only then, too few rows to tell)."""
     gap = abs(only_a - only_b) / rows
     least = detectable_difference(rows, (only_a + only_b) / rows)
+    if only_a + only_b == 0:
+        return f" They make the same prediction on every one of the {rows:,} rows."
     if least is None:
         return (f" They disagree on only {only_a + only_b} of {rows:,} rows: no difference "
                 "that few disagreements allow is detected by McNemar's test (5% level) with 80% "

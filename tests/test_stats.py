@@ -138,6 +138,9 @@ def test_the_power_note_says_too_few_rows_only_when_the_gap_is_under_the_detecta
     assert "too few to tell them apart" in stats.power_note(1, 0, 50)
     above = stats.power_note(45, 20, 20000)  # 0.125 points against 0.113
     assert "not under that" in above and "cannot be detected" not in above
+    # identical predictions: nothing to detect, and no "only 0 of N rows"
+    same = stats.power_note(0, 0, 1000)
+    assert "same prediction on every one of the 1,000 rows" in same and "only 0" not in same
 
 
 def _digits_like(n: int, rng, ink: int = 0) -> np.ndarray:

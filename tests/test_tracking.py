@@ -172,6 +172,7 @@ def test_a_notebook_is_the_parent_of_its_grids_runs(digits, sample_dir, monkeypa
         "seed": 0,
         "n_folds": 0,
         "device": "cpu",
+        "precision": "fp32",
         "tracking": "mlflow",
         "tracking_artifacts": "small",
         "min_epochs": 1,

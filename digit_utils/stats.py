@@ -109,15 +109,15 @@ def detectable_difference(
 def power_note(only_a: int, only_b: int, rows: int) -> str:
     """What ``rows`` paired rows could have detected, given how often the two disagreed, and
     whether the observed difference is under it (then, and only then, too few rows to tell)."""
-    gap = abs(only_a - only_b) / rows
-    least = detectable_difference(rows, (only_a + only_b) / rows)
     if only_a + only_b == 0:
         return f" They make the same prediction on every one of the {rows:,} rows."
+    gap, share = abs(only_a - only_b) / rows, (only_a + only_b) / rows
+    least = detectable_difference(rows, share)
     if least is None:
         return (f" They disagree on only {only_a + only_b} of {rows:,} rows: no difference "
                 "that few disagreements allow is detected by McNemar's test (5% level) with 80% "
                 "power, so these rows are too few to tell them apart.")  # fmt: skip
-    head = (f" With {rows:,} paired rows on which the two disagree {(only_a + only_b) / rows:.2%} "
+    head = (f" With {rows:,} paired rows on which the two disagree {share:.2%} "
             f"of the time, McNemar's test (5% level, 80% power) detects accuracy differences of "
             f"{least * 100:.2f} points or more")  # fmt: skip
     if gap < least:

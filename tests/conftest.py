@@ -39,6 +39,9 @@ def isolated(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # "auto" precision is fp32 on every CPU here, so a run's figures do not depend on whether this
+    # machine computes bf16 natively (CI's CPU may or may not); test_devices sets it either way
+    monkeypatch.setenv("DIGITS_CPU_BF16", "0")
     for var in (
         "DIGITS_DATA_DIR",
         "DIGITS_OUTPUTS",

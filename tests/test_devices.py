@@ -61,9 +61,9 @@ def test_auto_precision_follows_the_compute_capability(fake_gpus, cap, want):
     assert devices.amp_dtype(want) == {"fp16": torch.float16, "bf16": torch.bfloat16}[want]
 
 
-def test_auto_precision_is_fp32_on_the_cpu_and_explicit_choices_stay(fake_gpus):
+def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16_and_explicit_choices_stay(fake_gpus):
     cpu = torch.device("cpu")
-    assert devices.resolve_precision("auto", cpu) == "fp32"
+    assert devices.resolve_precision("auto", cpu) == "fp32"  # conftest: DIGITS_CPU_BF16=0
     assert devices.amp_dtype("fp32") is None
     with pytest.raises(ConfigError, match="'fp16' needs CUDA"):
         devices.resolve_precision("fp16", cpu)
@@ -347,3 +347,40 @@ def test_predictions_spread_over_every_visible_gpu(fake_gpus, monkeypatch, digit
     assert proba.shape == (1, 8, 10)
     inference.predict_runs({"m": [run]}, images[:8], device="cuda:1")
     assert seen["devices"] == [torch.device("cuda", 1)]  # a named device: that one only
+
+
+ZEN3_FLAGS = "fpu sse sse2 avx avx2 fma bmi2 sha_ni vaes"  # AMD EPYC Milan: no bf16 arithmetic
+ZEN4_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512_vnni avx512_bf16"
+SPR_FLAGS = ZEN3_FLAGS + " avx512f amx_tile amx_int8 amx_bf16"
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [(ZEN3_FLAGS, "fp32"), (ZEN4_FLAGS, "bf16"), (SPR_FLAGS, "bf16"), ("", "fp32")],
+)
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_has_it_natively(
+    tmp_path, monkeypatch, flags, want
+):
+    """bf16 autocast on a CPU without avx512_bf16/amx_bf16 is emulated: fast_cnn trained 10x
+    slower than in fp32 on an AMD Zen 3 (2026-12-01), so "auto" must not pick it there."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nmodel name\t: test CPU\nflags\t\t: {flags}\n\n"
+        f"processor\t: 1\nflags\t\t: {flags}\n"
+    )
+    monkeypatch.setattr(devices, "CPUINFO", cpuinfo)
+    monkeypatch.delenv("DIGITS_CPU_BF16")
+    assert devices.resolve_precision("auto", torch.device("cpu")) == want
+    assert devices.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # explicit stays
+    assert devices.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv("DIGITS_CPU_BF16", "1" if want == "fp32" else "0")  # the override wins
+    assert devices.resolve_precision("auto", torch.device("cpu")) != want
+
+
+def test_no_cpuinfo_means_fp32_and_a_bad_override_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")  # macOS, Windows
+    monkeypatch.delenv("DIGITS_CPU_BF16")
+    assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv("DIGITS_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match="DIGITS_CPU_BF16='yes': must be 0 or 1"):
+        devices.resolve_precision("auto", torch.device("cpu"))
